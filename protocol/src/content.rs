@@ -1,0 +1,184 @@
+//! What a message says: its id, when it was written, and its body.
+//!
+//! Only text exists today; [`Body`] is an enum so that replies, reactions, edits, receipts,
+//! attachments and the rest of the kinds in the design can be added as new variants, and the
+//! version byte in front of every encoding lets a newer format be refused clearly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+
+/// The content format this code writes and the newest it reads.
+pub const VERSION: u8 = 1;
+/// The longest text, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// The largest encoded content accepted.
+pub const MAX_BYTES: usize = MAX_TEXT_BYTES + 256;
+
+/// A random 128-bit message id; duplicates of a message carry the same id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    pub fn random(rng: &mut impl rand::RngCore) -> Self {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        MessageId(id)
+    }
+
+    /// Parse the 32-hex-digit form printed by `Display`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(MessageId(id))
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// The kinds of message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Body {
+    Text(String),
+}
+
+/// One message, as its sender wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    pub id: MessageId,
+    /// Milliseconds since the Unix epoch, by the sender's clock.
+    pub sent_at: u64,
+    pub body: Body,
+}
+
+/// Why content could not be built or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    #[error("the text is too long: limit {limit} bytes, got {got}")]
+    TextTooLong { limit: usize, got: usize },
+    #[error("content version {got} is newer than this sotto understands (up to {known})")]
+    UnsupportedVersion { got: u8, known: u8 },
+    #[error("empty content")]
+    Empty,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+impl Content {
+    /// A text message. Refuses text over [`MAX_TEXT_BYTES`].
+    pub fn text(
+        id: MessageId,
+        sent_at: u64,
+        text: impl Into<String>,
+    ) -> Result<Self, ContentError> {
+        let text = text.into();
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ContentError::TextTooLong {
+                limit: MAX_TEXT_BYTES,
+                got: text.len(),
+            });
+        }
+        Ok(Content {
+            id,
+            sent_at,
+            body: Body::Text(text),
+        })
+    }
+
+    /// The text of a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match &self.body {
+            Body::Text(t) => Some(t),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ContentError> {
+        let mut out = vec![VERSION];
+        out.extend(codec::encode_limited(self, MAX_BYTES as u64)?);
+        Ok(out)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ContentError> {
+        let (version, rest) = bytes.split_first().ok_or(ContentError::Empty)?;
+        if *version != VERSION {
+            return Err(ContentError::UnsupportedVersion {
+                got: *version,
+                known: VERSION,
+            });
+        }
+        let content: Content = codec::decode_limited(rest, MAX_BYTES as u64)?;
+        let Body::Text(t) = &content.body;
+        if t.len() > MAX_TEXT_BYTES {
+            return Err(ContentError::TextTooLong {
+                limit: MAX_TEXT_BYTES,
+                got: t.len(),
+            });
+        }
+        Ok(content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn snapshot() {
+        let c = Content::text(MessageId([0xab; 16]), 1, "hi").unwrap();
+        let hex: String = c
+            .to_bytes()
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, format!("01{}0100026869", "ab".repeat(16)));
+    }
+
+    #[test]
+    fn id_parses_its_display() {
+        let id = MessageId([0x0f; 16]);
+        assert_eq!(MessageId::parse(&id.to_string()), Some(id));
+        assert_eq!(MessageId::parse("zz"), None);
+        assert_eq!(MessageId::parse(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn limits() {
+        assert!(Content::text(MessageId([0; 16]), 0, "x".repeat(MAX_TEXT_BYTES + 1)).is_err());
+        assert!(matches!(
+            Content::from_bytes(&[2, 0]),
+            Err(ContentError::UnsupportedVersion { got: 2, known: 1 })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(id in any::<[u8; 16]>(), at in any::<u64>(), text in ".{0,200}") {
+            let c = Content::text(MessageId(id), at, text).unwrap();
+            prop_assert_eq!(Content::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Content::from_bytes(&bytes);
+        }
+    }
+}
