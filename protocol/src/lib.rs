@@ -36,7 +36,9 @@ pub mod codec;
 pub mod content;
 pub mod envelope;
 pub mod identity;
+pub mod outbox;
 pub mod padding;
 pub mod session;
+pub mod wire;
 
 pub use chat::LocalAccount;

@@ -1,0 +1,167 @@
+//! Where the daemon keeps its data, where it listens, and whom it asks first.
+//!
+//! Every setting comes, in order of precedence, from a command-line flag, an environment
+//! variable, the config file (`~/.config/sotto/config.toml`, or `--config`), or a default
+//! under the XDG directories, so that several nodes can run side by side.
+
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// The default TCP and UDP (QUIC) port.
+pub const DEFAULT_PORT: u16 = 4690;
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses printed in the contact card instead of the listen addresses.
+    pub announce: Vec<Multiaddr>,
+}
+
+/// The config file's keys; all optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub data_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<Vec<String>>,
+    pub bootstrap: Option<Vec<String>>,
+    pub announce: Option<Vec<String>>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what}: {value:?} is not a multiaddress ({message})")]
+    BadAddr {
+        what: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("no home directory found; set --data-dir and --socket")]
+    NoHome,
+}
+
+impl File {
+    /// Read the config file at `path`. A missing file is an empty config unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<File, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(File::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The default config file path: `$XDG_CONFIG_HOME/sotto/config.toml`.
+pub fn default_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "sotto").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The default data directory: `$XDG_DATA_HOME/sotto`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "sotto").map(|d| d.data_dir().to_owned())
+}
+
+/// The default control socket: `$XDG_RUNTIME_DIR/sotto/sottod.sock`, or
+/// `/tmp/sotto-$UID/sottod.sock` where there is no runtime directory.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("sotto").join("sottod.sock"),
+        None => {
+            let uid = current_uid();
+            PathBuf::from(format!("/tmp/sotto-{uid}")).join("sottod.sock")
+        }
+    }
+}
+
+/// The uid of this process, read without unsafe code: `/proc/self` is owned by it.
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+/// The default listen addresses: TCP and QUIC on all interfaces, port [`DEFAULT_PORT`].
+pub fn default_listen() -> Vec<Multiaddr> {
+    [
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1"),
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+
+/// Parse multiaddresses, naming the setting on error.
+pub fn parse_addrs(what: &'static str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|e: libp2p::multiaddr::Error| ConfigError::BadAddr {
+                    what,
+                    value: v.to_owned(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\nlisten_on = []\n").unwrap();
+        let err = File::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_empty_unless_required() {
+        let path = Path::new("/nonexistent/sotto.toml");
+        assert!(File::load(path, false).unwrap().data_dir.is_none());
+        assert!(File::load(path, true).is_err());
+    }
+
+    #[test]
+    fn addresses_parse_with_commas_and_name_the_setting() {
+        let a = parse_addrs(
+            "listen",
+            &["/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/udp/2/quic-v1".into()],
+        )
+        .unwrap();
+        assert_eq!(a.len(), 2);
+        let e = parse_addrs("bootstrap", &["nonsense".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bootstrap"), "{e}");
+    }
+}

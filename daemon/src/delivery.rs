@@ -1,0 +1,204 @@
+//! The outbox worker: sends queued envelopes to their recipients' nodes until each is
+//! acknowledged, backing off between attempts (see `sotto_protocol::outbox`), in order per
+//! contact, and across restarts (the outbox lives in the store).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+use sotto_protocol::card::Card;
+use sotto_protocol::identity::AccountKey;
+use sotto_protocol::outbox;
+use tokio::sync::watch;
+
+use crate::network::Request;
+use crate::service::{now_ms, Error, Service};
+use crate::store::{self, Batch, State, Tree};
+
+/// Contacts whose queues are being worked on at once, at most.
+pub const MAX_PARALLEL_CONTACTS: usize = 32;
+/// The longest the worker sleeps without looking at the outbox.
+const IDLE_MS: u64 = 30_000;
+
+/// Run the outbox worker until `shutdown` turns true.
+pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
+    let busy: Arc<Mutex<HashSet<AccountKey>>> = Arc::default();
+    loop {
+        let next = match round(&service, &busy) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!("outbox: {e}");
+                now_ms() + 5_000
+            }
+        };
+        let wait = std::time::Duration::from_millis(next.saturating_sub(now_ms()).min(IDLE_MS));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = service.outbox_wake().notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Start a worker for every contact with a due entry; return when to look again.
+fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u64, Error> {
+    let now = now_ms();
+    let mut next = now + IDLE_MS;
+    let mut due: BTreeMap<AccountKey, ()> = BTreeMap::new();
+    for (_, e) in service
+        .store()
+        .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
+    {
+        if e.next_attempt_at <= now {
+            due.insert(e.to, ());
+        } else {
+            next = next.min(e.next_attempt_at);
+        }
+    }
+    let mut busy_set = busy
+        .lock()
+        .map_err(|_| Error::Internal("outbox lock poisoned".into()))?;
+    for key in due.into_keys() {
+        if busy_set.len() >= MAX_PARALLEL_CONTACTS {
+            next = now + 200;
+            break;
+        }
+        if !busy_set.insert(key) {
+            continue;
+        }
+        let service = service.clone();
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            if let Err(e) = drain_contact(&service, key).await {
+                tracing::warn!("outbox: {e}");
+            }
+            if let Ok(mut b) = busy.lock() {
+                b.remove(&key);
+            }
+            service.outbox_wake().notify_one();
+        });
+    }
+    Ok(next)
+}
+
+/// Where a contact's node can be reached, from its card.
+fn route(service: &Service, key: &AccountKey) -> Result<Option<(PeerId, Vec<Multiaddr>)>, Error> {
+    let Some(contact) = service
+        .store()
+        .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
+    else {
+        return Ok(None);
+    };
+    let card = Card::from_bytes(&contact.card)?;
+    let hints = &card.body().hints;
+    let Some(peer) = hints
+        .peer_id
+        .as_deref()
+        .and_then(|p| PeerId::from_bytes(p).ok())
+    else {
+        return Ok(None);
+    };
+    let addrs = hints.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    Ok(Some((peer, addrs)))
+}
+
+/// Send a contact's due entries in order, stopping at the first failure.
+async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> {
+    let entries: Vec<store::OutboxEntry> = service
+        .store()
+        .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.to == key)
+        .collect();
+    let Some((peer, addrs)) = route(service, &key)? else {
+        for e in entries {
+            reschedule(service, e, "the contact's card gives no address").await?;
+        }
+        return Ok(());
+    };
+    let mut failed = false;
+    for entry in entries {
+        if failed || entry.next_attempt_at > now_ms() {
+            if failed {
+                reschedule(service, entry, "an earlier message is still waiting").await?;
+            }
+            continue;
+        }
+        let result = service
+            .network()
+            .send(
+                peer,
+                addrs.clone(),
+                Request::Envelope(entry.envelope.clone()),
+            )
+            .await;
+        match result {
+            Ok(response) if response.is_delivered() => delivered(service, entry).await?,
+            Ok(response) => {
+                failed = true;
+                reschedule(service, entry, &format!("refused: {response:?}")).await?;
+            }
+            Err(e) => {
+                failed = true;
+                reschedule(service, entry, &e.to_string()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delivered(service: &Service, entry: store::OutboxEntry) -> Result<(), Error> {
+    let seq_key = entry.seq.to_be_bytes().to_vec();
+    let mut batch = Batch::new();
+    batch.remove(Tree::Outbox, seq_key.clone());
+    let mut events = Vec::new();
+    if let Some(mut m) =
+        service
+            .store()
+            .get::<store::Message>(Tree::Messages, &seq_key, "message")?
+    {
+        m.state = State::Delivered;
+        batch.put(Tree::Messages, seq_key, &m)?;
+        let name = service
+            .store()
+            .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
+            .map(|c| c.name)
+            .unwrap_or_default();
+        let view = json!({
+            "id": m.id.to_string(), "contact": name, "direction": "out", "from": "me",
+            "text": m.text, "sent_at": m.sent_at, "received_at": null, "state": "delivered",
+        });
+        events.push(
+            service
+                .events()
+                .stage(&mut batch, "message.delivered", "message", view)?,
+        );
+    }
+    service.store().commit(batch).await?;
+    service.events().publish(events);
+    tracing::debug!("delivered message {}", entry.message);
+    Ok(())
+}
+
+async fn reschedule(
+    service: &Service,
+    mut entry: store::OutboxEntry,
+    why: &str,
+) -> Result<(), Error> {
+    entry.failures = entry.failures.saturating_add(1);
+    entry.next_attempt_at = outbox::next_attempt(entry.failures, now_ms(), rand::random::<f64>());
+    tracing::debug!(
+        "message {} not delivered (attempt {}): {why}",
+        entry.message,
+        entry.failures
+    );
+    let mut batch = Batch::new();
+    batch.put(Tree::Outbox, entry.seq.to_be_bytes().to_vec(), &entry)?;
+    service.store().apply(&batch)?;
+    Ok(())
+}

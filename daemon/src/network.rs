@@ -1,0 +1,494 @@
+//! The libp2p side of the node: one task owns the [`Swarm`]; the rest of the daemon holds a
+//! cloneable [`Handle`] that sends it commands over a bounded channel and gets answers on
+//! oneshot channels. Envelopes that arrive are passed to the service as [`Inbound`] requests,
+//! and the service's answer goes back to the sender on the same stream.
+//!
+//! The stack: TCP and QUIC, Noise, yamux, identify, ping, Kademlia, and the request-response
+//! protocol `/sotto/envelope/1` with [`Codec`].
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use sotto_protocol::wire::{self, Refusal, Response};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the swarm task, at most.
+pub const COMMAND_QUEUE: usize = 256;
+/// Inbound envelopes waiting for the service, at most; beyond that senders are told `Busy`.
+pub const INBOUND_QUEUE: usize = 256;
+/// How long a request may take before it fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent request streams per connection.
+pub const MAX_STREAMS: usize = 64;
+
+/// A request on the envelope protocol.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// One sealed envelope.
+    Envelope(Vec<u8>),
+    /// A frame whose header claims `claimed` bytes, more than the limit: the reader stops at
+    /// the header and refuses it. Written, it is only that header.
+    HeaderOnly { claimed: u32 },
+}
+
+/// The framing of `/sotto/envelope/1`: a 4-byte big-endian length, then the bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Codec;
+
+async fn read_header<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    Ok(u32::from_be_bytes(len))
+}
+
+async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: u32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Request> {
+        let len = read_header(io).await?;
+        if len as usize > wire::MAX_REQUEST_BYTES {
+            return Ok(Request::HeaderOnly { claimed: len });
+        }
+        Ok(Request::Envelope(read_body(io, len).await?))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Response> {
+        let len = read_header(io).await?;
+        if len as usize > wire::MAX_RESPONSE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response of {len} bytes exceeds the limit"),
+            ));
+        }
+        let body = read_body(io, len).await?;
+        Response::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()> {
+        match req {
+            Request::Envelope(bytes) => write_frame(io, &bytes).await,
+            Request::HeaderOnly { claimed } => {
+                io.write_all(&claimed.to_be_bytes()).await?;
+                io.close().await
+            }
+        }
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()> {
+        write_frame(io, &res.to_bytes()).await
+    }
+}
+
+/// The node's network behaviours.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub envelope: request_response::Behaviour<Codec>,
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair) -> Self {
+        let peer_id = key.public().to_peer_id();
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(StreamProtocol::new("/sotto/kad/1")),
+        );
+        kad.set_mode(Some(kad::Mode::Server));
+        Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/sotto/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            kad,
+            envelope: request_response::Behaviour::with_codec(
+                Codec,
+                [(
+                    StreamProtocol::new(wire::ENVELOPE_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_STREAMS),
+            ),
+        }
+    }
+}
+
+/// Build a swarm with the full transport stack.
+pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build())
+}
+
+/// An envelope that arrived, waiting for the service's answer.
+pub struct Inbound {
+    pub peer: PeerId,
+    pub envelope: Vec<u8>,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// What the network looks like right now.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub connected_peers: Vec<PeerId>,
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("request to {peer} failed: {reason}")]
+    Failed { peer: PeerId, reason: String },
+}
+
+enum Command {
+    Send {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, SendError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// A cloneable handle on the swarm task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl Handle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Send a request to `peer`, dialling `addrs` if not connected, and wait for its answer.
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+    ) -> Result<Response, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Send {
+                peer,
+                addrs,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<Status, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)
+    }
+}
+
+/// What the network hands to the rest of the node.
+pub struct Receivers {
+    /// Envelopes that arrived.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Peers a new connection was made with (dropped when the queue is full).
+    pub connected: mpsc::Receiver<PeerId>,
+}
+
+/// The swarm task's state.
+pub struct Network {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    connected: mpsc::Sender<PeerId>,
+    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, SendError>>)>,
+    answers: FuturesUnordered<BoxFuture<'static, (ResponseChannel<Response>, Response)>>,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl Network {
+    /// Listen on `listen`, join via `bootstrap`, and return the task state, its handle, and
+    /// the receiver of inbound envelopes.
+    pub fn new(
+        key: Keypair,
+        listen: &[Multiaddr],
+        bootstrap: &[Multiaddr],
+    ) -> anyhow::Result<(Network, Handle, Receivers)> {
+        let peer_id = key.public().to_peer_id();
+        let mut swarm = build_swarm(key)?;
+        for addr in listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        }
+        for addr in bootstrap {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                anyhow::bail!("bootstrap address {addr} must end in /p2p/<PeerId>");
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+            }
+        }
+        if !bootstrap.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (connected, connected_rx) = mpsc::channel(COMMAND_QUEUE);
+        let network = Network {
+            swarm,
+            commands,
+            inbound,
+            connected,
+            pending: HashMap::new(),
+            answers: FuturesUnordered::new(),
+            listen_addrs: Vec::new(),
+        };
+        Ok((
+            network,
+            Handle { tx, peer_id },
+            Receivers {
+                inbound: inbound_rx,
+                connected: connected_rx,
+            },
+        ))
+    }
+
+    /// Run until every [`Handle`] is dropped or `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.handle_command(c),
+                    None => break,
+                },
+                Some((channel, response)) = self.answers.next(), if !self.answers.is_empty() => {
+                    if self.swarm.behaviour_mut().envelope.send_response(channel, response).is_err() {
+                        tracing::debug!("a peer went away before its answer was sent");
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.pending.insert(id, (peer, reply));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(Status {
+                    peer_id: *self.swarm.local_peer_id(),
+                    listen_addrs: self.listen_addrs.clone(),
+                    connected_peers: self.swarm.connected_peers().copied().collect(),
+                });
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    let _ = self.connected.try_send(peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
+                self.handle_envelope_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs.into_iter().take(16) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                tracing::debug!("incoming connection from {send_back_addr} failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_envelope_event(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.handle_request(peer, request, channel);
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(SendError::Failed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound request from {peer} failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        let envelope = match request {
+            Request::Envelope(envelope) => envelope,
+            Request::HeaderOnly { claimed } => {
+                tracing::warn!(
+                    "peer {peer} sent a frame of {claimed} bytes, over the limit; refused"
+                );
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_response(channel, Response::Refused(Refusal::TooLarge));
+                return;
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        match self.inbound.try_send(Inbound {
+            peer,
+            envelope,
+            reply,
+        }) {
+            Ok(()) => self.answers.push(
+                rx.map(move |r| (channel, r.unwrap_or(Response::Refused(Refusal::Internal))))
+                    .boxed(),
+            ),
+            Err(_) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_response(channel, Response::Refused(Refusal::Busy));
+            }
+        }
+    }
+}

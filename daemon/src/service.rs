@@ -1,0 +1,821 @@
+//! The node's behaviour: the account, contacts, sending and receiving messages.
+//!
+//! Every operation that changes ratchet state writes that state in the same store
+//! transaction as the message it belongs to, under one lock, so that a crash can neither lose
+//! a message the node acknowledged nor replay a spent ratchet key.
+
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use rand::rngs::OsRng;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sotto_protocol::card::{Card, CardError, Hints};
+use sotto_protocol::chat::{self, LocalAccount, Snapshot};
+use sotto_protocol::codec;
+use sotto_protocol::content::{Content, ContentError, MessageId, MAX_TEXT_BYTES};
+use sotto_protocol::envelope;
+use sotto_protocol::identity::{safety_number, AccountKey};
+use sotto_protocol::padding;
+use sotto_protocol::session::Pairwise;
+use sotto_protocol::wire::{Refusal, Response};
+use tokio::sync::{Mutex, Notify};
+
+use crate::events::Events;
+use crate::network;
+use crate::store::{self, Batch, Direction, State, Store, StoreError, Tree};
+
+/// The most messages waiting in the outbox; `send` refuses more.
+pub const MAX_OUTBOX: usize = 10_000;
+/// The most contacts, requests included.
+pub const MAX_CONTACTS: usize = 10_000;
+/// The longest contact name.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Why an operation failed; each maps to one control-API error code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no account yet: create one with `sotto init --name NAME`")]
+    NoAccount,
+    #[error("an account exists already")]
+    AccountExists,
+    #[error("no contact named {0:?}")]
+    UnknownContact(String),
+    #[error("bad card: {0}")]
+    BadCard(#[from] CardError),
+    #[error("a contact named {0:?} exists already; choose another name with --name")]
+    NameTaken(String),
+    #[error("that is this account's own card")]
+    OwnCard,
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ContentError> for Error {
+    fn from(e: ContentError) -> Self {
+        Error::InvalidParams(e.to_string())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The account as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountView {
+    pub name: String,
+    pub address: String,
+    pub fingerprint: String,
+    pub card: String,
+}
+
+/// A contact as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContactView {
+    pub name: String,
+    pub address: String,
+    pub fingerprint: String,
+    pub display_name: String,
+    pub added_at: u64,
+    pub request: bool,
+}
+
+/// A message as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub contact: String,
+    pub direction: &'static str,
+    pub from: String,
+    pub text: String,
+    pub sent_at: u64,
+    pub received_at: Option<u64>,
+    pub state: &'static str,
+}
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    net: network::Handle,
+    events: Events,
+    account: Mutex<Option<LocalAccount>>,
+    pickle_key: [u8; 32],
+    announce: Vec<Multiaddr>,
+    outbox_wake: Notify,
+}
+
+impl Service {
+    /// The service over `store`, loading the account if one exists.
+    pub fn new(
+        store: Store,
+        net: network::Handle,
+        announce: Vec<Multiaddr>,
+    ) -> Result<Self, Error> {
+        let pickle_key = match store.get_raw(Tree::Meta, store::META_PICKLE_KEY)? {
+            Some(k) => <[u8; 32]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
+                what: "pickle key",
+                detail: "wrong length".into(),
+            })?,
+            None => {
+                let key: [u8; 32] = rand::random();
+                let mut b = Batch::new();
+                b.put_raw(Tree::Meta, store::META_PICKLE_KEY.to_vec(), key.to_vec());
+                store.apply(&b)?;
+                key
+            }
+        };
+        let account = match store.get::<Snapshot>(Tree::Meta, store::META_ACCOUNT, "account")? {
+            Some(snapshot) => Some(LocalAccount::restore(&snapshot, &pickle_key).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "account",
+                    detail: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let events = Events::new(store.clone());
+        Ok(Service {
+            inner: Arc::new(Inner {
+                store,
+                net,
+                events,
+                account: Mutex::new(account),
+                pickle_key,
+                announce,
+                outbox_wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// How many handles on the service exist (1 when only the caller's is left).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn network(&self) -> &network::Handle {
+        &self.inner.net
+    }
+
+    pub(crate) fn outbox_wake(&self) -> &Notify {
+        &self.inner.outbox_wake
+    }
+
+    async fn hints(&self) -> Hints {
+        let addrs: Vec<Multiaddr> = if self.inner.announce.is_empty() {
+            match self.inner.net.status().await {
+                Ok(s) => s.listen_addrs,
+                Err(_) => Vec::new(),
+            }
+        } else {
+            self.inner.announce.clone()
+        };
+        Hints {
+            peer_id: Some(self.inner.net.peer_id().to_bytes()),
+            addrs: addrs
+                .iter()
+                .take(sotto_protocol::card::MAX_ADDRS)
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
+
+    async fn own_card(&self, account: &LocalAccount) -> Result<Card, Error> {
+        Ok(account.card(self.hints().await, now_ms())?)
+    }
+
+    fn account_batch(&self, batch: &mut Batch, account: &LocalAccount) -> Result<(), Error> {
+        batch.put(
+            Tree::Meta,
+            store::META_ACCOUNT.to_vec(),
+            &account.snapshot(&self.inner.pickle_key),
+        )?;
+        Ok(())
+    }
+
+    /// `account.create`
+    pub async fn create_account(&self, name: &str) -> Result<AccountView, Error> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(Error::InvalidParams(
+                "a name is 1 to 64 characters, without control characters".into(),
+            ));
+        }
+        let mut guard = self.inner.account.lock().await;
+        if guard.is_some() {
+            return Err(Error::AccountExists);
+        }
+        let account = LocalAccount::generate(name, &mut OsRng);
+        let mut batch = Batch::new();
+        self.account_batch(&mut batch, &account)?;
+        self.inner.store.commit(batch).await?;
+        tracing::info!("account created");
+        let view = self.view_account(&account).await?;
+        *guard = Some(account);
+        Ok(view)
+    }
+
+    async fn view_account(&self, account: &LocalAccount) -> Result<AccountView, Error> {
+        let key = account.public();
+        Ok(AccountView {
+            name: account.name.clone(),
+            address: key.address(),
+            fingerprint: key.fingerprint(),
+            card: self.own_card(account).await?.to_uri(),
+        })
+    }
+
+    /// `account.get`
+    pub async fn account(&self) -> Result<AccountView, Error> {
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        self.view_account(account).await
+    }
+
+    /// `node.status`
+    pub async fn status(&self) -> Result<Value, Error> {
+        let status = self
+            .inner
+            .net
+            .status()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let address = self
+            .inner
+            .account
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.public().address());
+        Ok(json!({
+            "peer_id": status.peer_id.to_string(),
+            "listen_addrs": status.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "connected_peers": status.connected_peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "outbox": self.inner.store.len(Tree::Outbox),
+            "account": address,
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+    }
+
+    fn view_contact(key: &AccountKey, c: &store::Contact) -> ContactView {
+        let display_name = Card::from_bytes(&c.card)
+            .map(|card| card.body().name.clone())
+            .unwrap_or_default();
+        ContactView {
+            name: c.name.clone(),
+            address: key.address(),
+            fingerprint: key.fingerprint(),
+            display_name,
+            added_at: c.added_at,
+            request: c.request,
+        }
+    }
+
+    /// Find a contact by name or address.
+    pub fn resolve(&self, who: &str) -> Result<(AccountKey, store::Contact), Error> {
+        let store = &self.inner.store;
+        let key = match store.get_raw(Tree::Names, who.as_bytes())? {
+            Some(k) => <[u8; 32]>::try_from(k.as_ref()).map(AccountKey).ok(),
+            None => AccountKey::from_address(who).ok(),
+        };
+        let key = key.ok_or_else(|| Error::UnknownContact(who.to_owned()))?;
+        let contact = store
+            .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
+            .ok_or_else(|| Error::UnknownContact(who.to_owned()))?;
+        Ok((key, contact))
+    }
+
+    fn name_free(&self, name: &str) -> Result<bool, Error> {
+        Ok(self
+            .inner
+            .store
+            .get_raw(Tree::Names, name.as_bytes())?
+            .is_none())
+    }
+
+    fn default_name(&self, display: &str) -> Result<String, Error> {
+        let base: String = display
+            .trim()
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_whitespace() { '-' } else { c })
+            .filter(|c| !c.is_control())
+            .take(MAX_NAME_CHARS - 4)
+            .collect();
+        let base = if base.is_empty() {
+            "contact".to_owned()
+        } else {
+            base
+        };
+        if self.name_free(&base)? {
+            return Ok(base);
+        }
+        for i in 2..1000 {
+            let candidate = format!("{base}-{i}");
+            if self.name_free(&candidate)? {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::NameTaken(base))
+    }
+
+    fn stage_contact(
+        &self,
+        batch: &mut Batch,
+        key: &AccountKey,
+        contact: &store::Contact,
+        card: &Card,
+    ) -> Result<(), Error> {
+        batch.put(Tree::Contacts, key.0.to_vec(), contact)?;
+        batch.put_raw(
+            Tree::Names,
+            contact.name.as_bytes().to_vec(),
+            key.0.to_vec(),
+        );
+        batch.put_raw(
+            Tree::SealIndex,
+            card.body().seal_key.to_vec(),
+            key.0.to_vec(),
+        );
+        Ok(())
+    }
+
+    /// `contact.add`
+    pub async fn add_contact(&self, card: &str, name: Option<&str>) -> Result<ContactView, Error> {
+        let card = Card::from_uri(card)?;
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        if card.account() == account.public() {
+            return Err(Error::OwnCard);
+        }
+        if let Some(n) = name {
+            if n.is_empty()
+                || n.chars().count() > MAX_NAME_CHARS
+                || n.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(Error::InvalidParams(
+                    "a contact name is 1 to 64 characters, without spaces".into(),
+                ));
+            }
+        }
+        let key = card.account();
+        let existing = self
+            .inner
+            .store
+            .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?;
+        let mut batch = Batch::new();
+        let contact = match existing {
+            Some(mut c) => {
+                if let Some(new_name) = name.filter(|n| *n != c.name) {
+                    if !self.name_free(new_name)? {
+                        return Err(Error::NameTaken(new_name.to_owned()));
+                    }
+                    batch.remove(Tree::Names, c.name.as_bytes().to_vec());
+                    c.name = new_name.to_owned();
+                }
+                let old = Card::from_bytes(&c.card).ok();
+                if old
+                    .as_ref()
+                    .is_none_or(|o| o.body().issued_at <= card.body().issued_at)
+                {
+                    if let Some(o) = old.filter(|o| o.body().seal_key != card.body().seal_key) {
+                        batch.remove(Tree::SealIndex, o.body().seal_key.to_vec());
+                    }
+                    c.card = card.to_bytes();
+                }
+                c.request = false;
+                c
+            }
+            None => {
+                if self.inner.store.len(Tree::Contacts) >= MAX_CONTACTS {
+                    return Err(Error::InvalidParams(format!(
+                        "at most {MAX_CONTACTS} contacts"
+                    )));
+                }
+                let name = match name {
+                    Some(n) if self.name_free(n)? => n.to_owned(),
+                    Some(n) => return Err(Error::NameTaken(n.to_owned())),
+                    None => self.default_name(&card.body().name)?,
+                };
+                store::Contact {
+                    name,
+                    card: card.to_bytes(),
+                    added_at: now_ms(),
+                    request: false,
+                }
+            }
+        };
+        let stored_card = Card::from_bytes(&contact.card)?;
+        self.stage_contact(&mut batch, &key, &contact, &stored_card)?;
+        let view = Self::view_contact(&key, &contact);
+        let event = self
+            .inner
+            .events
+            .stage(&mut batch, "contact.added", "contact", json!(view))?;
+        self.inner.store.commit(batch).await?;
+        self.inner.events.publish(vec![event]);
+        drop(guard);
+        self.inner.outbox_wake.notify_one();
+        Ok(view)
+    }
+
+    /// `contact.list`
+    pub fn contacts(&self) -> Result<Vec<ContactView>, Error> {
+        let mut out: Vec<ContactView> = self
+            .inner
+            .store
+            .scan::<store::Contact>(Tree::Contacts, "contact")?
+            .into_iter()
+            .filter_map(|(k, c)| {
+                <[u8; 32]>::try_from(k.as_ref())
+                    .ok()
+                    .map(|k| Self::view_contact(&AccountKey(k), &c))
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `contact.verify`
+    pub async fn verify(&self, who: &str) -> Result<Value, Error> {
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        let (key, contact) = self.resolve(who)?;
+        Ok(json!({
+            "contact": contact.name,
+            "safety_number": safety_number(&account.public(), &key),
+            "fingerprint": key.fingerprint(),
+            "own_fingerprint": account.public().fingerprint(),
+        }))
+    }
+
+    fn load_pairwise(&self, key: &AccountKey) -> Result<Pairwise, Error> {
+        match self
+            .inner
+            .store
+            .get::<Vec<String>>(Tree::Sessions, &key.0, "sessions")?
+        {
+            Some(p) => Pairwise::from_pickle(&p, &self.inner.pickle_key).map_err(|e| {
+                Error::Store(StoreError::Corrupt {
+                    what: "sessions",
+                    detail: e.to_string(),
+                })
+            }),
+            None => Ok(Pairwise::new()),
+        }
+    }
+
+    fn view_message(&self, m: &store::Message, contact_name: &str) -> MessageView {
+        MessageView {
+            id: m.id.to_string(),
+            contact: contact_name.to_owned(),
+            direction: match m.direction {
+                Direction::In => "in",
+                Direction::Out => "out",
+            },
+            from: match m.direction {
+                Direction::In => contact_name.to_owned(),
+                Direction::Out => "me".to_owned(),
+            },
+            text: m.text.clone(),
+            sent_at: m.sent_at,
+            received_at: m.received_at,
+            state: match m.state {
+                State::Queued => "queued",
+                State::Delivered => "delivered",
+                State::Received => "received",
+            },
+        }
+    }
+
+    /// `message.send`
+    pub async fn send(&self, to: &str, text: &str) -> Result<MessageView, Error> {
+        if text.is_empty() {
+            return Err(Error::InvalidParams("the message is empty".into()));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(Error::InvalidParams(format!(
+                "the message is too long: limit {MAX_TEXT_BYTES} bytes, got {}",
+                text.len()
+            )));
+        }
+        if self.inner.store.len(Tree::Outbox) >= MAX_OUTBOX {
+            return Err(Error::Internal(format!(
+                "the outbox is full ({MAX_OUTBOX} messages waiting); try again later"
+            )));
+        }
+        let now = now_ms();
+        let content = Content::text(MessageId::random(&mut OsRng), now, text)?;
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        let (key, contact) = self.resolve(to)?;
+        let card = Card::from_bytes(&contact.card)?;
+        let own = self.own_card(account).await?;
+        let mut pairwise = self.load_pairwise(&key)?;
+        let envelope = chat::seal_message(account, &own, &mut pairwise, &card, &content)
+            .map_err(|e| Error::Internal(format!("cannot encrypt: {e}")))?;
+        let seq = self.inner.store.next_id()?;
+        let message = store::Message {
+            id: content.id,
+            contact: key,
+            direction: Direction::Out,
+            text: text.to_owned(),
+            sent_at: now,
+            received_at: None,
+            state: State::Queued,
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Sessions,
+            key.0.to_vec(),
+            &pairwise.pickle(&self.inner.pickle_key),
+        )?;
+        batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
+        batch.put_raw(
+            Tree::MessageIds,
+            content.id.0.to_vec(),
+            seq.to_be_bytes().to_vec(),
+        );
+        batch.put(
+            Tree::Outbox,
+            seq.to_be_bytes().to_vec(),
+            &store::OutboxEntry {
+                seq,
+                message: content.id,
+                to: key,
+                envelope,
+                failures: 0,
+                next_attempt_at: now,
+            },
+        )?;
+        self.inner.store.commit(batch).await?;
+        drop(guard);
+        self.inner.outbox_wake.notify_one();
+        Ok(self.view_message(&message, &contact.name))
+    }
+
+    /// `message.list`
+    pub fn messages(
+        &self,
+        with: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<MessageView>, Error> {
+        let filter = with.map(|w| self.resolve(w)).transpose()?.map(|(k, _)| k);
+        let mut names = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for (_, m) in self
+            .inner
+            .store
+            .scan::<store::Message>(Tree::Messages, "message")?
+        {
+            if filter.is_some_and(|k| k != m.contact) {
+                continue;
+            }
+            let name = match names.get(&m.contact) {
+                Some(n) => n,
+                None => {
+                    let n = self
+                        .inner
+                        .store
+                        .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
+                        .map(|c| c.name)
+                        .unwrap_or_else(|| m.contact.address());
+                    names.entry(m.contact).or_insert(n)
+                }
+            };
+            out.push(self.view_message(&m, name));
+        }
+        if let Some(limit) = limit {
+            let skip = out.len().saturating_sub(limit);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+
+    /// Answer an envelope that arrived from `peer`.
+    pub async fn receive(&self, peer: PeerId, bytes: &[u8]) -> Response {
+        match self.try_receive(bytes).await {
+            Ok(response) => response,
+            Err(Error::Store(e)) => {
+                tracing::error!("cannot store a message from {peer}: {e}");
+                Response::Refused(Refusal::Internal)
+            }
+            Err(e) => {
+                tracing::debug!("refused an envelope from {peer}: {e}");
+                Response::Refused(Refusal::Unopenable)
+            }
+        }
+    }
+
+    async fn try_receive(&self, bytes: &[u8]) -> Result<Response, Error> {
+        if !padding::is_bucket(bytes.len()) {
+            return Ok(Response::Refused(Refusal::Malformed));
+        }
+        let digest = envelope::digest(bytes);
+        if self.inner.store.get_raw(Tree::Seen, &digest)?.is_some() {
+            return Ok(Response::Duplicate);
+        }
+        let mut guard = self.inner.account.lock().await;
+        let account = guard.as_mut().ok_or(Error::NoAccount)?;
+        let opened = match chat::open_envelope(account, bytes) {
+            Ok(o) => o,
+            Err(chat::ChatError::Envelope(envelope::EnvelopeError::UnsupportedVersion {
+                ..
+            })) => return Ok(Response::Refused(Refusal::Malformed)),
+            Err(e) => return Err(Error::InvalidParams(e.to_string())),
+        };
+        let attached = opened
+            .attached_card()
+            .map_err(|e| Error::InvalidParams(e.to_string()))?;
+        let known = self
+            .inner
+            .store
+            .get_raw(Tree::SealIndex, &opened.sender_seal_key)?
+            .and_then(|k| <[u8; 32]>::try_from(k.as_ref()).ok())
+            .map(AccountKey);
+        let now = now_ms();
+        let mut batch = Batch::new();
+        let mut events = Vec::new();
+        let (key, contact, card) = match known {
+            Some(key) => {
+                let mut contact = self
+                    .inner
+                    .store
+                    .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
+                    .ok_or_else(|| Error::UnknownContact(key.address()))?;
+                let mut card = Card::from_bytes(&contact.card)?;
+                if key != opened.letter.sender {
+                    return Err(Error::InvalidParams(
+                        "sender does not match the seal key".into(),
+                    ));
+                }
+                if let Some(newer) = attached.filter(|a| a.body().issued_at > card.body().issued_at)
+                {
+                    contact.card = newer.to_bytes();
+                    card = newer;
+                    self.stage_contact(&mut batch, &key, &contact, &card)?;
+                }
+                (key, contact, card)
+            }
+            None => {
+                let card = attached.ok_or_else(|| {
+                    Error::InvalidParams("envelope from an unknown sender without a card".into())
+                })?;
+                if self.inner.store.len(Tree::Contacts) >= MAX_CONTACTS {
+                    return Err(Error::InvalidParams("contact list full".into()));
+                }
+                let key = card.account();
+                let (name, added_at) = match self.inner.store.get::<store::Contact>(
+                    Tree::Contacts,
+                    &key.0,
+                    "contact",
+                )? {
+                    // A contact whose card (and seal key) changed.
+                    Some(c) => (c.name, c.added_at),
+                    None => (self.default_name(&card.body().name)?, now),
+                };
+                let existing =
+                    self.inner
+                        .store
+                        .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?;
+                let contact = store::Contact {
+                    name,
+                    card: card.to_bytes(),
+                    added_at,
+                    request: existing.as_ref().is_none_or(|c| c.request),
+                };
+                self.stage_contact(&mut batch, &key, &contact, &card)?;
+                if existing.is_none() {
+                    events.push((
+                        "contact.added",
+                        "contact",
+                        json!(Self::view_contact(&key, &contact)),
+                    ));
+                }
+                (key, contact, card)
+            }
+        };
+        let mut pairwise = self.load_pairwise(&key)?;
+        let content = chat::open_message(account, &mut pairwise, &card, &opened)
+            .map_err(|e| Error::InvalidParams(e.to_string()))?;
+        self.account_batch(&mut batch, account)?;
+        batch.put(
+            Tree::Sessions,
+            key.0.to_vec(),
+            &pairwise.pickle(&self.inner.pickle_key),
+        )?;
+        batch.put_raw(Tree::Seen, digest.to_vec(), now.to_be_bytes().to_vec());
+        let duplicate = self
+            .inner
+            .store
+            .get_raw(Tree::MessageIds, &content.id.0)?
+            .is_some();
+        if !duplicate {
+            let seq = self.inner.store.next_id()?;
+            let message = store::Message {
+                id: content.id,
+                contact: key,
+                direction: Direction::In,
+                text: content.as_text().unwrap_or_default().to_owned(),
+                sent_at: content.sent_at,
+                received_at: Some(now),
+                state: State::Received,
+            };
+            batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
+            batch.put_raw(
+                Tree::MessageIds,
+                content.id.0.to_vec(),
+                seq.to_be_bytes().to_vec(),
+            );
+            events.push((
+                "message.received",
+                "message",
+                json!(self.view_message(&message, &contact.name)),
+            ));
+        }
+        let staged = events
+            .into_iter()
+            .map(|(kind, k, v)| self.inner.events.stage(&mut batch, kind, k, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.store.commit(batch).await?;
+        drop(guard);
+        self.inner.events.publish(staged);
+        self.retry_contact(&key).await;
+        Ok(if duplicate {
+            Response::Duplicate
+        } else {
+            Response::Accepted
+        })
+    }
+
+    /// Make every outbox entry for `key` due now (the contact was just heard from).
+    pub async fn retry_contact(&self, key: &AccountKey) {
+        let result: Result<(), Error> = async {
+            let mut batch = Batch::new();
+            for (k, mut e) in self
+                .inner
+                .store
+                .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
+            {
+                if e.to == *key && e.next_attempt_at > now_ms() {
+                    e.next_attempt_at = 0;
+                    batch.put(Tree::Outbox, k.to_vec(), &e)?;
+                }
+            }
+            self.inner.store.apply(&batch)?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("cannot reschedule the outbox: {e}");
+        }
+        self.inner.outbox_wake.notify_one();
+    }
+
+    /// Make due every outbox entry for contacts reachable at `peer`.
+    pub async fn retry_peer(&self, peer: &PeerId) {
+        let peer_bytes = peer.to_bytes();
+        let Ok(contacts) = self
+            .inner
+            .store
+            .scan::<store::Contact>(Tree::Contacts, "contact")
+        else {
+            return;
+        };
+        for (k, c) in contacts {
+            let matches = Card::from_bytes(&c.card).ok().is_some_and(|card| {
+                card.body().hints.peer_id.as_deref() == Some(peer_bytes.as_slice())
+            });
+            if let (true, Ok(k)) = (matches, <[u8; 32]>::try_from(k.as_ref())) {
+                self.retry_contact(&AccountKey(k)).await;
+            }
+        }
+    }
+
+    /// Decode a stored value for tests and tools.
+    pub fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+        codec::decode(bytes).ok()
+    }
+}

@@ -1,0 +1,396 @@
+//! The node's persistent state, in sled, behind the few operations the node needs.
+//!
+//! Every change that belongs together — a message, its session state, its outbox entry and
+//! its event — is written in one transaction across trees ([`Batch`]), and [`Store::commit`]
+//! flushes to disk before it returns, so that whatever the daemon reports as stored survives
+//! a crash. Records are encoded with the protocol's one codec.
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sotto_protocol::codec;
+use sotto_protocol::content::MessageId;
+use sotto_protocol::identity::AccountKey;
+
+/// The schema this code writes; a store written by a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The newest events kept for clients that reconnect.
+pub const MAX_EVENTS: usize = 10_000;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("the data directory was written by a newer sotto (schema {found}, this one knows {known}); update sotto")]
+    NewerSchema { found: u32, known: u32 },
+}
+
+/// The trees of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tree {
+    /// Schema version, transport key, pickle key, the account snapshot.
+    Meta,
+    /// Account key → [`Contact`].
+    Contacts,
+    /// Contact name → account key.
+    Names,
+    /// Seal key → account key.
+    SealIndex,
+    /// Account key → pickled sessions.
+    Sessions,
+    /// Sequence number → [`Message`].
+    Messages,
+    /// Message id → sequence number.
+    MessageIds,
+    /// Sequence number → [`OutboxEntry`].
+    Outbox,
+    /// Envelope digest → time first received.
+    Seen,
+    /// Cursor → event (JSON).
+    Events,
+}
+
+const TREES: [(Tree, &str); 10] = [
+    (Tree::Meta, "meta"),
+    (Tree::Contacts, "contacts"),
+    (Tree::Names, "names"),
+    (Tree::SealIndex, "seal_index"),
+    (Tree::Sessions, "sessions"),
+    (Tree::Messages, "messages"),
+    (Tree::MessageIds, "message_ids"),
+    (Tree::Outbox, "outbox"),
+    (Tree::Seen, "seen"),
+    (Tree::Events, "events"),
+];
+
+pub const META_SCHEMA: &[u8] = b"schema";
+pub const META_TRANSPORT_KEY: &[u8] = b"transport_key";
+pub const META_PICKLE_KEY: &[u8] = b"pickle_key";
+pub const META_ACCOUNT: &[u8] = b"account";
+
+/// A contact as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Contact {
+    pub name: String,
+    /// The newest card seen, in its binary form.
+    pub card: Vec<u8>,
+    pub added_at: u64,
+    /// Wrote first, not (yet) added by the user.
+    pub request: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Queued,
+    Delivered,
+    Received,
+}
+
+/// A message as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub contact: AccountKey,
+    pub direction: Direction,
+    pub text: String,
+    pub sent_at: u64,
+    pub received_at: Option<u64>,
+    pub state: State,
+}
+
+/// A message waiting for delivery: the sealed envelope, sent as is on every attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub message: MessageId,
+    pub to: AccountKey,
+    pub envelope: Vec<u8>,
+    pub failures: u32,
+    pub next_attempt_at: u64,
+}
+
+/// Writes that must happen together.
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put_raw(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), Some(value.into())));
+    }
+
+    pub fn put<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        key: impl Into<Vec<u8>>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = codec::encode(value).map_err(|e| StoreError::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })?;
+        self.put_raw(tree, key, bytes);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+fn index(tree: Tree) -> usize {
+    TREES.iter().position(|(t, _)| *t == tree).unwrap_or(0)
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let trees = TREES
+            .iter()
+            .map(|(_, name)| db.open_tree(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Store { db, trees };
+        match store.tree(Tree::Meta).get(META_SCHEMA)? {
+            None => {
+                store
+                    .tree(Tree::Meta)
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                store.db.flush()?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "schema version",
+                        detail: format!("{} bytes", v.len()),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[index(tree)]
+    }
+
+    /// A fresh, strictly increasing number (message sequence, event cursor).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        // sled's ids start at 0; keep 0 free as "before everything".
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub fn get_raw(&self, tree: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree(tree).get(key)?)
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get_raw(tree, key)?
+            .map(|v| decode(&v, what))
+            .transpose()
+    }
+
+    /// Every record of a tree, in key order.
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        what: &'static str,
+    ) -> Result<Vec<(sled::IVec, T)>, StoreError> {
+        self.tree(tree)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k, decode(&v, what)?))
+            })
+            .collect()
+    }
+
+    /// The records of a tree after `after` (exclusive), in key order, at most `limit`.
+    pub fn range_after(
+        &self,
+        tree: Tree,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(tree).range(after.to_vec()..) {
+            let (k, v) = kv?;
+            if k.as_ref() == after {
+                continue;
+            }
+            out.push((k, v));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn last_key(&self, tree: Tree) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree(tree).last()?.map(|(k, _)| k))
+    }
+
+    pub fn len(&self, tree: Tree) -> usize {
+        self.tree(tree).len()
+    }
+
+    /// Apply `batch` atomically and flush it to disk.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply(&batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Apply `batch` atomically without waiting for the disk.
+    pub fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result: Result<(), TransactionError<()>> = self.trees.as_slice().transaction(|trees| {
+            for (tree, key, value) in &batch.ops {
+                let t = &trees[index(*tree)];
+                match value {
+                    Some(v) => {
+                        t.insert(key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                what: "transaction",
+                detail: "aborted".into(),
+            }),
+        }
+    }
+
+    /// Drop the oldest events beyond [`MAX_EVENTS`].
+    pub fn prune_events(&self) -> Result<(), StoreError> {
+        let tree = self.tree(Tree::Events);
+        while tree.len() > MAX_EVENTS {
+            if tree.pop_min()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+use sled::Transactional as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_commit_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put_raw(Tree::Names, b"bob".to_vec(), vec![1]);
+            b.put_raw(Tree::Seen, vec![9], vec![2]);
+            store.commit(b).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .get_raw(Tree::Names, b"bob")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            &[1]
+        );
+        assert_eq!(store.len(Tree::Seen), 1);
+        assert!(store.next_id().unwrap() > 0);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .tree(Tree::Meta)
+                .insert(META_SCHEMA, &99u32.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .tree(Tree::Contacts)
+            .insert(b"k", &[0xff, 0xff][..])
+            .unwrap();
+        assert!(store
+            .get::<Contact>(Tree::Contacts, b"k", "contact")
+            .is_err());
+    }
+}
