@@ -133,11 +133,12 @@ pub struct Behaviour {
 impl Behaviour {
     pub fn new(key: &Keypair) -> Self {
         let peer_id = key.public().to_peer_id();
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            kad::store::MemoryStore::new(peer_id),
-            kad::Config::new(StreamProtocol::new("/sotto/kad/1")),
-        );
+        let mut config = kad::Config::new(StreamProtocol::new("/sotto/kad/1"));
+        // The node bootstraps itself when it is given peers (see `Network::new`); without
+        // any, periodic bootstrap would only warn every few minutes.
+        config.set_periodic_bootstrap_interval(None);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
         kad.set_mode(Some(kad::Mode::Server));
         Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
