@@ -171,7 +171,7 @@ pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|key| Behaviour::new(key))?
+        .with_behaviour(Behaviour::new)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
 }
@@ -380,10 +380,8 @@ impl Network {
                 peer_id,
                 num_established,
                 ..
-            } => {
-                if num_established.get() == 1 {
-                    let _ = self.connected.try_send(peer_id);
-                }
+            } if num_established.get() == 1 => {
+                let _ = self.connected.try_send(peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 self.handle_envelope_event(event)
