@@ -34,10 +34,13 @@ pub mod card;
 pub mod chat;
 pub mod codec;
 pub mod content;
+pub mod deaddrop;
 pub mod envelope;
 pub mod identity;
+pub mod mailbox;
 pub mod outbox;
 pub mod padding;
+pub mod pow;
 pub mod session;
 pub mod wire;
 
