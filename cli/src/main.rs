@@ -1,1 +1,174 @@
-fn main() {}
+//! `sotto`: the command-line client of the sotto daemon.
+//!
+//! It speaks only the daemon's control API (`docs/api.md`): one JSON-RPC 2.0 request per
+//! line over the Unix socket given by `--socket`, `SOTTO_SOCKET`, or the default
+//! `$XDG_RUNTIME_DIR/sotto/sottod.sock` (`/tmp/sotto-$UID/sottod.sock` without
+//! `XDG_RUNTIME_DIR`). It never opens the store or the network itself.
+//!
+//! ```text
+//! $ sotto init --name Alice
+//! $ sotto contact add 'sotto:…' --name bob
+//! $ sotto contact verify bob
+//! $ sotto send bob 'hello'
+//! $ sotto watch --json | my-bot
+//! ```
+//!
+//! Every command takes `--json`, which prints the daemon's answer as one line of JSON (and
+//! `{"error":{"code":..,"message":..}}` on failure).
+//!
+//! # Exit status
+//!
+//! | code | meaning |
+//! | ---: | --- |
+//! | 0 | success |
+//! | 1 | any other error (daemon internal error, I/O, unexpected answer) |
+//! | 2 | usage error (bad arguments) |
+//! | 3 | the daemon is not running, or its socket cannot be connected to |
+//! | 4 | no account yet (`-32001`) |
+//! | 5 | unknown contact (`-32003`) |
+//! | 6 | invalid input: bad card (`-32004`), invalid params (`-32602`), own card (`-32006`) |
+//! | 7 | conflict: account exists (`-32002`), contact name taken (`-32005`) |
+
+mod api;
+mod commands;
+mod events;
+mod exit;
+mod output;
+mod paths;
+mod rpc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::commands::Context;
+
+/// Talk to the sotto daemon: your account, contacts and messages.
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version, after_help = exit::HELP)]
+struct Cli {
+    /// The daemon's control socket [default: $XDG_RUNTIME_DIR/sotto/sottod.sock, or
+    /// /tmp/sotto-$UID/sottod.sock]
+    #[arg(long, global = true, env = "SOTTO_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Print the daemon's answer as JSON (one value per line) instead of text
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create your account
+    Init {
+        /// Your display name, as printed in your card
+        #[arg(long)]
+        name: String,
+    },
+    /// Show your card, address and fingerprint
+    Id {
+        /// Also draw the card as a QR code (not with --json)
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Show the node: PeerId, addresses, connected peers, outbox
+    Status,
+    /// Add, list and verify contacts
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Send a message
+    #[command(
+        after_help = "A message starting with '-' goes after '--': sotto send bob -- '-5 degrees'"
+    )]
+    Send {
+        /// The contact's name or address
+        name: String,
+        /// The message; `-` reads it from standard input
+        text: String,
+    },
+    /// Show messages, oldest first
+    Messages {
+        /// Only the conversation with this contact (name or address)
+        name: Option<String>,
+        /// Only the newest N messages
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Print incoming messages and delivery notices as they happen
+    Watch {
+        /// First replay the stored events after this cursor
+        #[arg(long, value_name = "CURSOR")]
+        since: Option<u64>,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactCommand {
+    /// Add a contact from their card
+    Add {
+        /// The contact's card (`sotto:…`); `-` reads it from standard input
+        card: String,
+        /// The name to know them by [default: their display name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List contacts
+    List,
+    /// Show the safety number to compare with a contact
+    Verify {
+        /// The contact's name or address
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        socket: cli.socket.unwrap_or_else(paths::default_socket),
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Init { name } => commands::init(&ctx, &name),
+        Command::Id { qr } => commands::id(&ctx, qr),
+        Command::Status => commands::status(&ctx),
+        Command::Contact(ContactCommand::Add { card, name }) => {
+            commands::contact_add(&ctx, &card, name.as_deref())
+        }
+        Command::Contact(ContactCommand::List) => commands::contact_list(&ctx),
+        Command::Contact(ContactCommand::Verify { name }) => commands::contact_verify(&ctx, &name),
+        Command::Send { name, text } => commands::send(&ctx, &name, &text),
+        Command::Messages { name, limit } => commands::messages(&ctx, name.as_deref(), limit),
+        Command::Watch { since } => commands::watch(&ctx, since),
+        Command::Completions { shell } => commands::completions(shell, Cli::command()),
+    };
+    match result {
+        Ok(()) => exit::Code::Success.into(),
+        Err(err) => exit::report(&err, ctx.json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_accepted_before_and_after_the_command() {
+        for args in [["sotto", "--json", "status"], ["sotto", "status", "--json"]] {
+            assert!(Cli::try_parse_from(args).is_ok_and(|cli| cli.json));
+        }
+    }
+}

@@ -176,6 +176,29 @@ pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
         .build())
 }
 
+/// libp2p listens with `SO_REUSEPORT`, so a second node on the same TCP port would start
+/// without complaint and the kernel would split connections between the two. Binding the
+/// port plainly first fails if anyone holds it.
+fn ensure_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, port.filter(|p| *p != 0)) {
+        std::net::TcpListener::bind((ip, port)).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr}: {e}; is another sottod using port {port}?")
+        })?;
+    }
+    Ok(())
+}
+
 /// An envelope that arrived, waiting for the service's answer.
 pub struct Inbound {
     pub peer: PeerId,
@@ -285,6 +308,7 @@ impl Network {
         let peer_id = key.public().to_peer_id();
         let mut swarm = build_swarm(key)?;
         for addr in listen {
+            ensure_port_free(addr)?;
             swarm
                 .listen_on(addr.clone())
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

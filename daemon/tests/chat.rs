@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{pair, root, Daemon};
+use common::{pair, root, run_briefly, Daemon};
 use serde_json::json;
 
 #[test]
@@ -123,29 +123,41 @@ fn one_data_dir_one_daemon() {
     let address = alice.call("account.get", json!({}))["address"].clone();
 
     // Same data dir, another socket: refused with a clear message.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
-        .arg("--data-dir")
-        .arg(&alice.data_dir)
-        .arg("--socket")
-        .arg(root.path().join("other.sock"))
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = run_briefly(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
+            .arg("--data-dir")
+            .arg(&alice.data_dir)
+            .arg("--socket")
+            .arg(root.path().join("other.sock"))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"]),
+    );
+    assert!(!ok);
     assert!(err.contains("already running"), "{err}");
 
     // Same socket, another data dir: refused too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
-        .arg("--data-dir")
-        .arg(root.path().join("other"))
-        .arg("--socket")
-        .arg(&alice.socket)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("control socket"));
+    let (ok, err) = run_briefly(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
+            .arg("--data-dir")
+            .arg(root.path().join("other"))
+            .arg("--socket")
+            .arg(&alice.socket)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"]),
+    );
+    assert!(!ok);
+    assert!(err.contains("control socket"), "{err}");
+
+    // Same port, another data dir and socket: refused (libp2p's SO_REUSEPORT would
+    // otherwise let both listen and split the connections between them).
+    let (ok, err) = run_briefly(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
+            .arg("--data-dir")
+            .arg(root.path().join("third"))
+            .arg("--socket")
+            .arg(root.path().join("third.sock"))
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", alice.port)]),
+    );
+    assert!(!ok);
+    assert!(err.contains("another sottod"), "{err}");
 
     // The first daemon is untouched.
     assert!(alice.is_running());

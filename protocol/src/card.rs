@@ -69,6 +69,8 @@ pub struct Body {
     pub fallback_key: [u8; 32],
     /// The X25519 static key sealed envelopes are addressed to.
     pub seal_key: [u8; 32],
+    /// The public key of the owner's intro dead drop, where first messages are deposited.
+    pub intro: [u8; 32],
     pub hints: Hints,
     /// When the card was issued, in milliseconds since the Unix epoch; the newer card wins.
     pub issued_at: u64,
@@ -211,6 +213,7 @@ mod tests {
             session_key: [1; 32],
             fallback_key: [2; 32],
             seal_key: [3; 32],
+            intro: [4; 32],
             hints: Hints {
                 peer_id: Some(vec![0, 36, 8, 1]),
                 addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
@@ -241,7 +244,7 @@ mod tests {
         assert_eq!(&bytes[33..39], b"\x05Alice");
         assert_eq!(
             bytes.len(),
-            1 + 32 + 6 + 96 + 1 + 1 + 4 + 1 + 1 + 23 + 9 + 64
+            1 + 32 + 6 + 128 + 1 + 1 + 4 + 1 + 1 + 23 + 9 + 64
         );
     }
 

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::card::{self, Card, CardError, Hints};
 use crate::content::{Content, ContentError};
+use crate::deaddrop::DropKey;
 use crate::envelope::{self, EnvelopeError, Letter, SealKey};
 use crate::identity::{AccountKey, Identity};
 use crate::session::{Device, Pairwise, SessionError};
@@ -34,6 +35,8 @@ pub struct LocalAccount {
     pub identity: Identity,
     pub seal: SealKey,
     pub device: Device,
+    /// The key of this account's intro dead drop.
+    pub intro: DropKey,
 }
 
 /// The persisted form of a [`LocalAccount`]. Holds secrets: store it only where the account
@@ -43,6 +46,7 @@ pub struct Snapshot {
     pub name: String,
     pub identity: [u8; 32],
     pub seal: [u8; 32],
+    pub intro: [u8; 32],
     /// The Olm account, pickled under the store's pickle key.
     pub device: String,
 }
@@ -52,6 +56,7 @@ impl Drop for Snapshot {
         use zeroize::Zeroize;
         self.identity.zeroize();
         self.seal.zeroize();
+        self.intro.zeroize();
         self.device.zeroize();
     }
 }
@@ -64,6 +69,7 @@ impl LocalAccount {
             identity: Identity::generate(rng),
             seal: SealKey::generate(rng),
             device: Device::new(),
+            intro: DropKey::generate(rng),
         }
     }
 
@@ -81,6 +87,7 @@ impl LocalAccount {
                 session_key: self.device.session_key(),
                 fallback_key: self.device.fallback_key(),
                 seal_key: self.seal.public(),
+                intro: self.intro.public(),
                 hints,
                 issued_at: now_ms,
             },
@@ -92,6 +99,7 @@ impl LocalAccount {
             name: self.name.clone(),
             identity: *self.identity.secret_bytes(),
             seal: *self.seal.secret_bytes(),
+            intro: *self.intro.seed(),
             device: self.device.pickle(pickle_key),
         }
     }
@@ -104,6 +112,7 @@ impl LocalAccount {
             identity: Identity::from_seed(&identity),
             seal: SealKey::from_secret(&seal),
             device: Device::from_pickle(&snapshot.device, pickle_key)?,
+            intro: DropKey::from_seed(&snapshot.intro),
         })
     }
 }

@@ -56,6 +56,20 @@ impl std::fmt::Debug for MessageId {
 #[non_exhaustive]
 pub enum Body {
     Text(String),
+    /// How to reach the sender; sent automatically, never shown as a message.
+    Presence(Presence),
+}
+
+/// What a contact needs to reach the sender: the secret of the sender's dead drops for this
+/// contact, and optionally the sender's node (unless the sender is mailbox-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The secret the contact derives the sender's dead drops from (see `deaddrop`).
+    pub inbox: [u8; 32],
+    /// The sender's PeerId (binary form), if it accepts direct delivery.
+    pub peer_id: Option<Vec<u8>>,
+    /// The sender's node's addresses, at most 8 of at most 256 bytes.
+    pub addrs: Vec<String>,
 }
 
 /// One message, as its sender wrote it.
@@ -77,6 +91,8 @@ pub enum ContentError {
     UnsupportedVersion { got: u8, known: u8 },
     #[error("empty content")]
     Empty,
+    #[error("invalid content: {0}")]
+    Invalid(&'static str),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -106,6 +122,7 @@ impl Content {
     pub fn as_text(&self) -> Option<&str> {
         match &self.body {
             Body::Text(t) => Some(t),
+            Body::Presence(_) => None,
         }
     }
 
@@ -124,14 +141,29 @@ impl Content {
             });
         }
         let content: Content = codec::decode_limited(rest, MAX_BYTES as u64)?;
-        let Body::Text(t) = &content.body;
-        if t.len() > MAX_TEXT_BYTES {
-            return Err(ContentError::TextTooLong {
+        match &content.body {
+            Body::Text(t) if t.len() > MAX_TEXT_BYTES => Err(ContentError::TextTooLong {
                 limit: MAX_TEXT_BYTES,
                 got: t.len(),
-            });
+            }),
+            Body::Presence(p)
+                if p.addrs.len() > crate::card::MAX_ADDRS
+                    || p.addrs.iter().any(|a| a.len() > crate::card::MAX_ADDR_LEN)
+                    || p.peer_id.as_ref().is_some_and(|id| id.len() > 128) =>
+            {
+                Err(ContentError::Invalid("presence hints over their limits"))
+            }
+            _ => Ok(content),
         }
-        Ok(content)
+    }
+
+    /// A presence message.
+    pub fn presence(id: MessageId, sent_at: u64, presence: Presence) -> Self {
+        Content {
+            id,
+            sent_at,
+            body: Body::Presence(presence),
+        }
     }
 }
 
@@ -158,6 +190,24 @@ mod tests {
         assert_eq!(MessageId::parse(&id.to_string()), Some(id));
         assert_eq!(MessageId::parse("zz"), None);
         assert_eq!(MessageId::parse(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn presence_round_trips_and_is_bounded() {
+        let p = Presence {
+            inbox: [3; 32],
+            peer_id: Some(vec![1, 2]),
+            addrs: vec!["/ip4/1.2.3.4/tcp/5".into()],
+        };
+        let c = Content::presence(MessageId([1; 16]), 2, p.clone());
+        assert_eq!(Content::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
+        assert_eq!(c.as_text(), None);
+        let big = Presence {
+            addrs: vec!["x".into(); 9],
+            ..p
+        };
+        let c = Content::presence(MessageId([1; 16]), 2, big);
+        assert!(Content::from_bytes(&c.to_bytes().unwrap()).is_err());
     }
 
     #[test]

@@ -1,0 +1,230 @@
+//! One function per `sotto` command: call the daemon, print its answer.
+//!
+//! With `--json` the daemon's result is printed as it came, as one line of JSON; without,
+//! it is read into the types of [`crate::api`] and shown by [`crate::output`].
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
+
+use crate::api::{self, Account, Contact, Event, Message, Status, Verification};
+use crate::events::{Follow, Step};
+use crate::exit::{InvalidInput, StdoutClosed};
+use crate::output;
+use crate::rpc::Client;
+
+/// The most bytes read from standard input for a card or a message.
+const MAX_STDIN: u64 = 1024 * 1024;
+
+/// What every command needs: where the daemon is and how to print.
+pub struct Context {
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+impl Context {
+    fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.socket)?)
+    }
+
+    /// Call `method` on a new connection and print the result: as JSON, or as `human`
+    /// makes of it.
+    fn call_and_print<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+        human: impl FnOnce(T) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
+        let result = self.connect()?.call(method, params)?;
+        if self.json {
+            print_line(&result.to_string())
+        } else {
+            print_line(&human(api::parse(&result, method)?)?)
+        }
+    }
+}
+
+/// `sotto init --name NAME`
+pub fn init(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "account.create",
+        json!({ "name": name }),
+        |account: Account| Ok(output::account(&account, true)),
+    )
+}
+
+/// `sotto id [--qr]`
+pub fn id(ctx: &Context, qr: bool) -> anyhow::Result<()> {
+    ctx.call_and_print("account.get", json!({}), |account: Account| {
+        let text = output::account(&account, false);
+        if !qr {
+            return Ok(text);
+        }
+        Ok(format!("{text}\n\n{}", output::qr(&account.card)?))
+    })
+}
+
+/// `sotto status`
+pub fn status(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("node.status", json!({}), |status: Status| {
+        Ok(output::status(&status))
+    })
+}
+
+/// `sotto contact add CARD [--name NAME]`; CARD `-` reads the card from standard input.
+pub fn contact_add(ctx: &Context, card: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let card = match card {
+        "-" => read_stdin("card")?.trim().to_owned(),
+        card => card.trim().to_owned(),
+    };
+    let mut params = json!({ "card": card });
+    if let (Some(name), Some(object)) = (name, params.as_object_mut()) {
+        object.insert("name".to_owned(), json!(name));
+    }
+    ctx.call_and_print("contact.add", params, |contact: Contact| {
+        Ok(output::contact_added(&contact))
+    })
+}
+
+/// `sotto contact list`
+pub fn contact_list(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("contact.list", json!({}), |contacts: Vec<Contact>| {
+        Ok(output::contacts(&contacts))
+    })
+}
+
+/// `sotto contact verify NAME`
+pub fn contact_verify(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "contact.verify",
+        json!({ "contact": name }),
+        |v: Verification| Ok(output::verification(&v)),
+    )
+}
+
+/// `sotto send NAME TEXT`; TEXT `-` reads the message from standard input (without its
+/// final line break).
+pub fn send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {
+    let text = match text {
+        "-" => read_stdin("message")?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        text => text.to_owned(),
+    };
+    ctx.call_and_print(
+        "message.send",
+        json!({ "to": to, "text": text }),
+        |m: Message| Ok(output::sent(&m)),
+    )
+}
+
+/// `sotto messages [NAME] [--limit N]`
+pub fn messages(ctx: &Context, contact: Option<&str>, limit: Option<u32>) -> anyhow::Result<()> {
+    let mut params = serde_json::Map::new();
+    if let Some(contact) = contact {
+        params.insert("contact".to_owned(), json!(contact));
+    }
+    if let Some(limit) = limit {
+        params.insert("limit".to_owned(), json!(limit));
+    }
+    ctx.call_and_print(
+        "message.list",
+        Value::Object(params),
+        |list: Vec<Message>| Ok(output::messages(&list, contact)),
+    )
+}
+
+/// `sotto watch [--since CURSOR]`: print events until the daemon closes the connection.
+pub fn watch(ctx: &Context, since: Option<u64>) -> anyhow::Result<()> {
+    let mut client = ctx.connect()?;
+    let mut follow = Follow::new(since);
+    let answer = client.call("events.subscribe", follow.subscribe_params())?;
+    follow.subscribed(&answer);
+    loop {
+        let Some(notification) = client.next_notification()? else {
+            match follow.resume_cursor() {
+                Some(cursor) => bail!(
+                    "the daemon closed the connection; carry on with: sotto watch --since {cursor}"
+                ),
+                None => bail!("the daemon closed the connection"),
+            }
+        };
+        match follow.handle(&notification) {
+            Step::Show(params) if ctx.json => print_line(&params.to_string())?,
+            Step::Show(params) => match api::parse::<Event>(params, "event") {
+                Ok(event) => {
+                    if let Some(line) = output::event(&event) {
+                        print_line(&line)?;
+                    }
+                }
+                Err(e) => warn(&format!("{e:#}")),
+            },
+            Step::Resubscribe { since } => {
+                let from = since.map_or_else(|| "now".to_owned(), |c| format!("cursor {c}"));
+                warn(&format!(
+                    "events came faster than they were read; catching up from {from}"
+                ));
+                let answer = client.call("events.subscribe", follow.subscribe_params())?;
+                follow.subscribed(&answer);
+            }
+            Step::Malformed => warn("ignoring an event without a cursor"),
+            Step::Skip => {}
+        }
+    }
+}
+
+/// `sotto completions SHELL`: needs no daemon.
+pub fn completions(shell: clap_complete::Shell, mut command: clap::Command) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "sotto", &mut script);
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(&script)
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)
+}
+
+/// Print `text` and a line break, and flush (so that `watch` output reaches pipes at once).
+fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow!(e).context("cannot write to standard output")
+    }
+}
+
+/// A warning on stderr; it does not change the exit code.
+fn warn(message: &str) {
+    let _ = writeln!(
+        io::stderr(),
+        "sotto: warning: {}",
+        output::one_line(message)
+    );
+}
+
+/// Standard input as text, at most [`MAX_STDIN`] bytes.
+fn read_stdin(what: &str) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    io::stdin()
+        .lock()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the {what} from standard input"))?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_STDIN {
+        return Err(InvalidInput(format!(
+            "the {what} on standard input is longer than {MAX_STDIN} bytes"
+        ))
+        .into());
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| InvalidInput(format!("the {what} on standard input is not UTF-8 text")).into())
+}

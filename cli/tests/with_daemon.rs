@@ -1,0 +1,181 @@
+//! The `sotto` command against two real `sottod` processes, as a user would drive it.
+//!
+//! `sottod` is looked up next to the `sotto` binary: `cargo test --workspace` builds both.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn sottod_path() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_sotto")).with_file_name("sottod");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p sotto-daemon` or `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+struct Node {
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Node {
+    fn start(root: &Path, name: &str) -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let socket = root.join(format!("{name}.sock"));
+        let child = Command::new(sottod_path())
+            .arg("--data-dir")
+            .arg(root.join(name))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+            .env("SOTTO_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Node { socket, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !node.sotto(&["--json", "status"]).status.success() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn sotto(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.sotto(&all);
+        assert!(
+            out.status.success(),
+            "sotto {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_text(node: &Node, contact: &str, text: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = node.json(&["messages", contact]);
+        if let Some(m) = list.as_array().unwrap().iter().find(|m| m["text"] == text) {
+            return m.clone();
+        }
+        assert!(Instant::now() < deadline, "{text:?} never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_users_chat_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let alice = Node::start(root.path(), "alice");
+    let bob = Node::start(root.path(), "bob");
+
+    // Before init: a clear error and its exit code.
+    assert_eq!(alice.sotto(&["id"]).status.code(), Some(4));
+
+    let created = alice.json(&["init", "--name", "Alice"]);
+    assert!(created["card"].as_str().unwrap().starts_with("sotto:"));
+    assert_eq!(
+        alice.sotto(&["init", "--name", "Again"]).status.code(),
+        Some(7)
+    );
+    bob.json(&["init", "--name", "Bob"]);
+
+    let id = alice.json(&["id"]);
+    for key in ["card", "address", "fingerprint"] {
+        assert!(id[key].is_string(), "id --json has {key}");
+    }
+    let status = alice.json(&["status"]);
+    for key in ["peer_id", "listen_addrs", "connected_peers", "outbox"] {
+        assert!(!status[key].is_null(), "status --json has {key}");
+    }
+    let qr = alice.sotto(&["id", "--qr"]);
+    assert!(
+        qr.status.success() && qr.stdout.len() > 500,
+        "a QR code is printed"
+    );
+
+    let alice_card = id["card"].as_str().unwrap().to_owned();
+    let bob_card = bob.json(&["id"])["card"].as_str().unwrap().to_owned();
+    assert_eq!(
+        bob.json(&["contact", "add", &alice_card, "--name", "alice"])["name"],
+        "alice"
+    );
+    alice.json(&["contact", "add", &bob_card, "--name", "bob"]);
+    assert_eq!(alice.json(&["contact", "list"])[0]["name"], "bob");
+
+    // Bad input: a tampered card, an unknown contact.
+    let mut tampered = bob_card.clone();
+    tampered.replace_range(40..41, if &bob_card[40..41] == "A" { "B" } else { "A" });
+    assert_eq!(
+        alice.sotto(&["contact", "add", &tampered]).status.code(),
+        Some(6)
+    );
+    assert_eq!(
+        alice.sotto(&["send", "nobody", "hi"]).status.code(),
+        Some(5)
+    );
+
+    // The same safety number on both sides.
+    let a = alice.json(&["contact", "verify", "bob"]);
+    let b = bob.json(&["contact", "verify", "alice"]);
+    assert_eq!(a["safety_number"], b["safety_number"]);
+
+    let sent = alice.json(&["send", "bob", "hello from the command line"]);
+    let got = wait_for_text(&bob, "alice", "hello from the command line");
+    assert_eq!(got["id"], sent["id"]);
+    for key in ["id", "from", "text", "sent_at", "direction"] {
+        assert!(!got[key].is_null(), "messages --json has {key}");
+    }
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["direction"], "in");
+
+    let human = bob.sotto(&["messages", "alice"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("hello from the command line"));
+
+    bob.json(&["send", "alice", "and hello back"]);
+    wait_for_text(&alice, "bob", "and hello back");
+    let history = alice.json(&["messages", "bob"]);
+    let texts: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello from the command line", "and hello back"],
+        "oldest first"
+    );
+}

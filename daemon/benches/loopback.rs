@@ -1,0 +1,588 @@
+//! Two real nodes in one process, talking over loopback TCP, beside a bare libp2p
+//! request-response exchange of an envelope of the same size.
+//!
+//! sotto's path per message: `Service::send` (seal, store and flush), the outbox worker, the
+//! `/sotto/envelope/1` request over TCP + Noise + yamux, the recipient's `receive` (open,
+//! decrypt, store and flush, event), the answer, and the sender's `delivered` (store and
+//! flush, event). The baseline is only the request and its one-byte answer, on the same codec
+//! and transport stack, with no store and no crypto above the transport.
+//!
+//! Printed before criterion's figures: latency percentiles from a plain measurement loop
+//! (criterion reports means and medians only), pipelined burst rates, and the same
+//! sequential latencies again once the event log holds its maximum of events.
+//!
+//! Run with `cargo bench -p sotto-daemon --bench loopback`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use futures::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use serde_json::{json, Value};
+use sotto_daemon::config::Config;
+use sotto_daemon::network::{Codec, Request};
+use sotto_daemon::node::Node;
+use sotto_daemon::service::Service;
+use sotto_daemon::store::{Batch, Tree, MAX_EVENTS};
+use sotto_protocol::card::Card;
+use sotto_protocol::wire::{Response, ENVELOPE_PROTOCOL};
+use tempfile::TempDir;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// A ~100-byte chat line: its envelope is the smallest bucket, 512 bytes.
+const TEXT_BYTES: usize = 100;
+/// The baseline's request size: the envelope a 100-byte text travels in.
+const ENVELOPE_BYTES: usize = 512;
+/// Messages in one pipelined burst.
+const BURST: usize = 50;
+/// Sequential messages in each percentile loop.
+const SAMPLES: usize = 200;
+/// Longest wait for any one event before the bench gives up.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn text() -> String {
+    "The quick brown fox jumps over the lazy dog. "
+        .chars()
+        .cycle()
+        .take(TEXT_BYTES)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Two sotto nodes
+// ---------------------------------------------------------------------------------------
+
+struct Pair {
+    alice: Node,
+    bob: Node,
+    _dirs: Vec<TempDir>,
+}
+
+/// A temporary directory of mode 0700, as the node requires for its data and socket
+/// directories (`tempfile::tempdir()` follows the umask, usually giving 0755).
+fn private_tempdir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("sotto-bench")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("temporary directory")
+}
+
+async fn start_node(name: &str, dirs: &mut Vec<TempDir>) -> Node {
+    let data = private_tempdir();
+    let sock = private_tempdir();
+    let config = Config {
+        data_dir: data.path().to_owned(),
+        socket: sock.path().join("sottod.sock"),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+        bootstrap: Vec::new(),
+        announce: Vec::new(),
+    };
+    dirs.push(data);
+    dirs.push(sock);
+    let node = Node::start(&config).await.expect("node starts");
+    node.service()
+        .create_account(name)
+        .await
+        .expect("account created");
+    node
+}
+
+/// The node's card, once the swarm has reported a listen address for it.
+async fn card_with_addrs(service: &Service) -> Result<String, String> {
+    for _ in 0..100 {
+        let view = service.account().await.map_err(|e| e.to_string())?;
+        let card = Card::from_uri(&view.card).map_err(|e| e.to_string())?;
+        if !card.body().hints.addrs.is_empty() {
+            return Ok(view.card);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the card has no listen address after 5 s".into())
+}
+
+/// Wait for the event `kind` about the message `id`.
+async fn wait_event(
+    rx: &mut broadcast::Receiver<Value>,
+    kind: &str,
+    id: &str,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) if e["kind"] == kind && e["message"]["id"] == id => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(RecvError::Lagged(n))) => return Err(format!("events: lagged by {n}")),
+            Ok(Err(RecvError::Closed)) => return Err("events: feed closed".into()),
+            Err(_) => return Err(format!("no {kind} event for {id} in {EVENT_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// Wait for `kind` events about all of `ids`.
+async fn wait_all(
+    rx: &mut broadcast::Receiver<Value>,
+    kind: &str,
+    mut ids: HashSet<String>,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while !ids.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) if e["kind"] == kind => {
+                if let Some(id) = e["message"]["id"].as_str() {
+                    ids.remove(id);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("events: {e}")),
+            Err(_) => return Err(format!("{} {kind} events missing", ids.len())),
+        }
+    }
+    Ok(())
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let mut dirs = Vec::new();
+        let alice = start_node("Alice", &mut dirs).await;
+        let bob = start_node("Bob", &mut dirs).await;
+        let alice_card = card_with_addrs(alice.service()).await.expect("card");
+        let bob_card = card_with_addrs(bob.service()).await.expect("card");
+        alice
+            .service()
+            .add_contact(&bob_card, Some("bob"))
+            .await
+            .expect("add bob");
+        bob.service()
+            .add_contact(&alice_card, Some("alice"))
+            .await
+            .expect("add alice");
+        let pair = Pair {
+            alice,
+            bob,
+            _dirs: dirs,
+        };
+        // One message each way: the session is confirmed, the connection is up, and every
+        // message measured afterwards is a normal Olm message without an attached card.
+        pair.one(pair.alice.service(), pair.bob.service(), "bob", "hello")
+            .await;
+        pair.one(pair.bob.service(), pair.alice.service(), "alice", "hi")
+            .await;
+        pair
+    }
+
+    async fn one(&self, from: &Service, to: &Service, to_name: &str, text: &str) {
+        let mut rx = to.events().subscribe();
+        let sent = from.send(to_name, text).await.expect("send");
+        wait_event(&mut rx, "message.received", &sent.id)
+            .await
+            .expect("received");
+    }
+
+    fn alice(&self) -> &Service {
+        self.alice.service()
+    }
+
+    fn bob(&self) -> &Service {
+        self.bob.service()
+    }
+
+    /// One message from Alice to Bob; returns (send returned, Bob's `message.received`,
+    /// Alice's `message.delivered`), each measured from the call to `send`.
+    async fn timed_message(&self, text: &str) -> [Duration; 3] {
+        let mut received = self.bob().events().subscribe();
+        let mut delivered = self.alice().events().subscribe();
+        let start = Instant::now();
+        let sent = self.alice().send("bob", text).await.expect("send");
+        let returned = start.elapsed();
+        wait_event(&mut received, "message.received", &sent.id)
+            .await
+            .expect("received");
+        let got = start.elapsed();
+        wait_event(&mut delivered, "message.delivered", &sent.id)
+            .await
+            .expect("delivered");
+        [returned, got, start.elapsed()]
+    }
+
+    /// `n` messages sent back to back; returns (all `send` calls returned, all received,
+    /// all delivered), from the first call.
+    async fn burst(&self, n: usize, text: &str) -> [Duration; 3] {
+        let mut received = self.bob().events().subscribe();
+        let mut delivered = self.alice().events().subscribe();
+        let start = Instant::now();
+        let mut ids = HashSet::new();
+        for _ in 0..n {
+            ids.insert(self.alice().send("bob", text).await.expect("send").id);
+        }
+        let returned = start.elapsed();
+        wait_all(&mut received, "message.received", ids.clone())
+            .await
+            .expect("received");
+        let got = start.elapsed();
+        wait_all(&mut delivered, "message.delivered", ids)
+            .await
+            .expect("delivered");
+        [returned, got, start.elapsed()]
+    }
+
+    async fn shutdown(self) {
+        self.alice.shutdown().await;
+        self.bob.shutdown().await;
+    }
+}
+
+/// Fill a node's event log to its limit, as months of use would.
+async fn fill_event_log(service: &Service) {
+    let store = service.store();
+    let mut missing = MAX_EVENTS.saturating_sub(store.len(Tree::Events));
+    while missing > 0 {
+        let n = missing.min(1_000);
+        let mut batch = Batch::new();
+        for _ in 0..n {
+            service
+                .events()
+                .stage(&mut batch, "filler", "note", json!("old event"))
+                .expect("stage");
+        }
+        store.commit(batch).await.expect("commit");
+        missing -= n;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The baseline: bare request-response on the same codec and transport stack
+// ---------------------------------------------------------------------------------------
+
+type Bare = request_response::Behaviour<Codec>;
+
+fn bare_swarm() -> Swarm<Bare> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                Codec,
+                [(
+                    StreamProtocol::new(ENVELOPE_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_max_concurrent_streams(64),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
+/// A server that answers every envelope `Accepted`, as a sotto node does.
+async fn serve(mut swarm: Swarm<Bare>) {
+    loop {
+        if let SwarmEvent::Behaviour(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        }) = swarm.select_next_some().await
+        {
+            let _ = swarm
+                .behaviour_mut()
+                .send_response(channel, Response::Accepted);
+        }
+    }
+}
+
+struct Client {
+    swarm: Swarm<Bare>,
+    server: PeerId,
+    addr: Multiaddr,
+    envelope: Vec<u8>,
+}
+
+impl Client {
+    async fn start(rt_handle: &tokio::runtime::Handle) -> Client {
+        let mut server = bare_swarm();
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let peer = *server.local_peer_id();
+        rt_handle.spawn(serve(server));
+        let mut client = Client {
+            swarm: bare_swarm(),
+            server: peer,
+            addr,
+            envelope: vec![0xa5; ENVELOPE_BYTES],
+        };
+        client.exchange(1).await.expect("baseline connects");
+        client
+    }
+
+    /// `n` requests in flight at once; returns when all are answered.
+    async fn exchange(&mut self, n: usize) -> Result<(), String> {
+        for _ in 0..n {
+            self.swarm.behaviour_mut().send_request_with_addresses(
+                &self.server,
+                Request::Envelope(self.envelope.clone()),
+                vec![self.addr.clone()],
+            );
+        }
+        let mut left = n;
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        while left > 0 {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| "baseline: no answer in time".to_owned())?;
+            match event {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => match response {
+                    Response::Accepted => left -= 1,
+                    other => return Err(format!("baseline: answered {other:?}")),
+                },
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => return Err(format!("baseline: request failed: {error}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!(
+        "{what:<58} n={:<5} p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}  mean {:>10}  ({:.0}/s sequential)",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples[samples.len() - 1]),
+        ms(mean),
+        1.0 / mean.as_secs_f64(),
+    );
+}
+
+fn rate(what: &str, n: usize, d: Duration) {
+    println!(
+        "{what:<58} {n} in {:>10}  = {:.0} messages/s",
+        ms(d),
+        n as f64 / d.as_secs_f64()
+    );
+}
+
+async fn sotto_percentiles(pair: &Pair, label: &str) {
+    let text = text();
+    let mut runs = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        runs.push(pair.timed_message(&text).await);
+    }
+    let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<_>>();
+    report(&format!("sotto {label}: send() returned"), col(0));
+    report(
+        &format!("sotto {label}: send() called -> message.received"),
+        col(1),
+    );
+    report(
+        &format!("sotto {label}: send() called -> message.delivered"),
+        col(2),
+    );
+}
+
+async fn sotto_bursts(pair: &Pair, label: &str) {
+    let text = text();
+    for _ in 0..3 {
+        let [returned, got, delivered] = pair.burst(BURST, &text).await;
+        rate(
+            &format!("sotto {label}: burst, all send() returned"),
+            BURST,
+            returned,
+        );
+        rate(
+            &format!("sotto {label}: burst, all message.received"),
+            BURST,
+            got,
+        );
+        rate(
+            &format!("sotto {label}: burst, all message.delivered"),
+            BURST,
+            delivered,
+        );
+    }
+}
+
+async fn baseline_figures(client: &mut Client) {
+    let mut samples = Vec::with_capacity(SAMPLES * 10);
+    for _ in 0..SAMPLES * 10 {
+        let start = Instant::now();
+        client.exchange(1).await.expect("baseline");
+        samples.push(start.elapsed());
+    }
+    report("libp2p baseline: 512 B request -> answer", samples);
+    for _ in 0..3 {
+        let start = Instant::now();
+        client.exchange(BURST).await.expect("baseline");
+        rate(
+            "libp2p baseline: burst of concurrent requests",
+            BURST,
+            start.elapsed(),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------------------
+
+fn loopback(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pair = rt.block_on(Pair::start());
+    let mut client = rt.block_on(Client::start(rt.handle()));
+
+    println!("\n--- plain measurement loops (not criterion) ---");
+    rt.block_on(async {
+        sotto_percentiles(&pair, "fresh").await;
+        sotto_bursts(&pair, "fresh").await;
+        baseline_figures(&mut client).await;
+    });
+    println!("--- end of plain measurement loops ---\n");
+
+    let text = text();
+    let mut group = c.benchmark_group("sotto");
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("send_to_received/100B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut rx = pair.bob().events().subscribe();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let sent = pair.alice().send("bob", &text).await.expect("send");
+                    wait_event(&mut rx, "message.received", &sent.id)
+                        .await
+                        .expect("received");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("send_to_delivered/100B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut rx = pair.alice().events().subscribe();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let sent = pair.alice().send("bob", &text).await.expect("send");
+                    wait_event(&mut rx, "message.delivered", &sent.id)
+                        .await
+                        .expect("delivered");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.throughput(Throughput::Elements(BURST as u64));
+    group.bench_function(format!("burst{BURST}_to_received/100B"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += pair.burst(BURST, &text).await[1];
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("libp2p_baseline");
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("request_response/512B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    client.exchange(1).await.expect("baseline");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.throughput(Throughput::Elements(BURST as u64));
+    group.bench_function(format!("burst{BURST}/512B"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    client.exchange(BURST).await.expect("baseline");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+
+    println!("\n--- after criterion, with the event log filled to {MAX_EVENTS} events ---");
+    rt.block_on(async {
+        println!(
+            "events stored before filling: alice {}, bob {}",
+            pair.alice().store().len(Tree::Events),
+            pair.bob().store().len(Tree::Events)
+        );
+        fill_event_log(pair.alice()).await;
+        fill_event_log(pair.bob()).await;
+        sotto_percentiles(&pair, "full event log").await;
+    });
+    println!("--- end ---\n");
+
+    drop(client);
+    rt.block_on(pair.shutdown());
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = loopback
+}
+criterion_main!(benches);
