@@ -27,7 +27,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(root: &Path, name: &str) -> Node {
+    fn start(root: &Path, name: &str, bootstrap: Option<&str>) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,6 +40,13 @@ impl Node {
             .arg("--socket")
             .arg(&socket)
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+            // Cheap proof-of-work and frequent fetches keep the test quick.
+            .args(["--stamp-difficulty", "8", "--fetch-interval-secs", "1"])
+            .args(
+                bootstrap
+                    .map(|b| vec!["--bootstrap", b])
+                    .unwrap_or_default(),
+            )
             .env("SOTTO_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -98,8 +105,16 @@ fn wait_for_text(node: &Node, contact: &str, text: &str) -> Value {
 fn two_users_chat_through_the_cli() {
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let alice = Node::start(root.path(), "alice");
-    let bob = Node::start(root.path(), "bob");
+    // No addresses in the cards: the first messages travel through the mailbox hosts of
+    // a two-node network, then the nodes learn each other's addresses from presence.
+    let alice = Node::start(root.path(), "alice", None);
+    let status = alice.json(&["status"]);
+    let bootstrap = format!(
+        "{}/p2p/{}",
+        status["listen_addrs"][0].as_str().unwrap(),
+        status["peer_id"].as_str().unwrap()
+    );
+    let bob = Node::start(root.path(), "bob", Some(&bootstrap));
 
     // Before init: a clear error and its exit code.
     assert_eq!(alice.sotto(&["id"]).status.code(), Some(4));

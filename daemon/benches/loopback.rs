@@ -7,9 +7,12 @@
 //! flush, event). The baseline is only the request and its one-byte answer, on the same codec
 //! and transport stack, with no store and no crypto above the transport.
 //!
-//! Printed before criterion's figures: latency percentiles from a plain measurement loop
-//! (criterion reports means and medians only), pipelined burst rates, and the same
-//! sequential latencies again once the event log holds its maximum of events.
+//! Printed beside criterion's figures: latency percentiles from plain measurement loops
+//! (criterion reports means and medians only) and pipelined burst rates, for the baseline,
+//! for a fresh pair of nodes, and for a pair whose event logs hold their maximum of events.
+//! The baseline runs first, with no sotto node in the process; each sotto criterion
+//! benchmark gets a fresh pair of nodes, since every message adds to both event logs and a
+//! longer log makes every later message slower.
 //!
 //! Run with `cargo bench -p sotto-daemon --bench loopback`.
 
@@ -18,7 +21,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -32,6 +39,7 @@ use sotto_daemon::store::{Batch, Tree, MAX_EVENTS};
 use sotto_protocol::card::Card;
 use sotto_protocol::wire::{Response, ENVELOPE_PROTOCOL};
 use tempfile::TempDir;
+use tokio::runtime::Runtime;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 /// A ~100-byte chat line: its envelope is the smallest bucket, 512 bytes.
@@ -83,6 +91,11 @@ async fn start_node(name: &str, dirs: &mut Vec<TempDir>) -> Node {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
         bootstrap: Vec::new(),
         announce: Vec::new(),
+        // Cards carry the node's address, so contacts can dial it at once.
+        mailbox: sotto_daemon::config::Mailbox {
+            publish_address: true,
+            ..Default::default()
+        },
     };
     dirs.push(data);
     dirs.push(sock);
@@ -463,71 +476,41 @@ async fn baseline_figures(client: &mut Client) {
 // The benchmark
 // ---------------------------------------------------------------------------------------
 
+fn events_line(pair: &Pair) -> String {
+    format!(
+        "event log: alice {} events, bob {} events",
+        pair.alice().store().len(Tree::Events),
+        pair.bob().store().len(Tree::Events)
+    )
+}
+
+/// One criterion benchmark on a fresh pair of nodes, so that each starts with an almost
+/// empty event log (every message adds one event on each side; see the full-log figures).
+fn bench_sotto(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    run: impl for<'a> Fn(&'a Pair, u64) -> BoxFuture<'a, Duration>,
+) {
+    let pair = rt.block_on(Pair::start());
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| rt.block_on(run(&pair, iters)))
+    });
+    println!("after sotto/{name}: {}", events_line(&pair));
+    rt.block_on(pair.shutdown());
+}
+
 fn loopback(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let pair = rt.block_on(Pair::start());
+
+    // The baseline first, while no sotto node runs in the process.
     let mut client = rt.block_on(Client::start(rt.handle()));
-
-    println!("\n--- plain measurement loops (not criterion) ---");
-    rt.block_on(async {
-        sotto_percentiles(&pair, "fresh").await;
-        sotto_bursts(&pair, "fresh").await;
-        baseline_figures(&mut client).await;
-    });
-    println!("--- end of plain measurement loops ---\n");
-
-    let text = text();
-    let mut group = c.benchmark_group("sotto");
-    group.sampling_mode(SamplingMode::Flat);
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("send_to_received/100B", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut rx = pair.bob().events().subscribe();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let sent = pair.alice().send("bob", &text).await.expect("send");
-                    wait_event(&mut rx, "message.received", &sent.id)
-                        .await
-                        .expect("received");
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("send_to_delivered/100B", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut rx = pair.alice().events().subscribe();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let sent = pair.alice().send("bob", &text).await.expect("send");
-                    wait_event(&mut rx, "message.delivered", &sent.id)
-                        .await
-                        .expect("delivered");
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.throughput(Throughput::Elements(BURST as u64));
-    group.bench_function(format!("burst{BURST}_to_received/100B"), |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += pair.burst(BURST, &text).await[1];
-                }
-                total
-            })
-        })
-    });
-    group.finish();
-
+    println!("\n--- libp2p baseline: plain measurement loops (not criterion) ---");
+    rt.block_on(baseline_figures(&mut client));
     let mut group = c.benchmark_group("libp2p_baseline");
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(1));
@@ -555,27 +538,82 @@ fn loopback(c: &mut Criterion) {
         })
     });
     group.finish();
+    drop(client);
 
-    println!("\n--- after criterion, with the event log filled to {MAX_EVENTS} events ---");
+    println!("\n--- sotto, fresh nodes: plain measurement loops (not criterion) ---");
     rt.block_on(async {
-        println!(
-            "events stored before filling: alice {}, bob {}",
-            pair.alice().store().len(Tree::Events),
-            pair.bob().store().len(Tree::Events)
-        );
+        let pair = Pair::start().await;
+        sotto_percentiles(&pair, "fresh").await;
+        sotto_bursts(&pair, "fresh").await;
+        println!("{}", events_line(&pair));
+        pair.shutdown().await;
+    });
+
+    let mut group = c.benchmark_group("sotto");
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(1));
+    bench_sotto(&mut group, &rt, "send_to_received/100B", |pair, iters| {
+        Box::pin(async move {
+            let text = text();
+            let mut rx = pair.bob().events().subscribe();
+            let start = Instant::now();
+            for _ in 0..iters {
+                let sent = pair.alice().send("bob", &text).await.expect("send");
+                wait_event(&mut rx, "message.received", &sent.id)
+                    .await
+                    .expect("received");
+            }
+            start.elapsed()
+        })
+    });
+    bench_sotto(&mut group, &rt, "send_to_delivered/100B", |pair, iters| {
+        Box::pin(async move {
+            let text = text();
+            let mut rx = pair.alice().events().subscribe();
+            let start = Instant::now();
+            for _ in 0..iters {
+                let sent = pair.alice().send("bob", &text).await.expect("send");
+                wait_event(&mut rx, "message.delivered", &sent.id)
+                    .await
+                    .expect("delivered");
+            }
+            start.elapsed()
+        })
+    });
+    group.throughput(Throughput::Elements(BURST as u64));
+    bench_sotto(
+        &mut group,
+        &rt,
+        &format!("burst{BURST}_to_received/100B"),
+        |pair, iters| {
+            Box::pin(async move {
+                let text = text();
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += pair.burst(BURST, &text).await[1];
+                }
+                total
+            })
+        },
+    );
+    group.finish();
+
+    println!("\n--- sotto, event log filled to {MAX_EVENTS} events: plain measurement loops ---");
+    rt.block_on(async {
+        let pair = Pair::start().await;
         fill_event_log(pair.alice()).await;
         fill_event_log(pair.bob()).await;
+        println!("{}", events_line(&pair));
         sotto_percentiles(&pair, "full event log").await;
+        sotto_bursts(&pair, "full event log").await;
+        pair.shutdown().await;
     });
     println!("--- end ---\n");
-
-    drop(client);
-    rt.block_on(pair.shutdown());
 }
 
 fn config() -> Criterion {
     Criterion::default()
-        .sample_size(10)
+        .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
 }

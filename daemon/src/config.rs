@@ -21,6 +21,38 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Addresses printed in the contact card instead of the listen addresses.
     pub announce: Vec<Multiaddr>,
+    pub mailbox: Mailbox,
+}
+
+/// Store-and-forward settings.
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    /// How long a dead-drop address lasts.
+    pub epoch_ms: u64,
+    /// How often the node fetches its dead drops (also on start and on connecting).
+    pub fetch_interval_ms: u64,
+    /// How many hosts each envelope is deposited at.
+    pub replicas: usize,
+    /// Never send directly to a contact's node; always through mailboxes, and never tell
+    /// contacts this node's addresses.
+    pub mailbox_only: bool,
+    /// Print this node's PeerId and addresses in the contact card.
+    pub publish_address: bool,
+    /// The limits this node applies as a host (TTL, quotas, proof-of-work difficulty).
+    pub policy: sotto_protocol::mailbox::Policy,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox {
+            epoch_ms: sotto_protocol::deaddrop::DEFAULT_EPOCH_MS,
+            fetch_interval_ms: 60_000,
+            replicas: 3,
+            mailbox_only: false,
+            publish_address: false,
+            policy: sotto_protocol::mailbox::Policy::default(),
+        }
+    }
 }
 
 /// The config file's keys; all optional, unknown keys refused.
@@ -32,6 +64,13 @@ pub struct File {
     pub listen: Option<Vec<String>>,
     pub bootstrap: Option<Vec<String>>,
     pub announce: Option<Vec<String>>,
+    pub epoch_secs: Option<u64>,
+    pub fetch_interval_secs: Option<u64>,
+    pub replicas: Option<usize>,
+    pub mailbox_only: Option<bool>,
+    pub publish_address: Option<bool>,
+    pub stamp_difficulty: Option<u8>,
+    pub mailbox_ttl_secs: Option<u64>,
 }
 
 /// Why the configuration could not be read.
@@ -53,6 +92,24 @@ pub enum ConfigError {
     },
     #[error("no home directory found; set --data-dir and --socket")]
     NoHome,
+    #[error("{key} = {value} is out of range ({range})")]
+    OutOfRange {
+        key: &'static str,
+        value: String,
+        range: &'static str,
+    },
+}
+
+/// Seconds to milliseconds, refusing zero.
+pub fn positive_secs(key: &'static str, secs: u64) -> Result<u64, ConfigError> {
+    if secs == 0 {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: "0".into(),
+            range: "at least 1 second",
+        });
+    }
+    Ok(secs.saturating_mul(1000))
 }
 
 impl File {

@@ -12,6 +12,7 @@ use sotto_protocol::identity::AccountKey;
 use sotto_protocol::outbox;
 use tokio::sync::watch;
 
+use crate::mailbox;
 use crate::network::Request;
 use crate::service::{now_ms, Error, Service};
 use crate::store::{self, Batch, State, Tree};
@@ -85,7 +86,10 @@ fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u6
     Ok(next)
 }
 
-/// Where a contact's node can be reached, from its card.
+/// Attempts to reach the remaining hosts once an envelope is on at least one.
+const MAX_HOST_RETRIES: u32 = 4;
+
+/// Where a contact's node can be reached: from its last presence, else from its card.
 fn route(service: &Service, key: &AccountKey) -> Result<Option<(PeerId, Vec<Multiaddr>)>, Error> {
     let Some(contact) = service
         .store()
@@ -93,6 +97,14 @@ fn route(service: &Service, key: &AccountKey) -> Result<Option<(PeerId, Vec<Mult
     else {
         return Ok(None);
     };
+    if let Some((peer, addrs)) = &contact.route {
+        if let Ok(peer) = PeerId::from_bytes(peer) {
+            return Ok(Some((
+                peer,
+                addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            )));
+        }
+    }
     let card = Card::from_bytes(&contact.card)?;
     let hints = &card.body().hints;
     let Some(peer) = hints
@@ -115,12 +127,12 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
         .map(|(_, e)| e)
         .filter(|e| e.to == key)
         .collect();
-    let Some((peer, addrs)) = route(service, &key)? else {
-        for e in entries {
-            reschedule(service, e, "the contact's card gives no address").await?;
-        }
-        return Ok(());
+    let direct = if service.mailbox_config().mailbox_only {
+        None
+    } else {
+        route(service, &key)?
     };
+    let mut direct_failed = false;
     let mut failed = false;
     for entry in entries {
         if failed || entry.next_attempt_at > now_ms() {
@@ -129,19 +141,26 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
             }
             continue;
         }
-        let result = service
-            .network()
-            .send(
-                peer,
-                addrs.clone(),
-                Request::Envelope(entry.envelope.clone()),
-            )
-            .await;
-        match result {
-            Ok(response) if response.is_delivered() => delivered(service, entry).await?,
-            Ok(response) => {
+        // Direct first, unless the envelope is already on mailbox hosts or the contact's
+        // node did not answer a moment ago.
+        if let (Some((peer, addrs)), true, false) = (&direct, entry.hosts.is_empty(), direct_failed)
+        {
+            let request = Request::Envelope(entry.envelope.clone());
+            match service.network().send(*peer, addrs.clone(), request).await {
+                Ok(response) if response.is_delivered() => {
+                    delivered(service, entry).await?;
+                    continue;
+                }
+                Ok(response) => tracing::debug!("direct delivery refused: {response:?}"),
+                Err(e) => tracing::debug!("direct delivery failed: {e}"),
+            }
+            direct_failed = true;
+        }
+        match mailbox::deposit_entry(service, service.host(), &entry).await {
+            Ok(hosts) if !hosts.is_empty() => on_hosts(service, entry, hosts).await?,
+            Ok(_) => {
                 failed = true;
-                reschedule(service, entry, &format!("refused: {response:?}")).await?;
+                reschedule(service, entry, "no mailbox host took it").await?;
             }
             Err(e) => {
                 failed = true;
@@ -149,6 +168,54 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
             }
         }
     }
+    Ok(())
+}
+
+/// An envelope is on `hosts`: the message is `on_hosts`; the entry stays in the outbox
+/// (to reach the remaining hosts) until enough hosts hold it or it was tried enough.
+async fn on_hosts(
+    service: &Service,
+    mut entry: store::OutboxEntry,
+    hosts: Vec<Vec<u8>>,
+) -> Result<(), Error> {
+    let seq_key = entry.seq.to_be_bytes().to_vec();
+    let mut batch = Batch::new();
+    let mut events = Vec::new();
+    if let Some(mut m) =
+        service
+            .store()
+            .get::<store::Message>(Tree::Messages, &seq_key, "message")?
+    {
+        if m.state == State::Queued {
+            m.state = State::OnHosts;
+            batch.put(Tree::Messages, seq_key.clone(), &m)?;
+            let name = service
+                .store()
+                .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
+                .map(|c| c.name)
+                .unwrap_or_default();
+            let view = json!({
+                "id": m.id.to_string(), "contact": name, "direction": "out", "from": "me",
+                "text": m.text, "sent_at": m.sent_at, "received_at": null, "state": "on_hosts",
+            });
+            events.push(
+                service
+                    .events()
+                    .stage(&mut batch, "message.on_hosts", "message", view)?,
+            );
+        }
+    }
+    if hosts.len() >= service.mailbox_config().replicas || entry.failures >= MAX_HOST_RETRIES {
+        batch.remove(Tree::Outbox, seq_key);
+    } else {
+        entry.hosts = hosts;
+        entry.failures = entry.failures.saturating_add(1);
+        entry.next_attempt_at =
+            outbox::next_attempt(entry.failures, now_ms(), rand::random::<f64>());
+        batch.put(Tree::Outbox, seq_key, &entry)?;
+    }
+    service.store().commit(batch).await?;
+    service.events().publish(events);
     Ok(())
 }
 

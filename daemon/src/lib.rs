@@ -8,6 +8,8 @@
 pub mod config;
 pub mod delivery;
 pub mod events;
+pub mod host;
+pub mod mailbox;
 pub mod network;
 pub mod node;
 pub mod rpc;

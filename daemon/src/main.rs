@@ -35,6 +35,30 @@ struct Args {
     /// Address to print in the contact card instead of the listen addresses; repeatable
     #[arg(long, env = "SOTTO_ANNOUNCE", num_args = 1..)]
     announce: Vec<String>,
+    /// Print this node's PeerId and addresses in the contact card, so that contacts can
+    /// reach it directly before the first exchange
+    #[arg(long, env = "SOTTO_PUBLISH_ADDRESS")]
+    publish_address: bool,
+    /// Never send straight to a contact's node, and never tell contacts this node's
+    /// addresses: everything goes through mailboxes
+    #[arg(long, env = "SOTTO_MAILBOX_ONLY")]
+    mailbox_only: bool,
+    /// Seconds a dead-drop address lasts [default: 86400]
+    #[arg(long, env = "SOTTO_EPOCH_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    epoch_secs: Option<u64>,
+    /// Seconds between fetches of this node's dead drops [default: 60]
+    #[arg(long, env = "SOTTO_FETCH_INTERVAL_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    fetch_interval_secs: Option<u64>,
+    /// Mailbox hosts per envelope [default: 3]
+    #[arg(long, env = "SOTTO_REPLICAS", value_parser = clap::value_parser!(u64).range(1..=20))]
+    replicas: Option<u64>,
+    /// Proof-of-work difficulty (leading zero bits) this node asks of first-contact
+    /// deposits it hosts [default: 20]
+    #[arg(long, env = "SOTTO_STAMP_DIFFICULTY", value_parser = clap::value_parser!(u8).range(0..=32))]
+    stamp_difficulty: Option<u8>,
+    /// Seconds this node keeps an envelope it hosts [default: 1209600, 14 days]
+    #[arg(long, env = "SOTTO_MAILBOX_TTL_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    mailbox_ttl_secs: Option<u64>,
 }
 
 impl Args {
@@ -63,6 +87,40 @@ impl Args {
             }
         };
         let listen = config::parse_addrs("listen", &pick(self.listen, file.listen))?;
+        let mut mailbox = config::Mailbox::default();
+        if let Some(s) = self.epoch_secs.or(file.epoch_secs) {
+            mailbox.epoch_ms = config::positive_secs("epoch_secs", s)?;
+        }
+        if let Some(s) = self.fetch_interval_secs.or(file.fetch_interval_secs) {
+            mailbox.fetch_interval_ms = config::positive_secs("fetch_interval_secs", s)?;
+        }
+        if let Some(r) = self.replicas.map(|r| r as usize).or(file.replicas) {
+            if !(1..=20).contains(&r) {
+                return Err(config::ConfigError::OutOfRange {
+                    key: "replicas",
+                    value: r.to_string(),
+                    range: "1 to 20",
+                }
+                .into());
+            }
+            mailbox.replicas = r;
+        }
+        if let Some(d) = self.stamp_difficulty.or(file.stamp_difficulty) {
+            if d > sotto_protocol::pow::MAX_DIFFICULTY {
+                return Err(config::ConfigError::OutOfRange {
+                    key: "stamp_difficulty",
+                    value: d.to_string(),
+                    range: "0 to 32",
+                }
+                .into());
+            }
+            mailbox.policy.stamp_difficulty = d;
+        }
+        if let Some(s) = self.mailbox_ttl_secs.or(file.mailbox_ttl_secs) {
+            mailbox.policy.ttl_ms = config::positive_secs("mailbox_ttl_secs", s)?;
+        }
+        mailbox.mailbox_only = self.mailbox_only || file.mailbox_only.unwrap_or(false);
+        mailbox.publish_address = self.publish_address || file.publish_address.unwrap_or(false);
         Ok(Config {
             data_dir,
             socket,
@@ -73,6 +131,7 @@ impl Args {
             },
             bootstrap: config::parse_addrs("bootstrap", &pick(self.bootstrap, file.bootstrap))?,
             announce: config::parse_addrs("announce", &pick(self.announce, file.announce))?,
+            mailbox,
         })
     }
 }
@@ -100,7 +159,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let node = Node::start(&config).await?;
         println!(
             "sottod {} running; peer id {}; control socket {}; data in {}",
@@ -113,7 +172,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         node.shutdown().await;
         Ok(())
-    })
+    });
+    // Work on blocking threads (a proof-of-work stamp being minted) is abandoned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use sotto_protocol::mailbox;
 use sotto_protocol::wire::{self, Refusal, Response};
 use tokio::sync::{mpsc, oneshot};
 
@@ -121,6 +122,81 @@ impl request_response::Codec for Codec {
     }
 }
 
+/// A request on the mailbox protocol, as read off the stream: the bytes of one
+/// `mailbox::Request` (decoded by the host, so that a malformed one gets an answer), or only
+/// the header of a frame over the limit.
+#[derive(Clone, Debug)]
+pub enum MailboxFrame {
+    Bytes(Vec<u8>),
+    HeaderOnly { claimed: u32 },
+}
+
+/// The framing of `/sotto/mailbox/1`: as [`Codec`], with the mailbox limits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MailboxCodec;
+
+impl request_response::Codec for MailboxCodec {
+    type Protocol = StreamProtocol;
+    type Request = MailboxFrame;
+    type Response = mailbox::Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<MailboxFrame> {
+        let len = read_header(io).await?;
+        if len as usize > mailbox::MAX_REQUEST_BYTES {
+            return Ok(MailboxFrame::HeaderOnly { claimed: len });
+        }
+        Ok(MailboxFrame::Bytes(read_body(io, len).await?))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<mailbox::Response> {
+        let len = read_header(io).await?;
+        if len as usize > mailbox::MAX_RESPONSE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("mailbox response of {len} bytes exceeds the limit"),
+            ));
+        }
+        let body = read_body(io, len).await?;
+        mailbox::Response::from_bytes(&body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: MailboxFrame,
+    ) -> io::Result<()> {
+        match req {
+            MailboxFrame::Bytes(bytes) => write_frame(io, &bytes).await,
+            MailboxFrame::HeaderOnly { claimed } => {
+                io.write_all(&claimed.to_be_bytes()).await?;
+                io.close().await
+            }
+        }
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: mailbox::Response,
+    ) -> io::Result<()> {
+        let bytes = res
+            .to_bytes()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        write_frame(io, &bytes).await
+    }
+}
+
 /// The node's network behaviours.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -128,6 +204,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub envelope: request_response::Behaviour<Codec>,
+    pub mailbox: request_response::Behaviour<MailboxCodec>,
 }
 
 impl Behaviour {
@@ -157,6 +234,16 @@ impl Behaviour {
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_STREAMS),
             ),
+            mailbox: request_response::Behaviour::with_codec(
+                MailboxCodec,
+                [(
+                    StreamProtocol::new(mailbox::PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_STREAMS),
+            ),
         }
     }
 }
@@ -174,6 +261,27 @@ pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
         .with_behaviour(Behaviour::new)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
+}
+
+/// Peers sorted by XOR distance of their Kademlia key to `key`, closest first.
+fn sort_by_distance(key: &[u8], peers: Vec<kad::PeerInfo>) -> Vec<PeerAddrs> {
+    let target = kad::KBucketKey::new(key.to_vec());
+    let mut peers: Vec<_> = peers
+        .into_iter()
+        .map(|p| (target.distance(&kad::KBucketKey::from(p.peer_id)), p))
+        .collect();
+    peers.sort_by_key(|p| p.0);
+    peers
+        .into_iter()
+        .map(|(_, p)| (p.peer_id, p.addrs))
+        .collect()
+}
+
+/// Is `candidate` closer to `key` than `other` in Kademlia's XOR metric?
+pub fn closer(key: &[u8], candidate: &PeerId, other: &PeerId) -> bool {
+    let target = kad::KBucketKey::new(key.to_vec());
+    target.distance(&kad::KBucketKey::from(*candidate))
+        < target.distance(&kad::KBucketKey::from(*other))
 }
 
 /// libp2p listens with `SO_REUSEPORT`, so a second node on the same TCP port would start
@@ -206,6 +314,16 @@ pub struct Inbound {
     pub reply: oneshot::Sender<Response>,
 }
 
+/// A mailbox request that arrived, waiting for the host's answer.
+pub struct InboundMailbox {
+    pub peer: PeerId,
+    pub request: Vec<u8>,
+    pub reply: oneshot::Sender<mailbox::Response>,
+}
+
+/// A peer and the addresses it is known at.
+pub type PeerAddrs = (PeerId, Vec<Multiaddr>);
+
 /// What the network looks like right now.
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -230,6 +348,16 @@ enum Command {
         addrs: Vec<Multiaddr>,
         request: Request,
         reply: oneshot::Sender<Result<Response, SendError>>,
+    },
+    Mailbox {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: MailboxFrame,
+        reply: oneshot::Sender<Result<mailbox::Response, SendError>>,
+    },
+    Closest {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerAddrs>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -268,6 +396,55 @@ impl Handle {
         rx.await.map_err(|_| SendError::Stopped)?
     }
 
+    /// Send a mailbox request to `peer` and wait for its answer.
+    pub async fn mailbox(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: &mailbox::Request,
+    ) -> Result<mailbox::Response, SendError> {
+        let bytes = request.to_bytes().map_err(|e| SendError::Failed {
+            peer,
+            reason: e.to_string(),
+        })?;
+        self.mailbox_frame(peer, addrs, MailboxFrame::Bytes(bytes))
+            .await
+    }
+
+    /// Send a raw mailbox frame (tests use this to send malformed ones).
+    pub async fn mailbox_frame(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: MailboxFrame,
+    ) -> Result<mailbox::Response, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Mailbox {
+                peer,
+                addrs,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    /// The peers closest to `key` that a Kademlia lookup finds (not this node), closest
+    /// first.
+    pub async fn closest_peers(&self, key: &[u8]) -> Result<Vec<PeerAddrs>, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Closest {
+                key: key.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)
+    }
+
     pub async fn status(&self) -> Result<Status, SendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -284,6 +461,8 @@ pub struct Receivers {
     pub inbound: mpsc::Receiver<Inbound>,
     /// Peers a new connection was made with (dropped when the queue is full).
     pub connected: mpsc::Receiver<PeerId>,
+    /// Mailbox requests that arrived.
+    pub mailbox: mpsc::Receiver<InboundMailbox>,
 }
 
 /// The swarm task's state.
@@ -292,8 +471,20 @@ pub struct Network {
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<Inbound>,
     connected: mpsc::Sender<PeerId>,
+    mailbox_in: mpsc::Sender<InboundMailbox>,
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, SendError>>)>,
+    pending_mailbox: HashMap<
+        OutboundRequestId,
+        (
+            PeerId,
+            oneshot::Sender<Result<mailbox::Response, SendError>>,
+        ),
+    >,
+    pending_closest: HashMap<kad::QueryId, (Vec<u8>, oneshot::Sender<Vec<PeerAddrs>>)>,
     answers: FuturesUnordered<BoxFuture<'static, (ResponseChannel<Response>, Response)>>,
+    mailbox_answers: FuturesUnordered<
+        BoxFuture<'static, (ResponseChannel<mailbox::Response>, mailbox::Response)>,
+    >,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -328,13 +519,18 @@ impl Network {
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (connected, connected_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (mailbox_in, mailbox_rx) = mpsc::channel(INBOUND_QUEUE);
         let network = Network {
             swarm,
             commands,
             inbound,
             connected,
+            mailbox_in,
             pending: HashMap::new(),
+            pending_mailbox: HashMap::new(),
+            pending_closest: HashMap::new(),
             answers: FuturesUnordered::new(),
+            mailbox_answers: FuturesUnordered::new(),
             listen_addrs: Vec::new(),
         };
         Ok((
@@ -343,6 +539,7 @@ impl Network {
             Receivers {
                 inbound: inbound_rx,
                 connected: connected_rx,
+                mailbox: mailbox_rx,
             },
         ))
     }
@@ -357,6 +554,11 @@ impl Network {
                     Some(c) => self.handle_command(c),
                     None => break,
                 },
+                Some((channel, response)) = self.mailbox_answers.next(), if !self.mailbox_answers.is_empty() => {
+                    if self.swarm.behaviour_mut().mailbox.send_response(channel, response).is_err() {
+                        tracing::debug!("a peer went away before its mailbox answer was sent");
+                    }
+                }
                 Some((channel, response)) = self.answers.next(), if !self.answers.is_empty() => {
                     if self.swarm.behaviour_mut().envelope.send_response(channel, response).is_err() {
                         tracing::debug!("a peer went away before its answer was sent");
@@ -380,6 +582,27 @@ impl Network {
                     .envelope
                     .send_request_with_addresses(&peer, request, addrs);
                 self.pending.insert(id, (peer, reply));
+            }
+            Command::Mailbox {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.pending_mailbox.insert(id, (peer, reply));
+            }
+            Command::Closest { key, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(key.clone());
+                self.pending_closest.insert(id, (key, reply));
             }
             Command::Status { reply } => {
                 let _ = reply.send(Status {
@@ -409,6 +632,25 @@ impl Network {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 self.handle_envelope_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => {
+                self.handle_mailbox_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                if step.last {
+                    if let Some((key, reply)) = self.pending_closest.remove(&id) {
+                        let _ = reply.send(sort_by_distance(&key, peers));
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -470,6 +712,86 @@ impl Network {
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!("inbound request from {peer} failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn handle_mailbox_event(
+        &mut self,
+        event: request_response::Event<MailboxFrame, mailbox::Response>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let bytes = match request {
+                    MailboxFrame::Bytes(b) => b,
+                    MailboxFrame::HeaderOnly { claimed } => {
+                        tracing::warn!("peer {peer} sent a mailbox frame of {claimed} bytes, over the limit; refused");
+                        let refusal = mailbox::Response::Refused(mailbox::Refusal::Malformed);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .mailbox
+                            .send_response(channel, refusal);
+                        return;
+                    }
+                };
+                let (reply, rx) = oneshot::channel();
+                match self.mailbox_in.try_send(InboundMailbox {
+                    peer,
+                    request: bytes,
+                    reply,
+                }) {
+                    Ok(()) => {
+                        let internal = mailbox::Response::Refused(mailbox::Refusal::Internal);
+                        self.mailbox_answers
+                            .push(rx.map(move |r| (channel, r.unwrap_or(internal))).boxed());
+                    }
+                    Err(_) => {
+                        let busy = mailbox::Response::Refused(mailbox::Refusal::Busy);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .mailbox
+                            .send_response(channel, busy);
+                    }
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_mailbox.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_mailbox.remove(&request_id) {
+                    let _ = reply.send(Err(SendError::Failed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound mailbox request from {peer} failed: {error}");
             }
             Event::ResponseSent { .. } => {}
         }

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::network::Network;
 use crate::service::Service;
 use crate::store::{self, Batch, Store, Tree};
-use crate::{delivery, rpc};
+use crate::{delivery, mailbox, rpc};
 
 /// A running node.
 pub struct Node {
@@ -120,22 +120,49 @@ impl Node {
         let (network, handle, mut receivers) =
             Network::new(key, &config.listen, &config.bootstrap)?;
         tracing::info!("peer id {}", handle.peer_id());
-        let service = Service::new(store, handle, config.announce.clone())?;
+        let service = Service::new(
+            store,
+            handle,
+            config.announce.clone(),
+            config.mailbox.clone(),
+        )?;
 
         let mut tasks = vec![tokio::spawn(network.run(shutdown_rx.clone()))];
         let s = service.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(inbound) = receivers.inbound.recv().await {
-                let response = s.receive(inbound.peer, &inbound.envelope).await;
+                let response = s
+                    .receive(&inbound.peer.to_string(), &inbound.envelope)
+                    .await;
                 let _ = inbound.reply.send(response);
             }
         }));
         let s = service.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(peer) = receivers.connected.recv().await {
+                s.fetch_wake().notify_one();
                 s.retry_peer(&peer).await;
             }
         }));
+        let host = service.host().clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = receivers.mailbox.recv().await {
+                let response = host.handle(&m.peer.to_bytes(), &m.request).await;
+                let _ = m.reply.send(response);
+            }
+        }));
+        tasks.push(tokio::spawn(mailbox::run(
+            service.clone(),
+            service.host().clone(),
+            shutdown_rx.clone(),
+        )));
+        let period = Duration::from_millis(config.mailbox.fetch_interval_ms.min(60_000));
+        tasks.push(tokio::spawn(mailbox::maintain(
+            service.clone(),
+            service.host().clone(),
+            period,
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(delivery::run(
             service.clone(),
             shutdown_rx.clone(),

@@ -310,6 +310,10 @@ async fn dispatch(service: &Service, method: &str, params: &Value) -> Result<Val
                 opt_u64_param(params, "limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
             to_value(service.messages(opt_str_param(params, "contact")?, limit))
         }
+        "requests.list" => to_value(service.requests()),
+        "requests.accept" => to_value(service.accept(str_param(params, "contact")?).await),
+        "requests.reject" => to_value(service.reject(str_param(params, "contact")?).await),
+        "mailbox.stats" => to_value(service.host().stats_json().map_err(Error::from)),
         _ => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!("no method {method:?}; see docs/api.md"),

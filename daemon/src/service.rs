@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sotto_protocol::card::{Card, CardError, Hints};
 use sotto_protocol::chat::{self, LocalAccount, Snapshot};
 use sotto_protocol::codec;
-use sotto_protocol::content::{Content, ContentError, MessageId, MAX_TEXT_BYTES};
+use sotto_protocol::content::{Body, Content, ContentError, MessageId, Presence, MAX_TEXT_BYTES};
 use sotto_protocol::envelope;
 use sotto_protocol::identity::{safety_number, AccountKey};
 use sotto_protocol::padding;
@@ -21,9 +21,14 @@ use sotto_protocol::session::Pairwise;
 use sotto_protocol::wire::{Refusal, Response};
 use tokio::sync::{Mutex, Notify};
 
+use crate::config;
 use crate::events::Events;
+use crate::host::Host;
 use crate::network;
 use crate::store::{self, Batch, Direction, State, Store, StoreError, Tree};
+
+mod receive;
+mod requests;
 
 /// The most messages waiting in the outbox; `send` refuses more.
 pub const MAX_OUTBOX: usize = 10_000;
@@ -116,7 +121,10 @@ struct Inner {
     account: Mutex<Option<LocalAccount>>,
     pickle_key: [u8; 32],
     announce: Vec<Multiaddr>,
+    mailbox: config::Mailbox,
+    host: Arc<Host>,
     outbox_wake: Notify,
+    fetch_wake: Notify,
 }
 
 impl Service {
@@ -125,7 +133,9 @@ impl Service {
         store: Store,
         net: network::Handle,
         announce: Vec<Multiaddr>,
+        mailbox: config::Mailbox,
     ) -> Result<Self, Error> {
+        let host = Arc::new(Host::new(store.clone(), mailbox.policy.clone()));
         let pickle_key = match store.get_raw(Tree::Meta, store::META_PICKLE_KEY)? {
             Some(k) => <[u8; 32]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
                 what: "pickle key",
@@ -157,7 +167,10 @@ impl Service {
                 account: Mutex::new(account),
                 pickle_key,
                 announce,
+                mailbox,
+                host,
                 outbox_wake: Notify::new(),
+                fetch_wake: Notify::new(),
             }),
         })
     }
@@ -183,7 +196,33 @@ impl Service {
         &self.inner.outbox_wake
     }
 
+    pub(crate) fn fetch_wake(&self) -> &Notify {
+        &self.inner.fetch_wake
+    }
+
+    pub fn host(&self) -> &Arc<Host> {
+        &self.inner.host
+    }
+
+    pub fn mailbox_config(&self) -> &config::Mailbox {
+        &self.inner.mailbox
+    }
+
+    pub(crate) fn account_lock(&self) -> &Mutex<Option<LocalAccount>> {
+        &self.inner.account
+    }
+
+    /// The card's reachability hints: empty unless the node publishes its address.
     async fn hints(&self) -> Hints {
+        if self.inner.mailbox.publish_address && !self.inner.mailbox.mailbox_only {
+            self.route_hints().await
+        } else {
+            Hints::default()
+        }
+    }
+
+    /// This node's PeerId and addresses.
+    async fn route_hints(&self) -> Hints {
         let addrs: Vec<Multiaddr> = if self.inner.announce.is_empty() {
             match self.inner.net.status().await {
                 Ok(s) => s.listen_addrs,
@@ -386,7 +425,7 @@ impl Service {
             .store
             .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?;
         let mut batch = Batch::new();
-        let contact = match existing {
+        let mut contact = match existing {
             Some(mut c) => {
                 if let Some(new_name) = name.filter(|n| *n != c.name) {
                     if !self.name_free(new_name)? {
@@ -419,14 +458,13 @@ impl Service {
                     Some(n) => return Err(Error::NameTaken(n.to_owned())),
                     None => self.default_name(&card.body().name)?,
                 };
-                store::Contact {
-                    name,
-                    card: card.to_bytes(),
-                    added_at: now_ms(),
-                    request: false,
-                }
+                store::Contact::new(name, card.to_bytes(), false)
             }
         };
+        if !contact.presence_sent {
+            self.stage_presence(account, &key, &mut contact, &mut batch)
+                .await?;
+        }
         let stored_card = Card::from_bytes(&contact.card)?;
         self.stage_contact(&mut batch, &key, &contact, &stored_card)?;
         let view = Self::view_contact(&key, &contact);
@@ -504,6 +542,7 @@ impl Service {
             received_at: m.received_at,
             state: match m.state {
                 State::Queued => "queued",
+                State::OnHosts => "on_hosts",
                 State::Delivered => "delivered",
                 State::Received => "received",
             },
@@ -526,54 +565,144 @@ impl Service {
                 "the outbox is full ({MAX_OUTBOX} messages waiting); try again later"
             )));
         }
-        let now = now_ms();
-        let content = Content::text(MessageId::random(&mut OsRng), now, text)?;
+        let content = Content::text(MessageId::random(&mut OsRng), now_ms(), text)?;
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(Error::NoAccount)?;
         let (key, contact) = self.resolve(to)?;
+        let mut batch = Batch::new();
+        let message = self
+            .stage_outgoing(account, &key, &contact, &content, &mut batch)
+            .await?;
+        self.inner.store.commit(batch).await?;
+        drop(guard);
+        self.inner.outbox_wake.notify_one();
+        let message = message.ok_or_else(|| Error::Internal("no message record".into()))?;
+        Ok(self.view_message(&message, &contact.name))
+    }
+
+    /// Encrypt `content` for the contact `key` and add it to `batch`: the advanced session,
+    /// the outbox entry and, for anything but a presence, the message record. Call with the
+    /// account lock held, and commit the batch before releasing it.
+    pub(crate) async fn stage_outgoing(
+        &self,
+        account: &LocalAccount,
+        key: &AccountKey,
+        contact: &store::Contact,
+        content: &Content,
+        batch: &mut Batch,
+    ) -> Result<Option<store::Message>, Error> {
         let card = Card::from_bytes(&contact.card)?;
         let own = self.own_card(account).await?;
-        let mut pairwise = self.load_pairwise(&key)?;
-        let envelope = chat::seal_message(account, &own, &mut pairwise, &card, &content)
+        let mut pairwise = self.load_pairwise(key)?;
+        let envelope = chat::seal_message(account, &own, &mut pairwise, &card, content)
             .map_err(|e| Error::Internal(format!("cannot encrypt: {e}")))?;
         let seq = self.inner.store.next_id()?;
-        let message = store::Message {
-            id: content.id,
-            contact: key,
-            direction: Direction::Out,
-            text: text.to_owned(),
-            sent_at: now,
-            received_at: None,
-            state: State::Queued,
-        };
-        let mut batch = Batch::new();
         batch.put(
             Tree::Sessions,
             key.0.to_vec(),
             &pairwise.pickle(&self.inner.pickle_key),
         )?;
-        batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
-        batch.put_raw(
-            Tree::MessageIds,
-            content.id.0.to_vec(),
-            seq.to_be_bytes().to_vec(),
-        );
+        let control = content.is_control();
         batch.put(
             Tree::Outbox,
             seq.to_be_bytes().to_vec(),
             &store::OutboxEntry {
                 seq,
                 message: content.id,
-                to: key,
+                to: *key,
                 envelope,
                 failures: 0,
-                next_attempt_at: now,
+                next_attempt_at: content.sent_at,
+                hosts: Vec::new(),
+                control,
             },
         )?;
+        if control {
+            return Ok(None);
+        }
+        let message = store::Message {
+            id: content.id,
+            contact: *key,
+            direction: Direction::Out,
+            text: content.as_text().unwrap_or_default().to_owned(),
+            sent_at: content.sent_at,
+            received_at: None,
+            state: State::Queued,
+        };
+        batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
+        batch.put_raw(
+            Tree::MessageIds,
+            content.id.0.to_vec(),
+            seq.to_be_bytes().to_vec(),
+        );
+        Ok(Some(message))
+    }
+
+    /// This node's presence for `contact`: the contact's inbox secret and, unless the node
+    /// is mailbox-only, its PeerId and addresses.
+    pub(crate) async fn presence_for(&self, contact: &store::Contact) -> Presence {
+        let (peer_id, addrs) = if self.inner.mailbox.mailbox_only {
+            (None, Vec::new())
+        } else {
+            let hints = self.route_hints().await;
+            (hints.peer_id, hints.addrs)
+        };
+        Presence {
+            inbox: contact.inbox,
+            peer_id,
+            addrs,
+        }
+    }
+
+    /// Tell the contact `key` that these messages arrived (they came from a mailbox, so
+    /// nothing else tells the sender).
+    pub async fn send_receipt(&self, key: &AccountKey, ids: Vec<MessageId>) -> Result<(), Error> {
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        let Some(contact) =
+            self.inner
+                .store
+                .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
+        else {
+            return Ok(());
+        };
+        if contact.request {
+            // A stranger learns nothing until the user accepts.
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for chunk in ids.chunks(sotto_protocol::content::MAX_RECEIPT_IDS) {
+            let content = Content {
+                id: MessageId::random(&mut OsRng),
+                sent_at: now_ms(),
+                body: Body::Receipt(chunk.to_vec()),
+            };
+            self.stage_outgoing(account, key, &contact, &content, &mut batch)
+                .await?;
+        }
         self.inner.store.commit(batch).await?;
         drop(guard);
         self.inner.outbox_wake.notify_one();
-        Ok(self.view_message(&message, &contact.name))
+        Ok(())
+    }
+
+    /// Queue this node's presence for `key` in `batch` and mark it sent in `contact`.
+    pub(crate) async fn stage_presence(
+        &self,
+        account: &LocalAccount,
+        key: &AccountKey,
+        contact: &mut store::Contact,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
+        let content = Content::presence(
+            MessageId::random(&mut OsRng),
+            now_ms(),
+            self.presence_for(contact).await,
+        );
+        self.stage_outgoing(account, key, contact, &content, batch)
+            .await?;
+        contact.presence_sent = true;
+        Ok(())
     }
 
     /// `message.list`
@@ -612,162 +741,6 @@ impl Service {
             out.drain(..skip);
         }
         Ok(out)
-    }
-
-    /// Answer an envelope that arrived from `peer`.
-    pub async fn receive(&self, peer: PeerId, bytes: &[u8]) -> Response {
-        match self.try_receive(bytes).await {
-            Ok(response) => response,
-            Err(Error::Store(e)) => {
-                tracing::error!("cannot store a message from {peer}: {e}");
-                Response::Refused(Refusal::Internal)
-            }
-            Err(e) => {
-                tracing::debug!("refused an envelope from {peer}: {e}");
-                Response::Refused(Refusal::Unopenable)
-            }
-        }
-    }
-
-    async fn try_receive(&self, bytes: &[u8]) -> Result<Response, Error> {
-        if !padding::is_bucket(bytes.len()) {
-            return Ok(Response::Refused(Refusal::Malformed));
-        }
-        let digest = envelope::digest(bytes);
-        if self.inner.store.get_raw(Tree::Seen, &digest)?.is_some() {
-            return Ok(Response::Duplicate);
-        }
-        let mut guard = self.inner.account.lock().await;
-        let account = guard.as_mut().ok_or(Error::NoAccount)?;
-        let opened = match chat::open_envelope(account, bytes) {
-            Ok(o) => o,
-            Err(chat::ChatError::Envelope(envelope::EnvelopeError::UnsupportedVersion {
-                ..
-            })) => return Ok(Response::Refused(Refusal::Malformed)),
-            Err(e) => return Err(Error::InvalidParams(e.to_string())),
-        };
-        let attached = opened
-            .attached_card()
-            .map_err(|e| Error::InvalidParams(e.to_string()))?;
-        let known = self
-            .inner
-            .store
-            .get_raw(Tree::SealIndex, &opened.sender_seal_key)?
-            .and_then(|k| <[u8; 32]>::try_from(k.as_ref()).ok())
-            .map(AccountKey);
-        let now = now_ms();
-        let mut batch = Batch::new();
-        let mut events = Vec::new();
-        let (key, contact, card) = match known {
-            Some(key) => {
-                let mut contact = self
-                    .inner
-                    .store
-                    .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
-                    .ok_or_else(|| Error::UnknownContact(key.address()))?;
-                let mut card = Card::from_bytes(&contact.card)?;
-                if key != opened.letter.sender {
-                    return Err(Error::InvalidParams(
-                        "sender does not match the seal key".into(),
-                    ));
-                }
-                if let Some(newer) = attached.filter(|a| a.body().issued_at > card.body().issued_at)
-                {
-                    contact.card = newer.to_bytes();
-                    card = newer;
-                    self.stage_contact(&mut batch, &key, &contact, &card)?;
-                }
-                (key, contact, card)
-            }
-            None => {
-                let card = attached.ok_or_else(|| {
-                    Error::InvalidParams("envelope from an unknown sender without a card".into())
-                })?;
-                if self.inner.store.len(Tree::Contacts) >= MAX_CONTACTS {
-                    return Err(Error::InvalidParams("contact list full".into()));
-                }
-                let key = card.account();
-                let (name, added_at) = match self.inner.store.get::<store::Contact>(
-                    Tree::Contacts,
-                    &key.0,
-                    "contact",
-                )? {
-                    // A contact whose card (and seal key) changed.
-                    Some(c) => (c.name, c.added_at),
-                    None => (self.default_name(&card.body().name)?, now),
-                };
-                let existing =
-                    self.inner
-                        .store
-                        .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?;
-                let contact = store::Contact {
-                    name,
-                    card: card.to_bytes(),
-                    added_at,
-                    request: existing.as_ref().is_none_or(|c| c.request),
-                };
-                self.stage_contact(&mut batch, &key, &contact, &card)?;
-                if existing.is_none() {
-                    events.push((
-                        "contact.added",
-                        "contact",
-                        json!(Self::view_contact(&key, &contact)),
-                    ));
-                }
-                (key, contact, card)
-            }
-        };
-        let mut pairwise = self.load_pairwise(&key)?;
-        let content = chat::open_message(account, &mut pairwise, &card, &opened)
-            .map_err(|e| Error::InvalidParams(e.to_string()))?;
-        self.account_batch(&mut batch, account)?;
-        batch.put(
-            Tree::Sessions,
-            key.0.to_vec(),
-            &pairwise.pickle(&self.inner.pickle_key),
-        )?;
-        batch.put_raw(Tree::Seen, digest.to_vec(), now.to_be_bytes().to_vec());
-        let duplicate = self
-            .inner
-            .store
-            .get_raw(Tree::MessageIds, &content.id.0)?
-            .is_some();
-        if !duplicate {
-            let seq = self.inner.store.next_id()?;
-            let message = store::Message {
-                id: content.id,
-                contact: key,
-                direction: Direction::In,
-                text: content.as_text().unwrap_or_default().to_owned(),
-                sent_at: content.sent_at,
-                received_at: Some(now),
-                state: State::Received,
-            };
-            batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
-            batch.put_raw(
-                Tree::MessageIds,
-                content.id.0.to_vec(),
-                seq.to_be_bytes().to_vec(),
-            );
-            events.push((
-                "message.received",
-                "message",
-                json!(self.view_message(&message, &contact.name)),
-            ));
-        }
-        let staged = events
-            .into_iter()
-            .map(|(kind, k, v)| self.inner.events.stage(&mut batch, kind, k, v))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.inner.store.commit(batch).await?;
-        drop(guard);
-        self.inner.events.publish(staged);
-        self.retry_contact(&key).await;
-        Ok(if duplicate {
-            Response::Duplicate
-        } else {
-            Response::Accepted
-        })
     }
 
     /// Make every outbox entry for `key` due now (the contact was just heard from).

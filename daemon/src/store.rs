@@ -53,9 +53,16 @@ pub enum Tree {
     Seen,
     /// Cursor → event (JSON).
     Events,
+    /// Dead-drop address ‖ sequence number → [`Hosted`]: envelopes this node hosts for
+    /// others, in the order they were deposited.
+    Hosted,
+    /// Dead-drop address ‖ envelope id → sequence number.
+    HostedIds,
+    /// Depositor (PeerId bytes) → [`Usage`] of this node's hosting.
+    HostUsage,
 }
 
-const TREES: [(Tree, &str); 10] = [
+const TREES: [(Tree, &str); 13] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -66,12 +73,21 @@ const TREES: [(Tree, &str); 10] = [
     (Tree::Outbox, "outbox"),
     (Tree::Seen, "seen"),
     (Tree::Events, "events"),
+    (Tree::Hosted, "hosted"),
+    (Tree::HostedIds, "hosted_ids"),
+    (Tree::HostUsage, "host_usage"),
 ];
 
 pub const META_SCHEMA: &[u8] = b"schema";
 pub const META_TRANSPORT_KEY: &[u8] = b"transport_key";
 pub const META_PICKLE_KEY: &[u8] = b"pickle_key";
 pub const META_ACCOUNT: &[u8] = b"account";
+/// Total bytes of hosted envelopes, as a big-endian u64.
+pub const META_HOST_BYTES: &[u8] = b"host_bytes";
+/// Counters of hosting activity ([`HostStats`]).
+pub const META_HOST_STATS: &[u8] = b"host_stats";
+/// The epoch of the last complete fetch of this node's dead drops.
+pub const META_LAST_FETCH_EPOCH: &[u8] = b"last_fetch_epoch";
 
 /// A contact as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +98,31 @@ pub struct Contact {
     pub added_at: u64,
     /// Wrote first, not (yet) added by the user.
     pub request: bool,
+    /// The secret of this node's dead drops for this contact (told to the contact in a
+    /// presence message).
+    pub inbox: [u8; 32],
+    /// The secret of the contact's dead drops for this node, once the contact told it.
+    pub their_inbox: Option<[u8; 32]>,
+    /// The contact's node as its last presence gave it: PeerId bytes and addresses.
+    pub route: Option<(Vec<u8>, Vec<String>)>,
+    /// This node's presence has been queued for the contact.
+    pub presence_sent: bool,
+}
+
+impl Contact {
+    /// A new contact with a fresh inbox secret.
+    pub fn new(name: String, card: Vec<u8>, request: bool) -> Self {
+        Contact {
+            name,
+            card,
+            added_at: crate::service::now_ms(),
+            request,
+            inbox: rand::random(),
+            their_inbox: None,
+            route: None,
+            presence_sent: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +134,8 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Queued,
+    /// Stored by at least one mailbox host.
+    OnHosts,
     Delivered,
     Received,
 }
@@ -118,6 +161,39 @@ pub struct OutboxEntry {
     pub envelope: Vec<u8>,
     pub failures: u32,
     pub next_attempt_at: u64,
+    /// Mailbox hosts (PeerId bytes) that confirmed storing the envelope.
+    pub hosts: Vec<Vec<u8>>,
+    /// A control message (presence, receipt), not shown to the user.
+    pub control: bool,
+}
+
+/// An envelope this node hosts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hosted {
+    pub expires_at: u64,
+    pub stored_at: u64,
+    /// Who deposited it (PeerId bytes), for quotas.
+    pub depositor: Vec<u8>,
+    /// The deposit's authorisation, kept so that the envelope can be handed over.
+    pub auth: sotto_protocol::mailbox::DepositAuth,
+    pub envelope: Vec<u8>,
+}
+
+/// How much one depositor has stored at this host.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Counters of hosting since the store was created.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct HostStats {
+    pub deposits: u64,
+    pub rejections: u64,
+    pub deleted: u64,
+    pub expired: u64,
+    pub handed_over: u64,
 }
 
 /// Writes that must happen together.
@@ -239,6 +315,22 @@ impl Store {
     ) -> Result<Vec<(sled::IVec, T)>, StoreError> {
         self.tree(tree)
             .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k, decode(&v, what)?))
+            })
+            .collect()
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<(sled::IVec, T)>, StoreError> {
+        self.tree(tree)
+            .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((k, decode(&v, what)?))

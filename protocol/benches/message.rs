@@ -6,7 +6,8 @@
 //! - `sotto/round_trip`: both, one after the other.
 //! - `olm/encrypt`, `olm/decrypt`, `olm/round_trip`: the same on a bare vodozemac
 //!   `Session`, with the encoded `Content` bytes as plaintext, so the ratchet does the same work.
-//! - `parts/*`: the pieces sotto adds, alone (content codec, Noise `X` seal and open).
+//! - `parts/*`: the pieces sotto adds, alone (content codec, Noise `X` seal and open), and
+//!   the X25519 operations both stacks are built from.
 //!
 //! Every session is confirmed (one message each way) before it is measured, so all messages
 //! are normal Olm messages, not pre-key ones. Run with
@@ -24,6 +25,7 @@ use sotto_protocol::content::{Content, MessageId};
 use sotto_protocol::envelope;
 use sotto_protocol::session::Pairwise;
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
+use vodozemac::{Curve25519PublicKey, Curve25519SecretKey};
 
 /// The two message sizes measured: a typical chat line and a long one.
 const SIZES: [(&str, usize); 2] = [("100B", 100), ("4KiB", 4096)];
@@ -190,6 +192,19 @@ fn olm(c: &mut Criterion) {
 /// What sotto adds, piece by piece: the content codec, and the Noise `X` seal and open of a
 /// letter the size a real one has.
 fn parts(c: &mut Criterion) {
+    // The unit of cost of every X25519-based step: one Diffie-Hellman, and one public key
+    // derived from a secret (vodozemac derives the ratchet public key on every encrypt).
+    let mut group = c.benchmark_group("parts");
+    let secret = Curve25519SecretKey::new();
+    let public = Curve25519PublicKey::from(&Curve25519SecretKey::new());
+    group.bench_function("x25519_dh", |b| {
+        b.iter(|| black_box(&secret).diffie_hellman(black_box(&public)))
+    });
+    group.bench_function("x25519_public_key", |b| {
+        b.iter(|| Curve25519PublicKey::from(black_box(&secret)))
+    });
+    group.finish();
+
     for (label, len) in SIZES {
         let msg = content(len);
         let (mut alice, bob) = sotto_pair();

@@ -58,7 +58,12 @@ pub enum Body {
     Text(String),
     /// How to reach the sender; sent automatically, never shown as a message.
     Presence(Presence),
+    /// The sender received these messages (at most [`MAX_RECEIPT_IDS`]).
+    Receipt(Vec<MessageId>),
 }
+
+/// The most message ids in one receipt.
+pub const MAX_RECEIPT_IDS: usize = 256;
 
 /// What a contact needs to reach the sender: the secret of the sender's dead drops for this
 /// contact, and optionally the sender's node (unless the sender is mailbox-only).
@@ -122,7 +127,7 @@ impl Content {
     pub fn as_text(&self) -> Option<&str> {
         match &self.body {
             Body::Text(t) => Some(t),
-            Body::Presence(_) => None,
+            Body::Presence(_) | Body::Receipt(_) => None,
         }
     }
 
@@ -153,8 +158,17 @@ impl Content {
             {
                 Err(ContentError::Invalid("presence hints over their limits"))
             }
+            Body::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
+                Err(ContentError::Invalid("a receipt names too many messages"))
+            }
             _ => Ok(content),
         }
+    }
+
+    /// Is this a message the node sends and handles by itself (presence, receipt), never
+    /// shown to the user?
+    pub fn is_control(&self) -> bool {
+        !matches!(self.body, Body::Text(_))
     }
 
     /// A presence message.

@@ -64,6 +64,11 @@ impl SimNode {
             listen: vec![listen.clone()],
             bootstrap: Vec::new(),
             announce: Vec::new(),
+            // Cards carry the node's address, so contacts can dial it at once.
+            mailbox: sotto_daemon::config::Mailbox {
+                publish_address: true,
+                ..Default::default()
+            },
         };
         Ok(SimNode {
             name: name.to_owned(),

@@ -65,6 +65,8 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--listen")
             .arg(format!("/ip4/127.0.0.1/tcp/{}", self.port))
+            .arg("--publish-address")
+            .args(["--stamp-difficulty", "8", "--fetch-interval-secs", "1"])
             .args(&self.extra)
             .env(
                 "SOTTO_LOG",
@@ -233,6 +235,12 @@ pub fn pair(root: &std::path::Path) -> (Daemon, Daemon) {
     bob.init();
     alice.add(&bob);
     bob.add(&alice);
+    // Each node tells the other its presence (inbox secret, address) once; let that settle.
+    for d in [&alice, &bob] {
+        wait_until(Duration::from_secs(30), "the presence exchange", || {
+            (d.call("node.status", json!({}))["outbox"] == 0).then_some(())
+        });
+    }
     (alice, bob)
 }
 

@@ -1,0 +1,379 @@
+//! The mailbox client: where a dead drop's hosts are, depositing envelopes there, and
+//! fetching (then deleting) what waits in this node's own dead drops.
+//!
+//! A dead drop's hosts are the `replicas` nodes closest to its address in Kademlia's XOR
+//! metric, this node included when it is among them (it then hosts the envelope itself).
+
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use rand::Rng as _;
+use sotto_protocol::card::Card;
+use sotto_protocol::content::MessageId;
+use sotto_protocol::deaddrop::{epoch_at, Address, DropKey, Secret};
+use sotto_protocol::envelope;
+use sotto_protocol::identity::AccountKey;
+use sotto_protocol::mailbox::{
+    self, Delete, Deposit, DepositAuth, Fetch, Refusal, Request, Response,
+};
+use sotto_protocol::pow;
+use sotto_protocol::wire;
+use tokio::sync::watch;
+
+use crate::host::Host;
+use crate::network::closer;
+use crate::service::{now_ms, Error, Service};
+use crate::store::{self, Batch, Tree};
+
+/// The most epochs back a fetch looks, however long the node was away.
+pub const MAX_EPOCHS_BACK: u64 = 16;
+/// The most pages fetched from one host for one dead drop in one round.
+const MAX_PAGES: usize = 64;
+
+/// Where a request goes: this node's own host, or a peer.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Local,
+    Remote(PeerId, Vec<Multiaddr>),
+}
+
+impl Target {
+    pub fn id_bytes(&self, me: &PeerId) -> Vec<u8> {
+        match self {
+            Target::Local => me.to_bytes(),
+            Target::Remote(p, _) => p.to_bytes(),
+        }
+    }
+}
+
+/// The hosts of `address`, closest first.
+pub async fn hosts_for(service: &Service, address: &Address) -> Vec<Target> {
+    let net = service.network();
+    let me = net.peer_id();
+    let peers = net.closest_peers(&address.0).await.unwrap_or_default();
+    let mut out = Vec::new();
+    let mut placed = false;
+    for (peer, addrs) in peers {
+        if !placed && closer(&address.0, &me, &peer) {
+            out.push(Target::Local);
+            placed = true;
+        }
+        out.push(Target::Remote(peer, addrs));
+    }
+    if !placed {
+        out.push(Target::Local);
+    }
+    out.truncate(service.mailbox_config().replicas.max(1));
+    out
+}
+
+/// Send `request` to `target`.
+pub async fn ask(
+    service: &Service,
+    host: &Host,
+    target: &Target,
+    request: Request,
+) -> Result<Response, String> {
+    match target {
+        Target::Local => Ok(host
+            .handle_request(&service.network().peer_id().to_bytes(), request)
+            .await),
+        Target::Remote(peer, addrs) => service
+            .network()
+            .mailbox(*peer, addrs.clone(), &request)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Build the deposit of `envelope` for `contact`: at the contact's pairwise dead drop for
+/// this epoch if the contact told its inbox secret, else at its intro dead drop with a
+/// proof-of-work stamp of `difficulty`.
+pub async fn build_deposit(
+    service: &Service,
+    contact: &store::Contact,
+    envelope: Vec<u8>,
+    difficulty: u8,
+) -> Result<Deposit, Error> {
+    let now = now_ms();
+    let expires_at = now.saturating_add(service.mailbox_config().policy.ttl_ms);
+    let digest = envelope::digest(&envelope);
+    if let Some(secret) = contact.their_inbox {
+        let key =
+            Secret::from_bytes(secret).drop_key(epoch_at(now, service.mailbox_config().epoch_ms));
+        let auth = DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at)));
+        return Ok(Deposit {
+            address: key.address(),
+            envelope,
+            expires_at,
+            auth,
+        });
+    }
+    let card = Card::from_bytes(&contact.card)?;
+    let address = Address::of_key(&card.body().intro);
+    let start: u64 = rand::thread_rng().gen();
+    let tries = 1u64 << (u32::from(difficulty.min(pow::MAX_DIFFICULTY)) + 8).min(40);
+    let nonce =
+        tokio::task::spawn_blocking(move || pow::mint(&address, &digest, difficulty, start, tries))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .ok_or_else(|| Error::Internal("could not find a proof-of-work stamp".into()))?;
+    Ok(Deposit {
+        address,
+        envelope,
+        expires_at,
+        auth: DepositAuth::Stamp(nonce),
+    })
+}
+
+/// Deposit an outbox entry at the hosts that do not have it yet. Returns the hosts that
+/// now hold it (all of them, old and new).
+pub async fn deposit_entry(
+    service: &Service,
+    host: &Host,
+    entry: &store::OutboxEntry,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let Some(contact) =
+        service
+            .store()
+            .get::<store::Contact>(Tree::Contacts, &entry.to.0, "contact")?
+    else {
+        return Ok(entry.hosts.clone());
+    };
+    let me = service.network().peer_id();
+    let mut difficulty = host.policy().stamp_difficulty;
+    let mut deposit = build_deposit(service, &contact, entry.envelope.clone(), difficulty).await?;
+    let mut stored = entry.hosts.clone();
+    for target in hosts_for(service, &deposit.address).await {
+        let id = target.id_bytes(&me);
+        if stored.contains(&id) {
+            continue;
+        }
+        let mut response = ask(service, host, &target, Request::Deposit(deposit.clone())).await;
+        if let Ok(Response::Refused(Refusal::StampRequired(d))) = response {
+            // The host asks for more work than this node's own setting: do it once.
+            if d > difficulty && d <= pow::MAX_DIFFICULTY {
+                difficulty = d;
+                deposit = build_deposit(service, &contact, entry.envelope.clone(), d).await?;
+                response = ask(service, host, &target, Request::Deposit(deposit.clone())).await;
+            }
+        }
+        match response {
+            Ok(Response::Stored | Response::AlreadyStored) => stored.push(id),
+            Ok(other) => tracing::debug!("mailbox host refused a deposit: {other:?}"),
+            Err(e) => tracing::debug!("mailbox deposit failed: {e}"),
+        }
+    }
+    Ok(stored)
+}
+
+/// The keys of every dead drop this node should look in now.
+async fn own_drops(service: &Service) -> Result<Vec<DropKey>, Error> {
+    let now = now_ms();
+    let epoch_ms = service.mailbox_config().epoch_ms;
+    let current = epoch_at(now, epoch_ms);
+    let last = service
+        .store()
+        .get_raw(Tree::Meta, store::META_LAST_FETCH_EPOCH)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(current);
+    let first = last
+        .saturating_sub(1)
+        .max(current.saturating_sub(MAX_EPOCHS_BACK))
+        .min(current.saturating_sub(1));
+    let mut keys = Vec::new();
+    if let Some(account) = service.account_lock().lock().await.as_ref() {
+        keys.push(DropKey::from_seed(&account.intro.seed()));
+    } else {
+        return Ok(keys);
+    }
+    for (_, c) in service
+        .store()
+        .scan::<store::Contact>(Tree::Contacts, "contact")?
+    {
+        if !c.presence_sent {
+            continue;
+        }
+        let secret = Secret::from_bytes(c.inbox);
+        keys.extend((first..=current).map(|e| secret.drop_key(e)));
+    }
+    Ok(keys)
+}
+
+/// Fetch every dead drop of this node from its hosts, hand what arrived to the service, and
+/// delete it at the host. Returns how many envelopes were taken.
+pub async fn fetch_round(service: &Service, host: &Host) -> Result<usize, Error> {
+    let started = now_ms();
+    let mut taken = 0;
+    for key in own_drops(service).await? {
+        let address = key.address();
+        for target in hosts_for(service, &address).await {
+            taken += fetch_from(service, host, &target, &key).await;
+        }
+    }
+    let epoch = epoch_at(started, service.mailbox_config().epoch_ms);
+    let mut batch = Batch::new();
+    batch.put_raw(
+        Tree::Meta,
+        store::META_LAST_FETCH_EPOCH.to_vec(),
+        epoch.to_be_bytes().to_vec(),
+    );
+    service.store().apply(&batch)?;
+    Ok(taken)
+}
+
+async fn fetch_from(service: &Service, host: &Host, target: &Target, key: &DropKey) -> usize {
+    let address = key.address();
+    let mut after = None;
+    let mut done = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let timestamp = now_ms();
+        let fetch = Fetch {
+            address,
+            timestamp,
+            after,
+            proof: key.sign(&Fetch::signed_bytes(timestamp)),
+        };
+        let (envelopes, more) = match ask(service, host, target, Request::Fetch(fetch)).await {
+            Ok(Response::Envelopes { envelopes, more }) => (envelopes, more),
+            Ok(other) => {
+                tracing::debug!("fetch refused: {other:?}");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("fetch failed: {e}");
+                break;
+            }
+        };
+        let mut received: Vec<(AccountKey, MessageId)> = Vec::new();
+        for env in &envelopes {
+            let digest = envelope::digest(env);
+            after = Some(digest);
+            match service.receive_detailed("a mailbox host", env).await {
+                (wire::Response::Refused(wire::Refusal::Internal | wire::Refusal::Busy), _) => {}
+                // Taken, seen before, or never going to open: either way, done with it.
+                (_, stored) => {
+                    done.push(digest);
+                    received.extend(stored);
+                }
+            }
+        }
+        // Nothing else tells the senders that these arrived: one receipt per sender.
+        let mut by_sender: std::collections::BTreeMap<AccountKey, Vec<MessageId>> =
+            Default::default();
+        for (key, id) in received {
+            by_sender.entry(key).or_default().push(id);
+        }
+        for (key, ids) in by_sender {
+            if let Err(e) = service.send_receipt(&key, ids).await {
+                tracing::warn!("cannot queue a receipt: {e}");
+            }
+        }
+        if !more || envelopes.is_empty() {
+            break;
+        }
+    }
+    let taken = done.len();
+    for ids in done.chunks(mailbox::MAX_DELETE_IDS) {
+        let timestamp = now_ms();
+        let delete = Delete {
+            address,
+            timestamp,
+            ids: ids.to_vec(),
+            proof: key.sign(&Delete::signed_bytes(timestamp, ids)),
+        };
+        if let Err(e) = ask(service, host, target, Request::Delete(delete)).await {
+            tracing::debug!("delete failed: {e}");
+        }
+    }
+    taken
+}
+
+/// Fetch on start, when woken (a new connection), and every fetch interval, until
+/// `shutdown` turns true.
+pub async fn run(service: Service, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let interval = std::time::Duration::from_millis(service.mailbox_config().fetch_interval_ms);
+    loop {
+        match fetch_round(&service, &host).await {
+            Ok(n) if n > 0 => tracing::debug!("fetched {n} envelopes from mailboxes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("mailbox fetch: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = service.fetch_wake().notified() => {
+                // Let a burst of new connections settle into one round.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Hand hosted envelopes over to closer peers, and collect expired ones, every `period`.
+pub async fn maintain(
+    service: Service,
+    host: Arc<Host>,
+    period: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match host.collect_garbage().await {
+            Ok(n) if n > 0 => tracing::debug!("dropped {n} expired envelopes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("mailbox garbage collection: {e}"),
+        }
+        if let Err(e) = hand_over(&service, &host).await {
+            tracing::warn!("mailbox handover: {e}");
+        }
+    }
+}
+
+/// For each dead drop this node hosts: if it is no longer among the closest `replicas`
+/// nodes to the address, deposit its envelopes at those that are (with their original
+/// authorisation) and forget them once one of them holds each.
+pub async fn hand_over(service: &Service, host: &Host) -> Result<usize, Error> {
+    let mut moved = 0;
+    let hosted = host.hosted()?;
+    let mut addresses: Vec<Address> = hosted.iter().map(|(a, _)| *a).collect();
+    addresses.dedup();
+    for address in addresses {
+        let targets = hosts_for(service, &address).await;
+        if targets.iter().any(|t| matches!(t, Target::Local)) {
+            // Still a host; make sure the others have a copy too.
+            continue;
+        }
+        for (a, h) in hosted.iter().filter(|(a, _)| *a == address) {
+            let deposit = Deposit {
+                address: *a,
+                envelope: h.envelope.clone(),
+                expires_at: h.expires_at,
+                auth: h.auth.clone(),
+            };
+            let mut placed = false;
+            for target in &targets {
+                if let Ok(Response::Stored | Response::AlreadyStored) =
+                    ask(service, host, target, Request::Deposit(deposit.clone())).await
+                {
+                    placed = true;
+                }
+            }
+            if placed {
+                host.forget(a, h).await?;
+                moved += 1;
+            }
+        }
+    }
+    Ok(moved)
+}
