@@ -355,9 +355,15 @@ impl Host {
         let hosted = self.hosted()?;
         let mut drops: Vec<&Address> = hosted.iter().map(|(a, _)| a).collect();
         drops.dedup();
+        let mut sizes = std::collections::BTreeMap::<String, u64>::new();
+        for (_, h) in &hosted {
+            *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
+        }
         let stats = self.stats()?;
         Ok(json!({
             "dead_drops": drops.len(),
+            "addresses": drops.iter().map(|a| a.0.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
+            "sizes": sizes,
             "envelopes": hosted.len(),
             "bytes": self.host_bytes()?,
             "deposits": stats.deposits,

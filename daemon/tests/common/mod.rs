@@ -35,6 +35,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub port: u16,
     pub extra: Vec<String>,
+    /// Print the node's address in its card (`--publish-address`).
+    pub publish: bool,
     child: Option<Child>,
 }
 
@@ -45,7 +47,30 @@ impl Daemon {
     }
 
     pub fn start_with(root: &std::path::Path, name: &str, extra: &[&str]) -> Daemon {
+        Self::start_node(root, name, true, extra)
+    }
+
+    /// Start a node whose card carries no address, joined to the network through `hub`.
+    pub fn join(root: &std::path::Path, name: &str, hub: &Daemon, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--bootstrap".to_owned(), hub.bootstrap_addr()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_node(root, name, false, &args)
+    }
+
+    /// This node's address for `--bootstrap`.
+    pub fn bootstrap_addr(&self) -> String {
+        let status = self.call("node.status", json!({}));
+        format!(
+            "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+            self.port,
+            status["peer_id"].as_str().unwrap()
+        )
+    }
+
+    pub fn start_node(root: &std::path::Path, name: &str, publish: bool, extra: &[&str]) -> Daemon {
         let mut d = Daemon {
+            publish,
             name: name.to_owned(),
             data_dir: root.join(name),
             socket: root.join(format!("{name}.sock")),
@@ -65,7 +90,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--listen")
             .arg(format!("/ip4/127.0.0.1/tcp/{}", self.port))
-            .arg("--publish-address")
+            .args(self.publish.then_some("--publish-address"))
             .args(["--stamp-difficulty", "8", "--fetch-interval-secs", "1"])
             .args(&self.extra)
             .env(
@@ -190,6 +215,33 @@ impl Daemon {
 
     pub fn send(&self, to: &str, text: &str) -> Value {
         self.call("message.send", json!({ "to": to, "text": text }))
+    }
+
+    pub fn outbox(&self) -> u64 {
+        self.call("node.status", json!({}))["outbox"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Every byte of the node's store files, as they are on disk.
+    pub fn raw_store(&self) -> Vec<u8> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<u8>) {
+            // sled creates and removes files as it works: skip what vanished.
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.extend(std::fs::read(&path).unwrap_or_default());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir.join("store"), &mut out);
+        out
     }
 
     pub fn messages(&self, with: &str) -> Vec<Value> {

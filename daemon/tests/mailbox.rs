@@ -1,0 +1,483 @@
+//! Store-and-forward through mailbox hosts, with real `sottod` processes in a small network:
+//! offline delivery, host failure, what hosts can see, who may fetch, first contact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{root, wait_until, Daemon};
+use serde_json::{json, Value};
+
+/// A hub, `hosts` more nodes, and alice and bob, all without addresses in their cards.
+struct Net {
+    root: tempfile::TempDir,
+    hub: Daemon,
+    hosts: Vec<Daemon>,
+    alice: Daemon,
+    bob: Daemon,
+}
+
+impl Net {
+    fn new(hosts: usize, extra: &[&str]) -> Net {
+        let root = root();
+        let hub = Daemon::start_node(root.path(), "hub", false, extra);
+        let hosts = (0..hosts)
+            .map(|i| Daemon::join(root.path(), &format!("host{i}"), &hub, extra))
+            .collect();
+        let alice = Daemon::join(root.path(), "alice", &hub, extra);
+        let bob = Daemon::join(root.path(), "bob", &hub, extra);
+        alice.init();
+        bob.init();
+        Net {
+            root,
+            hub,
+            hosts,
+            alice,
+            bob,
+        }
+    }
+
+    /// Every node that is neither alice nor bob.
+    fn others(&self) -> impl Iterator<Item = &Daemon> {
+        std::iter::once(&self.hub).chain(self.hosts.iter())
+    }
+
+    /// Alice and bob add each other's cards and exchange a first message each way.
+    fn befriend(&self) {
+        self.alice.add(&self.bob);
+        self.bob.add(&self.alice);
+        self.alice.send("bob", "hello bob");
+        self.bob.wait_for("alice", "hello bob", "received");
+        self.bob.send("alice", "hello alice");
+        self.alice.wait_for("bob", "hello alice", "received");
+        for d in [&self.alice, &self.bob] {
+            wait_until(Duration::from_secs(60), "outboxes to empty", || {
+                (d.outbox() == 0).then_some(())
+            });
+        }
+    }
+
+    fn stats(d: &Daemon) -> Value {
+        d.call("mailbox.stats", json!({}))
+    }
+}
+
+fn texts_from(d: &Daemon, contact: &str) -> Vec<String> {
+    d.messages(contact)
+        .iter()
+        .filter(|m| m["direction"] == "in")
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Alice sends `n` messages to the offline bob and waits until each is on mailbox hosts.
+fn send_while_bob_is_away(net: &mut Net, n: usize) -> Vec<String> {
+    net.bob.stop();
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("message {i:03} while you were away"))
+        .collect();
+    for t in &texts {
+        net.alice.send("bob", t);
+    }
+    wait_until(Duration::from_secs(120), "all messages on hosts", || {
+        let on_hosts = net
+            .alice
+            .messages("bob")
+            .iter()
+            .filter(|m| m["state"] == "on_hosts")
+            .count();
+        (on_hosts == n).then_some(())
+    });
+    texts
+}
+
+fn assert_all_arrive_in_order(bob: &Daemon, texts: &[String]) {
+    let want: Vec<String> = ["hello bob".to_owned()]
+        .into_iter()
+        .chain(texts.iter().cloned())
+        .collect();
+    wait_until(Duration::from_secs(120), "every message at bob", || {
+        (texts_from(bob, "alice").len() >= want.len()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        texts_from(bob, "alice"),
+        want,
+        "each message exactly once, in the order sent"
+    );
+}
+
+#[test]
+fn a_hundred_messages_wait_on_hosts_until_bob_returns() {
+    let mut net = Net::new(2, &[]);
+    net.befriend();
+    let texts = send_while_bob_is_away(&mut net, 100);
+    assert!(net.alice.stop().success());
+    net.bob.restart();
+    assert_all_arrive_in_order(&net.bob, &texts);
+    // Bob's receipts wait for alice in turn; when she is back, she sees them delivered.
+    net.alice.restart();
+    wait_until(Duration::from_secs(60), "receipts at alice", || {
+        let delivered = net
+            .alice
+            .messages("bob")
+            .iter()
+            .filter(|m| m["state"] == "delivered")
+            .count();
+        (delivered == 101).then_some(())
+    });
+    // The hosts deleted what bob took.
+    wait_until(Duration::from_secs(30), "hosts emptied", || {
+        net.others()
+            .all(|d| Net::stats(d)["envelopes"] == 0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn delivery_survives_a_killed_host_and_a_newcomer() {
+    let mut net = Net::new(3, &[]);
+    net.befriend();
+    let texts = send_while_bob_is_away(&mut net, 100);
+    assert!(net.alice.stop().success());
+    // Kill one of the nodes that hold the envelopes, without warning.
+    let holder = net
+        .hosts
+        .iter()
+        .position(|d| Net::stats(d)["envelopes"].as_u64().unwrap() >= 100)
+        .or_else(|| {
+            (Net::stats(&net.hub)["envelopes"].as_u64().unwrap() >= 100).then_some(usize::MAX)
+        })
+        .expect("some node holds the envelopes");
+    if holder == usize::MAX {
+        net.hub.kill();
+    } else {
+        net.hosts[holder].kill();
+    }
+    // A new node joins before bob comes back.
+    let via = if holder == usize::MAX {
+        &net.hosts[0]
+    } else {
+        &net.hub
+    };
+    let _newcomer = Daemon::join(net.root.path(), "newcomer", via, &[]);
+    net.bob.restart();
+    assert_all_arrive_in_order(&net.bob, &texts);
+}
+
+#[test]
+fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
+    let mut net = Net::new(2, &["--epoch-secs", "2"]);
+    net.befriend();
+    let keys: Vec<Vec<u8>> = [&net.alice, &net.bob]
+        .iter()
+        .map(|d| {
+            use base64::Engine as _;
+            let address = d.call("account.get", json!({}))["address"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(address)
+                .unwrap()
+        })
+        .collect();
+    net.bob.stop();
+    let secrets = [
+        "the plans are in the blue folder",
+        "meet me by the old mill at nine",
+    ];
+    net.alice.send("bob", secrets[0]);
+    net.alice.wait_for("bob", secrets[0], "on_hosts");
+    std::thread::sleep(Duration::from_millis(2500)); // the next epoch
+    net.alice.send("bob", secrets[1]);
+    net.alice.wait_for("bob", secrets[1], "on_hosts");
+
+    let mut addresses = std::collections::BTreeSet::new();
+    let mut hosted = 0;
+    for d in net.others() {
+        let stats = Net::stats(d);
+        hosted += stats["envelopes"].as_u64().unwrap();
+        for (size, _) in stats["sizes"].as_object().unwrap() {
+            assert!(
+                [512, 1024, 2048, 4096, 8192, 16384, 65535].contains(&size.parse::<u32>().unwrap()),
+                "size {size}"
+            );
+        }
+        addresses.extend(
+            stats["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned()),
+        );
+        let raw = d.raw_store();
+        let contains = |n: &[u8]| raw.windows(n.len()).any(|w| w == n);
+        for s in secrets {
+            assert!(
+                !contains(&s.as_bytes()[..16]),
+                "plaintext in a host's store"
+            );
+        }
+        for k in &keys {
+            assert!(!contains(k), "an account key in a host's store");
+        }
+    }
+    assert!(hosted >= 2, "the envelopes rest on hosts ({hosted})");
+    assert!(
+        addresses.len() >= 2,
+        "the dead-drop address changed with the epoch: {addresses:?}"
+    );
+
+    net.bob.restart();
+    for s in secrets {
+        net.bob.wait_for("alice", s, "received");
+    }
+}
+
+#[test]
+fn first_contact_by_card_only_then_direct_and_mailbox() {
+    let mut net = Net::new(2, &[]);
+    // Only alice has bob's card.
+    net.alice.add(&net.bob);
+    net.alice.send("bob", "hi bob, we met at the station");
+    let got = net
+        .bob
+        .wait_for("alice", "hi bob, we met at the station", "received");
+    assert_eq!(got["from"], "alice");
+    let requests = net.bob.call("requests.list", json!({}));
+    assert_eq!(requests[0]["name"], "alice");
+    assert_eq!(requests[0]["request"], true);
+    // Until bob accepts, alice's message stays undelivered to her (no receipt to a stranger).
+    assert_ne!(net.alice.messages("bob")[0]["state"], "delivered");
+
+    net.bob.call("requests.accept", json!({"contact": "alice"}));
+    assert_eq!(net.bob.call("requests.list", json!({})), json!([]));
+    net.bob.send("alice", "hi alice!");
+    net.alice.wait_for("bob", "hi alice!", "received");
+    for d in [&net.alice, &net.bob] {
+        wait_until(Duration::from_secs(60), "outboxes to empty", || {
+            (d.outbox() == 0).then_some(())
+        });
+    }
+
+    // Both online: the direct path, acknowledged by bob's node, with no new deposits.
+    let deposits = |net: &Net| {
+        net.others()
+            .map(|d| Net::stats(d)["deposits"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let before = deposits(&net);
+    net.alice.send("bob", "straight to you");
+    net.alice.wait_for("bob", "straight to you", "delivered");
+    net.bob.wait_for("alice", "straight to you", "received");
+    assert_eq!(
+        deposits(&net),
+        before,
+        "no mailbox was used while both were online"
+    );
+
+    // Bob away: through the mailboxes, and delivered (by receipt) once he is back.
+    net.bob.stop();
+    net.alice.send("bob", "while you were out");
+    net.alice.wait_for("bob", "while you were out", "on_hosts");
+    net.bob.restart();
+    net.bob.wait_for("alice", "while you were out", "received");
+    net.alice.wait_for("bob", "while you were out", "delivered");
+}
+
+#[test]
+fn a_rejected_stranger_is_forgotten() {
+    let net = Net::new(1, &[]);
+    net.alice.add(&net.bob);
+    net.alice.send("bob", "buy my stuff");
+    net.bob.wait_for("alice", "buy my stuff", "received");
+    let out = net.bob.call("requests.reject", json!({"contact": "alice"}));
+    assert_eq!(out["messages_removed"], 1);
+    assert_eq!(net.bob.call("contact.list", json!({})), json!([]));
+    assert_eq!(net.bob.call("message.list", json!({})), json!([]));
+    let err = net
+        .bob
+        .try_call("requests.accept", json!({"contact": "alice"}))
+        .unwrap_err();
+    assert_eq!(err["code"], -32003);
+}
+
+async fn ask_mailbox(
+    swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
+    peer: libp2p::PeerId,
+    addr: &libp2p::Multiaddr,
+    frame: sotto_daemon::network::MailboxFrame,
+) -> Result<sotto_protocol::mailbox::Response, String> {
+    use futures::StreamExt;
+    use libp2p::request_response::{Event, Message};
+    use libp2p::swarm::SwarmEvent;
+    use sotto_daemon::network::BehaviourEvent;
+    let id =
+        swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request_with_addresses(&peer, frame, vec![addr.clone()]);
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(Event::Message {
+                    message:
+                        Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                })) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                })) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+#[test]
+fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() {
+    use sotto_daemon::network::MailboxFrame;
+    use sotto_protocol::deaddrop::{Address, Secret};
+    use sotto_protocol::mailbox::{
+        Delete, Deposit, DepositAuth, Fetch, Refusal, Request, Response,
+    };
+
+    let mut net = Net::new(1, &["--mailbox-ttl-secs", "6"]);
+    net.befriend();
+    net.bob.stop();
+    net.alice.send("bob", "for bob only");
+    net.alice.wait_for("bob", "for bob only", "on_hosts");
+    let holder = net
+        .others()
+        .find(|d| Net::stats(d)["envelopes"].as_u64().unwrap() > 0)
+        .expect("a host holds it");
+    let stats = Net::stats(holder);
+    let hex = stats["addresses"][0].as_str().unwrap();
+    let mut address = [0u8; 32];
+    for (i, b) in address.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let address = Address(address);
+    let status = holder.call("node.status", json!({}));
+    let peer: libp2p::PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", holder.port)
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut mallory =
+            sotto_daemon::network::build_swarm(libp2p::identity::Keypair::generate_ed25519())
+                .unwrap();
+        let key = Secret::from_bytes([66; 32]).drop_key(0);
+        let request = |r: Request| MailboxFrame::Bytes(r.to_bytes().unwrap());
+        let fetch = Fetch {
+            address,
+            timestamp: now,
+            after: None,
+            proof: key.sign(&Fetch::signed_bytes(now)),
+        };
+        let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Fetch(fetch))).await;
+        assert_eq!(
+            got,
+            Ok(Response::Refused(Refusal::BadProof)),
+            "a stranger cannot read a dead drop"
+        );
+        let ids = vec![[0u8; 32]];
+        let delete = Delete {
+            address,
+            timestamp: now,
+            ids: ids.clone(),
+            proof: key.sign(&Delete::signed_bytes(now, &ids)),
+        };
+        let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Delete(delete))).await;
+        assert_eq!(
+            got,
+            Ok(Response::Refused(Refusal::BadProof)),
+            "a stranger cannot delete"
+        );
+
+        let envelope = vec![7u8; 512];
+        let digest = sotto_protocol::envelope::digest(&envelope);
+        let target = Address([9; 32]);
+        let bad = (0u64..)
+            .find(|n| !sotto_protocol::pow::check(&target, &digest, *n, 8))
+            .unwrap();
+        let deposit = Deposit {
+            address: target,
+            envelope: envelope.clone(),
+            expires_at: now + 60_000,
+            auth: DepositAuth::Stamp(bad),
+        };
+        let got = ask_mailbox(
+            &mut mallory,
+            peer,
+            &addr,
+            request(Request::Deposit(deposit)),
+        )
+        .await;
+        assert_eq!(
+            got,
+            Ok(Response::Refused(Refusal::StampRequired(8))),
+            "no stamp, no deposit"
+        );
+        let forged = Deposit {
+            address,
+            envelope,
+            expires_at: now + 60_000,
+            auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, now + 60_000))),
+        };
+        let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Deposit(forged))).await;
+        assert_eq!(
+            got,
+            Ok(Response::Refused(Refusal::BadProof)),
+            "no drop key, no deposit at a pair's drop"
+        );
+
+        let got = ask_mailbox(
+            &mut mallory,
+            peer,
+            &addr,
+            MailboxFrame::Bytes(vec![1, 2, 3]),
+        )
+        .await;
+        assert_eq!(got, Ok(Response::Refused(Refusal::Malformed)));
+        let got = ask_mailbox(
+            &mut mallory,
+            peer,
+            &addr,
+            MailboxFrame::HeaderOnly {
+                claimed: 50_000_000,
+            },
+        )
+        .await;
+        assert_eq!(got, Ok(Response::Refused(Refusal::Malformed)));
+    });
+    assert_eq!(
+        Net::stats(holder)["envelopes"],
+        stats["envelopes"],
+        "nothing was drained or added"
+    );
+    assert!(Net::stats(holder)["rejections"].as_u64().unwrap() >= 2);
+
+    // Past the TTL, hosts drop what nobody fetched.
+    wait_until(Duration::from_secs(30), "expiry", || {
+        (Net::stats(holder)["envelopes"] == 0).then_some(())
+    });
+    assert!(Net::stats(holder)["expired"].as_u64().unwrap() >= 1);
+}
