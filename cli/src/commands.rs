@@ -104,6 +104,58 @@ pub fn contact_verify(ctx: &Context, name: &str) -> anyhow::Result<()> {
     )
 }
 
+/// `sotto requests list`
+pub fn requests_list(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("requests.list", json!({}), |contacts: Vec<Contact>| {
+        Ok(if contacts.is_empty() {
+            "No message requests.".to_owned()
+        } else {
+            output::contacts(&contacts)
+        })
+    })
+}
+
+/// `sotto requests accept NAME`
+pub fn requests_accept(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    ctx.call_and_print("requests.accept", json!({ "contact": name }), |contact: Contact| {
+        Ok(format!(
+            "Accepted {}: they are a contact now, and can reach you.",
+            output::one_line(&contact.name)
+        ))
+    })
+}
+
+/// `sotto requests reject NAME`
+pub fn requests_reject(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    ctx.call_and_print("requests.reject", json!({ "contact": name }), |v: Value| {
+        Ok(format!(
+            "Rejected {}; {} of their messages removed.",
+            output::one_line(v["contact"].as_str().unwrap_or(name)),
+            v["messages_removed"].as_u64().unwrap_or(0)
+        ))
+    })
+}
+
+/// `sotto mailbox stats`
+pub fn mailbox_stats(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("mailbox.stats", json!({}), |v: Value| {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(format!(
+            "Hosting for others: {} envelopes ({} bytes) in {} dead drops\n\
+             Deposits taken: {}; refused: {}\n\
+             Deleted by their recipients: {}; expired: {}; handed over to closer hosts: {}",
+            n("envelopes"),
+            n("bytes"),
+            n("dead_drops"),
+            n("deposits"),
+            n("rejections"),
+            n("deleted"),
+            n("expired"),
+            n("handed_over"),
+        ))
+    })
+}
+
 /// `sotto send NAME TEXT`; TEXT `-` reads the message from standard input (without its
 /// final line break).
 pub fn send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {

@@ -104,6 +104,12 @@ enum Command {
         #[arg(long, value_name = "CURSOR")]
         since: Option<u64>,
     },
+    /// Message requests: people who wrote first, with your card
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+    /// What this node hosts for others
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -130,6 +136,28 @@ enum ContactCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RequestsCommand {
+    /// List message requests
+    List,
+    /// Accept a request: the writer becomes a contact and can reach you
+    Accept {
+        /// The request's name or address
+        name: String,
+    },
+    /// Reject a request: forget the writer and their messages
+    Reject {
+        /// The request's name or address
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailboxCommand {
+    /// Dead drops, envelopes and bytes hosted; deposits, rejections, handovers
+    Stats,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context {
@@ -148,6 +176,10 @@ fn main() -> ExitCode {
         Command::Send { name, text } => commands::send(&ctx, &name, &text),
         Command::Messages { name, limit } => commands::messages(&ctx, name.as_deref(), limit),
         Command::Watch { since } => commands::watch(&ctx, since),
+        Command::Requests(RequestsCommand::List) => commands::requests_list(&ctx),
+        Command::Requests(RequestsCommand::Accept { name }) => commands::requests_accept(&ctx, &name),
+        Command::Requests(RequestsCommand::Reject { name }) => commands::requests_reject(&ctx, &name),
+        Command::Mailbox(MailboxCommand::Stats) => commands::mailbox_stats(&ctx),
         Command::Completions { shell } => commands::completions(shell, Cli::command()),
     };
     match result {
