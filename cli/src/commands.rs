@@ -117,12 +117,16 @@ pub fn requests_list(ctx: &Context) -> anyhow::Result<()> {
 
 /// `sotto requests accept NAME`
 pub fn requests_accept(ctx: &Context, name: &str) -> anyhow::Result<()> {
-    ctx.call_and_print("requests.accept", json!({ "contact": name }), |contact: Contact| {
-        Ok(format!(
-            "Accepted {}: they are a contact now, and can reach you.",
-            output::one_line(&contact.name)
-        ))
-    })
+    ctx.call_and_print(
+        "requests.accept",
+        json!({ "contact": name }),
+        |contact: Contact| {
+            Ok(format!(
+                "Accepted {}: they are a contact now, and can reach you.",
+                output::one_line(&contact.name)
+            ))
+        },
+    )
 }
 
 /// `sotto requests reject NAME`

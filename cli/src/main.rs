@@ -177,8 +177,12 @@ fn main() -> ExitCode {
         Command::Messages { name, limit } => commands::messages(&ctx, name.as_deref(), limit),
         Command::Watch { since } => commands::watch(&ctx, since),
         Command::Requests(RequestsCommand::List) => commands::requests_list(&ctx),
-        Command::Requests(RequestsCommand::Accept { name }) => commands::requests_accept(&ctx, &name),
-        Command::Requests(RequestsCommand::Reject { name }) => commands::requests_reject(&ctx, &name),
+        Command::Requests(RequestsCommand::Accept { name }) => {
+            commands::requests_accept(&ctx, &name)
+        }
+        Command::Requests(RequestsCommand::Reject { name }) => {
+            commands::requests_reject(&ctx, &name)
+        }
         Command::Mailbox(MailboxCommand::Stats) => commands::mailbox_stats(&ctx),
         Command::Completions { shell } => commands::completions(shell, Cli::command()),
     };

@@ -321,6 +321,7 @@ pub async fn maintain(
     period: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut known = HostSets::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
@@ -334,26 +335,40 @@ pub async fn maintain(
             Ok(_) => {}
             Err(e) => tracing::warn!("mailbox garbage collection: {e}"),
         }
-        if let Err(e) = hand_over(&service, &host).await {
-            tracing::warn!("mailbox handover: {e}");
+        match hand_over(&service, &host, &mut known).await {
+            Ok(n) if n > 0 => tracing::debug!("handed {n} envelopes over to closer hosts"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("mailbox handover: {e}"),
         }
     }
 }
 
-/// For each dead drop this node hosts: if it is no longer among the closest `replicas`
-/// nodes to the address, deposit its envelopes at those that are (with their original
-/// authorisation) and forget them once one of them holds each.
-pub async fn hand_over(service: &Service, host: &Host) -> Result<usize, Error> {
+/// The hosts last seen for each address this node holds.
+pub type HostSets = std::collections::HashMap<Address, Vec<Vec<u8>>>;
+
+/// For each dead drop this node hosts, look up its hosts. When they changed since the last
+/// look (a node joined or left), copy its envelopes to them, with their original expiry and
+/// authorisation; if this node is no longer among them, forget each envelope once another
+/// host has stored it. Returns how many envelopes were handed over and forgotten.
+pub async fn hand_over(
+    service: &Service,
+    host: &Host,
+    known: &mut HostSets,
+) -> Result<usize, Error> {
+    let me = service.network().peer_id();
     let mut moved = 0;
     let hosted = host.hosted()?;
     let mut addresses: Vec<Address> = hosted.iter().map(|(a, _)| *a).collect();
     addresses.dedup();
+    known.retain(|a, _| addresses.contains(a));
     for address in addresses {
         let targets = hosts_for(service, &address).await;
-        if targets.iter().any(|t| matches!(t, Target::Local)) {
-            // Still a host; make sure the others have a copy too.
+        let ids: Vec<Vec<u8>> = targets.iter().map(|t| t.id_bytes(&me)).collect();
+        let still_host = targets.iter().any(|t| matches!(t, Target::Local));
+        if still_host && known.get(&address) == Some(&ids) {
             continue;
         }
+        let mut all_placed = true;
         for (a, h) in hosted.iter().filter(|(a, _)| *a == address) {
             let deposit = Deposit {
                 address: *a,
@@ -362,17 +377,22 @@ pub async fn hand_over(service: &Service, host: &Host) -> Result<usize, Error> {
                 auth: h.auth.clone(),
             };
             let mut placed = false;
-            for target in &targets {
+            for target in targets.iter().filter(|t| matches!(t, Target::Remote(..))) {
                 if let Ok(Response::Stored | Response::AlreadyStored) =
                     ask(service, host, target, Request::Deposit(deposit.clone())).await
                 {
                     placed = true;
                 }
             }
-            if placed {
+            all_placed &= placed;
+            if placed && !still_host {
                 host.forget(a, h).await?;
                 moved += 1;
             }
+        }
+        // Look again next time unless every envelope found its new hosts.
+        if all_placed {
+            known.insert(address, ids);
         }
     }
     Ok(moved)

@@ -481,3 +481,118 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
     });
     assert!(Net::stats(holder)["expired"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn a_sender_killed_right_after_send_still_delivers_through_mailboxes() {
+    let mut net = Net::new(2, &[]);
+    net.befriend();
+    net.bob.stop();
+    let sent = net.alice.send("bob", "sent a moment before the crash");
+    net.alice.kill();
+    net.alice.restart();
+    net.alice
+        .wait_for("bob", "sent a moment before the crash", "on_hosts");
+    net.alice.stop();
+    net.bob.restart();
+    let got = net
+        .bob
+        .wait_for("alice", "sent a moment before the crash", "received");
+    assert_eq!(got["id"], sent["id"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        texts_from(&net.bob, "alice").len(),
+        2,
+        "hello, and the message, once each"
+    );
+}
+
+#[test]
+fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
+    use sotto_daemon::store::{Batch, Store, Tree, META_TRANSPORT_KEY};
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut net = Net::new(1, &["--replicas", "2"]);
+    net.befriend();
+    let mut peers: Vec<libp2p::PeerId> = [&net.hub, &net.hosts[0], &net.alice, &net.bob]
+        .iter()
+        .map(|d| {
+            d.call("node.status", json!({}))["peer_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let texts = send_while_bob_is_away(&mut net, 20);
+    wait_until(
+        Duration::from_secs(60),
+        "every envelope on two hosts",
+        || (net.alice.outbox() == 0).then_some(()),
+    );
+    assert!(net.alice.stop().success());
+
+    let holders: Vec<usize> = [&net.hub, &net.hosts[0]]
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| Net::stats(d)["envelopes"].as_u64().unwrap() > 0)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!holders.is_empty());
+    let first = if holders[0] == 0 {
+        &net.hub
+    } else {
+        &net.hosts[0]
+    };
+    let hex = Net::stats(first)["addresses"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let address: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+
+    // A transport key closer to the dead drop than every node there is.
+    let key = (0..100_000)
+        .map(|_| libp2p::identity::Keypair::generate_ed25519())
+        .find(|k| {
+            let id = k.public().to_peer_id();
+            peers
+                .iter()
+                .all(|p| sotto_daemon::network::closer(&address, &id, p))
+        })
+        .expect("a closer key within 100,000 tries");
+    peers.push(key.public().to_peer_id());
+    let dir = net.root.path().join("newcomer");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    {
+        let store = Store::open(&dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        batch.put_raw(
+            Tree::Meta,
+            META_TRANSPORT_KEY.to_vec(),
+            key.to_protobuf_encoding().unwrap(),
+        );
+        store.apply(&batch).unwrap();
+    }
+    let newcomer = Daemon::join(net.root.path(), "newcomer", &net.hub, &["--replicas", "2"]);
+    wait_until(
+        Duration::from_secs(60),
+        "the newcomer to receive the envelopes",
+        || (Net::stats(&newcomer)["envelopes"].as_u64().unwrap() >= 20).then_some(()),
+    );
+
+    // Every old holder goes away at once; only the newcomer's copies are left.
+    for i in holders {
+        if i == 0 {
+            net.hub.kill();
+        } else {
+            net.hosts[0].kill();
+        }
+    }
+    net.bob
+        .extra
+        .extend(["--bootstrap".to_owned(), newcomer.bootstrap_addr()]);
+    net.bob.restart();
+    assert_all_arrive_in_order(&net.bob, &texts);
+}
