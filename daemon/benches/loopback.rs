@@ -286,7 +286,7 @@ fn bare_swarm() -> Swarm<Bare> {
         .expect("tcp")
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
-                Codec,
+                Codec::default(),
                 [(
                     StreamProtocol::new(ENVELOPE_PROTOCOL),
                     ProtocolSupport::Full,

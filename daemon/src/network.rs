@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -40,9 +42,37 @@ pub enum Request {
     HeaderOnly { claimed: u32 },
 }
 
+/// Application bytes this node sent and received on each protocol (frames, headers
+/// included; Noise, yamux and TCP/QUIC overhead not).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub envelope_in: AtomicU64,
+    pub envelope_out: AtomicU64,
+    pub mailbox_in: AtomicU64,
+    pub mailbox_out: AtomicU64,
+}
+
+impl Traffic {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "envelope_in": get(&self.envelope_in),
+            "envelope_out": get(&self.envelope_out),
+            "mailbox_in": get(&self.mailbox_in),
+            "mailbox_out": get(&self.mailbox_out),
+        })
+    }
+}
+
+fn count(counter: &AtomicU64, bytes: usize) {
+    counter.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
 /// The framing of `/sotto/envelope/1`: a 4-byte big-endian length, then the bytes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Codec;
+#[derive(Clone, Debug, Default)]
+pub struct Codec {
+    pub traffic: Arc<Traffic>,
+}
 
 async fn read_header<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
     let mut len = [0u8; 4];
@@ -78,7 +108,9 @@ impl request_response::Codec for Codec {
         if len as usize > wire::MAX_REQUEST_BYTES {
             return Ok(Request::HeaderOnly { claimed: len });
         }
-        Ok(Request::Envelope(read_body(io, len).await?))
+        let body = read_body(io, len).await?;
+        count(&self.traffic.envelope_in, 4 + body.len());
+        Ok(Request::Envelope(body))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -94,6 +126,7 @@ impl request_response::Codec for Codec {
             ));
         }
         let body = read_body(io, len).await?;
+        count(&self.traffic.envelope_in, 4 + body.len());
         Response::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
@@ -104,7 +137,10 @@ impl request_response::Codec for Codec {
         req: Request,
     ) -> io::Result<()> {
         match req {
-            Request::Envelope(bytes) => write_frame(io, &bytes).await,
+            Request::Envelope(bytes) => {
+                count(&self.traffic.envelope_out, 4 + bytes.len());
+                write_frame(io, &bytes).await
+            }
             Request::HeaderOnly { claimed } => {
                 io.write_all(&claimed.to_be_bytes()).await?;
                 io.close().await
@@ -118,7 +154,9 @@ impl request_response::Codec for Codec {
         io: &mut T,
         res: Response,
     ) -> io::Result<()> {
-        write_frame(io, &res.to_bytes()).await
+        let bytes = res.to_bytes();
+        count(&self.traffic.envelope_out, 4 + bytes.len());
+        write_frame(io, &bytes).await
     }
 }
 
@@ -132,8 +170,10 @@ pub enum MailboxFrame {
 }
 
 /// The framing of `/sotto/mailbox/1`: as [`Codec`], with the mailbox limits.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MailboxCodec;
+#[derive(Clone, Debug, Default)]
+pub struct MailboxCodec {
+    pub traffic: Arc<Traffic>,
+}
 
 impl request_response::Codec for MailboxCodec {
     type Protocol = StreamProtocol;
@@ -149,7 +189,9 @@ impl request_response::Codec for MailboxCodec {
         if len as usize > mailbox::MAX_REQUEST_BYTES {
             return Ok(MailboxFrame::HeaderOnly { claimed: len });
         }
-        Ok(MailboxFrame::Bytes(read_body(io, len).await?))
+        let body = read_body(io, len).await?;
+        count(&self.traffic.mailbox_in, 4 + body.len());
+        Ok(MailboxFrame::Bytes(body))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -165,6 +207,7 @@ impl request_response::Codec for MailboxCodec {
             ));
         }
         let body = read_body(io, len).await?;
+        count(&self.traffic.mailbox_in, 4 + body.len());
         mailbox::Response::from_bytes(&body)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -176,7 +219,10 @@ impl request_response::Codec for MailboxCodec {
         req: MailboxFrame,
     ) -> io::Result<()> {
         match req {
-            MailboxFrame::Bytes(bytes) => write_frame(io, &bytes).await,
+            MailboxFrame::Bytes(bytes) => {
+                count(&self.traffic.mailbox_out, 4 + bytes.len());
+                write_frame(io, &bytes).await
+            }
             MailboxFrame::HeaderOnly { claimed } => {
                 io.write_all(&claimed.to_be_bytes()).await?;
                 io.close().await
@@ -193,6 +239,7 @@ impl request_response::Codec for MailboxCodec {
         let bytes = res
             .to_bytes()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        count(&self.traffic.mailbox_out, 4 + bytes.len());
         write_frame(io, &bytes).await
     }
 }
@@ -208,7 +255,7 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair) -> Self {
+    pub fn new(key: &Keypair, traffic: Arc<Traffic>) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut config = kad::Config::new(StreamProtocol::new("/sotto/kad/1"));
         // The node bootstraps itself when it is given peers (see `Network::new`); without
@@ -225,7 +272,9 @@ impl Behaviour {
             ping: ping::Behaviour::default(),
             kad,
             envelope: request_response::Behaviour::with_codec(
-                Codec,
+                Codec {
+                    traffic: traffic.clone(),
+                },
                 [(
                     StreamProtocol::new(wire::ENVELOPE_PROTOCOL),
                     ProtocolSupport::Full,
@@ -235,7 +284,7 @@ impl Behaviour {
                     .with_max_concurrent_streams(MAX_STREAMS),
             ),
             mailbox: request_response::Behaviour::with_codec(
-                MailboxCodec,
+                MailboxCodec { traffic },
                 [(
                     StreamProtocol::new(mailbox::PROTOCOL),
                     ProtocolSupport::Full,
@@ -249,7 +298,7 @@ impl Behaviour {
 }
 
 /// Build a swarm with the full transport stack.
-pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
+pub fn build_swarm(key: Keypair, traffic: Arc<Traffic>) -> anyhow::Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -258,7 +307,7 @@ pub fn build_swarm(key: Keypair) -> anyhow::Result<Swarm<Behaviour>> {
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(Behaviour::new)?
+        .with_behaviour(|key| Behaviour::new(key, traffic))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
 }
@@ -369,11 +418,17 @@ enum Command {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    traffic: Arc<Traffic>,
 }
 
 impl Handle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Bytes sent and received on the sotto protocols so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// Send a request to `peer`, dialling `addrs` if not connected, and wait for its answer.
@@ -497,7 +552,8 @@ impl Network {
         bootstrap: &[Multiaddr],
     ) -> anyhow::Result<(Network, Handle, Receivers)> {
         let peer_id = key.public().to_peer_id();
-        let mut swarm = build_swarm(key)?;
+        let traffic = Arc::new(Traffic::default());
+        let mut swarm = build_swarm(key, traffic.clone())?;
         for addr in listen {
             ensure_port_free(addr)?;
             swarm
@@ -535,7 +591,11 @@ impl Network {
         };
         Ok((
             network,
-            Handle { tx, peer_id },
+            Handle {
+                tx,
+                peer_id,
+                traffic,
+            },
             Receivers {
                 inbound: inbound_rx,
                 connected: connected_rx,

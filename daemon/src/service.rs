@@ -313,6 +313,7 @@ impl Service {
             "listen_addrs": status.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "connected_peers": status.connected_peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "outbox": self.inner.store.len(Tree::Outbox),
+            "traffic": self.inner.net.traffic().to_json(),
             "account": address,
             "version": env!("CARGO_PKG_VERSION"),
         }))

@@ -303,7 +303,11 @@ fn garbage_truncated_and_oversize_frames_are_refused() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut mallory = build_swarm(libp2p::identity::Keypair::generate_ed25519()).unwrap();
+        let mut mallory = build_swarm(
+            libp2p::identity::Keypair::generate_ed25519(),
+            Default::default(),
+        )
+        .unwrap();
         let mut random = vec![0u8; 512];
         for (i, b) in random.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(31).wrapping_add(7);

@@ -381,9 +381,11 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut mallory =
-            sotto_daemon::network::build_swarm(libp2p::identity::Keypair::generate_ed25519())
-                .unwrap();
+        let mut mallory = sotto_daemon::network::build_swarm(
+            libp2p::identity::Keypair::generate_ed25519(),
+            Default::default(),
+        )
+        .unwrap();
         let key = Secret::from_bytes([66; 32]).drop_key(0);
         let request = |r: Request| MailboxFrame::Bytes(r.to_bytes().unwrap());
         let fetch = Fetch {
@@ -595,4 +597,123 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
         .extend(["--bootstrap".to_owned(), newcomer.bootstrap_addr()]);
     net.bob.restart();
     assert_all_arrive_in_order(&net.bob, &texts);
+}
+
+/// Total application bytes sent by every node of the network (envelope, mailbox).
+fn traffic_out(nodes: &[&Daemon]) -> (u64, u64) {
+    nodes.iter().fold((0, 0), |(e, m), d| {
+        let t = d.call("node.status", json!({}))["traffic"].clone();
+        (
+            e + t["envelope_out"].as_u64().unwrap(),
+            m + t["mailbox_out"].as_u64().unwrap(),
+        )
+    })
+}
+
+fn measure(n: usize) {
+    let mut net = Net::new(3, &[]);
+    net.befriend();
+    let text_len = "message 000 while you were away".len();
+    let total = |nodes: &[&Daemon]| traffic_out(nodes);
+
+    // Direct, both online.
+    let everyone: Vec<&Daemon> = net.others().chain([&net.alice, &net.bob]).collect();
+    let before = total(&everyone);
+    for i in 0..100 {
+        net.alice
+            .send("bob", &format!("message {i:03} while you were here"));
+    }
+    wait_until(Duration::from_secs(300), "direct delivery", || {
+        (net.alice
+            .messages("bob")
+            .iter()
+            .filter(|m| m["state"] == "delivered")
+            .count()
+            >= 101)
+            .then_some(())
+    });
+    let after = total(&everyone);
+    println!(
+        "direct: {:.0} bytes per message on the sotto protocols (envelope {}, mailbox {}); text {text_len} bytes",
+        ((after.0 - before.0) + (after.1 - before.1)) as f64 / 100.0,
+        (after.0 - before.0) / 100,
+        (after.1 - before.1) / 100
+    );
+    drop(everyone);
+
+    // Through mailboxes: deposit while bob is away, fetch when he is back.
+    let hosts_raw: u64 = net.others().map(|d| d.raw_store().len() as u64).sum();
+    let rest_before = total(&net.others().chain([&net.alice]).collect::<Vec<_>>());
+    let started = std::time::Instant::now();
+    let texts = send_while_bob_is_away(&mut net, n);
+    println!(
+        "{n} messages sent and on hosts after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until(Duration::from_secs(600), "all on hosts", || {
+        (net.alice.outbox() == 0).then_some(())
+    });
+    let alice_after = total(&[&net.alice]);
+    let hosted: u64 = net
+        .others()
+        .map(|d| Net::stats(d)["envelopes"].as_u64().unwrap())
+        .sum();
+    let hosted_bytes: u64 = net
+        .others()
+        .map(|d| Net::stats(d)["bytes"].as_u64().unwrap())
+        .sum();
+    let hosts_raw_after: u64 = net.others().map(|d| d.raw_store().len() as u64).sum();
+    println!(
+        "hosted on the other nodes: {hosted} envelopes of {:.0} bytes; their store files grew by {:.0} bytes per hosted envelope",
+        hosted_bytes as f64 / hosted as f64,
+        hosts_raw_after.saturating_sub(hosts_raw) as f64 / hosted as f64
+    );
+    assert!(net.alice.stop().success());
+    let back = std::time::Instant::now();
+    net.bob.restart();
+    let online = back.elapsed();
+    let away = |d: &Daemon| {
+        texts_from(d, "alice")
+            .iter()
+            .filter(|t| t.ends_with("while you were away"))
+            .count()
+    };
+    wait_until(Duration::from_secs(600), "every message at bob", || {
+        (away(&net.bob) >= n).then_some(())
+    });
+    let all_in = back.elapsed();
+    println!(
+        "bob back online: control socket up after {:.2} s, all {n} messages stored after {:.2} s",
+        online.as_secs_f64(),
+        all_in.as_secs_f64()
+    );
+    let rest_after = total(&net.others().collect::<Vec<_>>());
+    let bob_after = total(&[&net.bob]);
+    // Mailbox bytes in this phase: the other nodes' now, alice's when she stopped and bob's
+    // since his restart (his counters started at zero), less the others' and alice's before.
+    let mailbox = (rest_after.1 + bob_after.1 + alice_after.1).saturating_sub(rest_before.1);
+    println!(
+        "mailbox path: {:.0} mailbox-protocol bytes per message (deposits at {:.1} hosts, fetches, deletes, and the receipts back)",
+        mailbox as f64 / n as f64,
+        hosted as f64 / n as f64
+    );
+    let received: Vec<String> = texts_from(&net.bob, "alice")
+        .into_iter()
+        .filter(|t| t.ends_with("while you were away"))
+        .collect();
+    assert_eq!(received, texts, "each once, in order");
+}
+
+/// `cargo test --release -p sotto-daemon --test mailbox -- --ignored --nocapture measure_100`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_100() {
+    measure(100);
+}
+
+/// `cargo test --release -p sotto-daemon --test mailbox -- --ignored --nocapture measure_1000`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_1000() {
+    measure(1000);
 }
