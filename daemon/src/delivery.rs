@@ -50,10 +50,15 @@ fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u6
     let now = now_ms();
     let mut next = now + IDLE_MS;
     let mut due: BTreeMap<AccountKey, ()> = BTreeMap::new();
+    // Per contact, entries not yet on any host go in order: only the first of them counts.
+    let mut waiting: HashSet<AccountKey> = HashSet::new();
     for (_, e) in service
         .store()
         .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
     {
+        if e.hosts.is_empty() && !waiting.insert(e.to) {
+            continue;
+        }
         if e.next_attempt_at <= now {
             due.insert(e.to, ());
         } else {
@@ -72,15 +77,16 @@ fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u6
             continue;
         }
         let service = service.clone();
-        let busy = busy.clone();
+        let guard = BusyGuard {
+            busy: busy.clone(),
+            key,
+            service: service.clone(),
+        };
         tokio::spawn(async move {
             if let Err(e) = drain_contact(&service, key).await {
                 tracing::warn!("outbox: {e}");
             }
-            if let Ok(mut b) = busy.lock() {
-                b.remove(&key);
-            }
-            service.outbox_wake().notify_one();
+            drop(guard);
         });
     }
     Ok(next)
@@ -88,6 +94,22 @@ fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u6
 
 /// Attempts to reach the remaining hosts once an envelope is on at least one.
 const MAX_HOST_RETRIES: u32 = 4;
+
+/// Frees a contact's queue for the next round when its worker ends, however it ends.
+struct BusyGuard {
+    busy: Arc<Mutex<HashSet<AccountKey>>>,
+    key: AccountKey,
+    service: Service,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(&self.key);
+        }
+        self.service.outbox_wake().notify_one();
+    }
+}
 
 /// Where a contact's node can be reached: from its last presence, else from its card.
 fn route(service: &Service, key: &AccountKey) -> Result<Option<(PeerId, Vec<Multiaddr>)>, Error> {
@@ -133,11 +155,24 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
         route(service, &key)?
     };
     let mut direct_failed = false;
-    let mut failed = false;
-    for entry in entries {
-        if failed || entry.next_attempt_at > now_ms() {
-            if failed {
-                reschedule(service, entry, "an earlier message is still waiting").await?;
+    let mut hosts = mailbox::HostCache::new();
+    let mut hold_until: Option<u64> = None;
+    for mut entry in entries {
+        if let Some(until) = hold_until {
+            // An earlier message failed: later ones wait until it is tried again, so that
+            // they cannot overtake it.
+            if entry.hosts.is_empty() && entry.next_attempt_at < until {
+                entry.next_attempt_at = until;
+                let mut batch = Batch::new();
+                batch.put(Tree::Outbox, entry.seq.to_be_bytes().to_vec(), &entry)?;
+                service.store().apply(&batch)?;
+            }
+            continue;
+        }
+        if entry.next_attempt_at > now_ms() {
+            if entry.hosts.is_empty() {
+                // Not due yet, and nothing after it may go first.
+                break;
             }
             continue;
         }
@@ -156,16 +191,12 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
             }
             direct_failed = true;
         }
-        match mailbox::deposit_entry(service, service.host(), &entry).await {
+        match mailbox::deposit_entry(service, service.host(), &entry, &mut hosts).await {
             Ok(hosts) if !hosts.is_empty() => on_hosts(service, entry, hosts).await?,
             Ok(_) => {
-                failed = true;
-                reschedule(service, entry, "no mailbox host took it").await?;
+                hold_until = Some(reschedule(service, entry, "no mailbox host took it").await?)
             }
-            Err(e) => {
-                failed = true;
-                reschedule(service, entry, &e.to_string()).await?;
-            }
+            Err(e) => hold_until = Some(reschedule(service, entry, &e.to_string()).await?),
         }
     }
     Ok(())
@@ -256,7 +287,7 @@ async fn reschedule(
     service: &Service,
     mut entry: store::OutboxEntry,
     why: &str,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     entry.failures = entry.failures.saturating_add(1);
     entry.next_attempt_at = outbox::next_attempt(entry.failures, now_ms(), rand::random::<f64>());
     tracing::debug!(
@@ -267,5 +298,5 @@ async fn reschedule(
     let mut batch = Batch::new();
     batch.put(Tree::Outbox, entry.seq.to_be_bytes().to_vec(), &entry)?;
     service.store().apply(&batch)?;
-    Ok(())
+    Ok(entry.next_attempt_at)
 }

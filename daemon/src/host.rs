@@ -15,6 +15,24 @@ use tokio::sync::Mutex;
 use crate::service::now_ms;
 use crate::store::{self, Batch, HostStats, Hosted, Store, StoreError, Tree, Usage};
 
+/// Changes to usage records, summed per record before they are written.
+#[derive(Default)]
+struct UsageDelta {
+    per_key: std::collections::HashMap<Vec<u8>, (i64, i64)>,
+    bytes: i64,
+}
+
+impl UsageDelta {
+    fn add(&mut self, address: &Address, depositor: &[u8], count: i64, bytes: i64) {
+        for key in [drop_usage_key(address), depositor_usage_key(depositor)] {
+            let e = self.per_key.entry(key).or_default();
+            e.0 += count;
+            e.1 += bytes;
+        }
+        self.bytes += bytes;
+    }
+}
+
 /// The host.
 pub struct Host {
     store: Store,
@@ -118,34 +136,44 @@ impl Host {
         batch.put(Tree::Meta, store::META_HOST_STATS.to_vec(), &stats)
     }
 
-    /// Add `count` envelopes of `bytes` (negative to remove) to the usage records.
-    fn stage_usage(
-        &self,
-        batch: &mut Batch,
-        address: &Address,
-        depositor: &[u8],
-        count: i64,
-        bytes: i64,
-    ) -> Result<(), StoreError> {
-        let adjust = |u: Usage| Usage {
-            count: u.count.saturating_add_signed(count),
-            bytes: u.bytes.saturating_add_signed(bytes),
-        };
-        for key in [drop_usage_key(address), depositor_usage_key(depositor)] {
-            let u = adjust(self.usage(&key)?);
+    /// Write `delta` into `batch` on top of the stored usage records.
+    fn stage_delta(&self, batch: &mut Batch, delta: UsageDelta) -> Result<(), StoreError> {
+        for (key, (count, bytes)) in delta.per_key {
+            let u = self.usage(&key)?;
+            let u = Usage {
+                count: u.count.saturating_add_signed(count),
+                bytes: u.bytes.saturating_add_signed(bytes),
+            };
             if u.count == 0 {
                 batch.remove(Tree::HostUsage, key);
             } else {
                 batch.put(Tree::HostUsage, key, &u)?;
             }
         }
-        let total = self.host_bytes()?.saturating_add_signed(bytes);
+        let total = self.host_bytes()?.saturating_add_signed(delta.bytes);
         batch.put_raw(
             Tree::Meta,
             store::META_HOST_BYTES.to_vec(),
             total.to_be_bytes().to_vec(),
         );
         Ok(())
+    }
+
+    /// Stage the removal of the envelope stored under `seq` at `address`.
+    fn stage_removal(
+        &self,
+        batch: &mut Batch,
+        delta: &mut UsageDelta,
+        address: &Address,
+        seq: &[u8],
+        h: &Hosted,
+    ) {
+        batch.remove(Tree::Hosted, seq_key(address, seq));
+        batch.remove(
+            Tree::HostedIds,
+            id_key(address, &envelope::digest(&h.envelope)),
+        );
+        delta.add(address, &h.depositor, -1, -(h.envelope.len() as i64));
     }
 
     async fn deposit(&self, depositor: &[u8], d: Deposit) -> Result<Response, StoreError> {
@@ -187,13 +215,16 @@ impl Host {
             seq_key(&d.address, &seq),
             &Hosted {
                 expires_at,
+                deposit_expires_at: d.expires_at,
                 stored_at: now,
                 depositor: depositor.to_vec(),
                 auth: d.auth,
                 envelope: d.envelope,
             },
         )?;
-        self.stage_usage(&mut batch, &d.address, depositor, 1, size)?;
+        let mut delta = UsageDelta::default();
+        delta.add(&d.address, depositor, 1, size);
+        self.stage_delta(&mut batch, delta)?;
         self.stage_stats(&mut batch, |s| s.deposits += 1)?;
         self.store.commit(batch).await?;
         Ok(Response::Stored)
@@ -224,11 +255,13 @@ impl Host {
             if h.expires_at <= now {
                 continue;
             }
-            if bytes + h.envelope.len() > self.policy.page_bytes {
+            // Budget by encoded size: each envelope also costs its length prefix.
+            let cost = h.envelope.len() + 9;
+            if !envelopes.is_empty() && bytes + cost > self.policy.page_bytes {
                 more = true;
                 break;
             }
-            bytes += h.envelope.len();
+            bytes += cost;
             envelopes.push(h.envelope);
         }
         Ok(Response::Envelopes { envelopes, more })
@@ -241,35 +274,28 @@ impl Host {
         }
         let mut deleted = 0u32;
         let mut batch = Batch::new();
+        let mut delta = UsageDelta::default();
+        let mut seen = std::collections::HashSet::new();
         for id in &d.ids {
+            if !seen.insert(*id) {
+                continue;
+            }
             let Some(seq) = self
                 .store
                 .get_raw(Tree::HostedIds, &id_key(&d.address, id))?
             else {
                 continue;
             };
-            let key = seq_key(&d.address, &seq);
-            if let Some(h) = self
-                .store
-                .get::<Hosted>(Tree::Hosted, &key, "hosted envelope")?
-            {
-                batch.remove(Tree::Hosted, key);
-                batch.remove(Tree::HostedIds, id_key(&d.address, id));
-                // Usage is staged per envelope so that repeated keys net out correctly.
-                self.store.apply(&batch)?;
-                batch = Batch::new();
-                self.stage_usage(
-                    &mut batch,
-                    &d.address,
-                    &h.depositor,
-                    -1,
-                    -(h.envelope.len() as i64),
-                )?;
-                self.store.apply(&batch)?;
-                batch = Batch::new();
+            if let Some(h) = self.store.get::<Hosted>(
+                Tree::Hosted,
+                &seq_key(&d.address, &seq),
+                "hosted envelope",
+            )? {
+                self.stage_removal(&mut batch, &mut delta, &d.address, &seq, &h);
                 deleted += 1;
             }
         }
+        self.stage_delta(&mut batch, delta)?;
         self.stage_stats(&mut batch, |s| s.deleted += u64::from(deleted))?;
         self.store.commit(batch).await?;
         Ok(Response::Deleted(deleted))
@@ -280,6 +306,8 @@ impl Host {
         let _g = self.lock.lock().await;
         let now = now_ms();
         let mut expired = 0u64;
+        let mut batch = Batch::new();
+        let mut delta = UsageDelta::default();
         for (k, h) in self.store.scan::<Hosted>(Tree::Hosted, "hosted envelope")? {
             if h.expires_at > now {
                 continue;
@@ -287,26 +315,11 @@ impl Host {
             let Ok(address) = <[u8; 32]>::try_from(&k.as_ref()[..32]).map(Address) else {
                 continue;
             };
-            let mut batch = Batch::new();
-            batch.remove(Tree::Hosted, k.to_vec());
-            batch.remove(
-                Tree::HostedIds,
-                id_key(&address, &envelope::digest(&h.envelope)),
-            );
-            self.store.apply(&batch)?;
-            let mut batch = Batch::new();
-            self.stage_usage(
-                &mut batch,
-                &address,
-                &h.depositor,
-                -1,
-                -(h.envelope.len() as i64),
-            )?;
-            self.store.apply(&batch)?;
+            self.stage_removal(&mut batch, &mut delta, &address, &k.as_ref()[32..], &h);
             expired += 1;
         }
         if expired > 0 {
-            let mut batch = Batch::new();
+            self.stage_delta(&mut batch, delta)?;
             self.stage_stats(&mut batch, |s| s.expired += expired)?;
             self.store.commit(batch).await?;
         }
@@ -330,22 +343,17 @@ impl Host {
     /// Forget an envelope that was handed over to closer hosts.
     pub async fn forget(&self, address: &Address, hosted: &Hosted) -> Result<(), StoreError> {
         let _g = self.lock.lock().await;
-        let ids = id_key(address, &envelope::digest(&hosted.envelope));
-        let Some(seq) = self.store.get_raw(Tree::HostedIds, &ids)? else {
+        let Some(seq) = self.store.get_raw(
+            Tree::HostedIds,
+            &id_key(address, &envelope::digest(&hosted.envelope)),
+        )?
+        else {
             return Ok(());
         };
         let mut batch = Batch::new();
-        batch.remove(Tree::Hosted, seq_key(address, &seq));
-        batch.remove(Tree::HostedIds, ids);
-        self.store.apply(&batch)?;
-        let mut batch = Batch::new();
-        self.stage_usage(
-            &mut batch,
-            address,
-            &hosted.depositor,
-            -1,
-            -(hosted.envelope.len() as i64),
-        )?;
+        let mut delta = UsageDelta::default();
+        self.stage_removal(&mut batch, &mut delta, address, &seq, hosted);
+        self.stage_delta(&mut batch, delta)?;
         self.stage_stats(&mut batch, |s| s.handed_over += 1)?;
         self.store.commit(batch).await
     }
@@ -372,5 +380,202 @@ impl Host {
             "expired": stats.expired,
             "handed_over": stats.handed_over,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_protocol::deaddrop::Secret;
+    use sotto_protocol::mailbox::DepositAuth;
+
+    fn host(policy: Policy) -> (tempfile::TempDir, Host) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, Host::new(store, policy))
+    }
+
+    fn deposit(secret: &Secret, fill: u8, expires_at: u64) -> Request {
+        let key = secret.drop_key(1);
+        let envelope = vec![fill; 512];
+        let digest = envelope::digest(&envelope);
+        Request::Deposit(Deposit {
+            address: key.address(),
+            auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at))),
+            envelope,
+            expires_at,
+        })
+    }
+
+    fn fetch(secret: &Secret) -> Request {
+        let key = secret.drop_key(1);
+        let now = now_ms();
+        Request::Fetch(Fetch {
+            address: key.address(),
+            timestamp: now,
+            after: None,
+            proof: key.sign(&Fetch::signed_bytes(now)),
+        })
+    }
+
+    #[tokio::test]
+    async fn usage_is_exact_through_deposit_delete_and_expiry() {
+        let (_dir, host) = host(Policy::default());
+        let s = Secret::from_bytes([1; 32]);
+        let far = now_ms() + 3_600_000;
+        for fill in 0..3 {
+            assert_eq!(
+                host.handle_request(b"peer-a", deposit(&s, fill, far)).await,
+                Response::Stored
+            );
+        }
+        assert_eq!(
+            host.handle_request(b"peer-b", deposit(&s, 0, far)).await,
+            Response::AlreadyStored
+        );
+        assert_eq!(host.host_bytes().unwrap(), 3 * 512);
+
+        // Served in deposit order.
+        let Response::Envelopes {
+            envelopes,
+            more: false,
+        } = host.handle_request(b"x", fetch(&s)).await
+        else {
+            panic!()
+        };
+        assert_eq!(
+            envelopes.iter().map(|e| e[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+
+        // Delete two, naming one twice.
+        let key = s.drop_key(1);
+        let ids = vec![
+            envelope::digest(&envelopes[0]),
+            envelope::digest(&envelopes[0]),
+            envelope::digest(&envelopes[2]),
+        ];
+        let now = now_ms();
+        let delete = Request::Delete(Delete {
+            address: key.address(),
+            timestamp: now,
+            ids: ids.clone(),
+            proof: key.sign(&Delete::signed_bytes(now, &ids)),
+        });
+        assert_eq!(
+            host.handle_request(b"x", delete).await,
+            Response::Deleted(2)
+        );
+        assert_eq!(host.host_bytes().unwrap(), 512);
+        assert_eq!(
+            host.usage(&depositor_usage_key(b"peer-a")).unwrap().count,
+            1
+        );
+
+        // An envelope that expires is collected, and the books are back at zero.
+        assert_eq!(
+            host.handle_request(b"peer-a", deposit(&s, 9, now_ms() + 100))
+                .await,
+            Response::Stored
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        assert_eq!(host.collect_garbage().await.unwrap(), 1);
+        let Response::Envelopes { envelopes, .. } = host.handle_request(b"x", fetch(&s)).await
+        else {
+            panic!()
+        };
+        assert_eq!(envelopes.len(), 1);
+        let hosted = host.hosted().unwrap();
+        host.forget(&hosted[0].0, &hosted[0].1).await.unwrap();
+        assert_eq!(host.host_bytes().unwrap(), 0);
+        assert_eq!(
+            host.usage(&depositor_usage_key(b"peer-a")).unwrap().count,
+            0
+        );
+        assert_eq!(
+            host.usage(&drop_usage_key(&key.address())).unwrap().count,
+            0
+        );
+        let stats = host.stats().unwrap();
+        assert_eq!(
+            (
+                stats.deposits,
+                stats.deleted,
+                stats.expired,
+                stats.handed_over
+            ),
+            (4, 2, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_of_the_largest_envelopes_still_encode() {
+        let (_dir, host) = host(Policy::default());
+        let s = Secret::from_bytes([1; 32]);
+        let key = s.drop_key(1);
+        let far = now_ms() + 3_600_000;
+        for fill in 0..20u8 {
+            let envelope = vec![fill; 65535];
+            let digest = envelope::digest(&envelope);
+            let d = Deposit {
+                address: key.address(),
+                auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, far))),
+                envelope,
+                expires_at: far,
+            };
+            assert_eq!(
+                host.handle_request(b"a", Request::Deposit(d)).await,
+                Response::Stored
+            );
+        }
+        let mut after = None;
+        let mut seen = 0;
+        for _ in 0..5 {
+            let now = now_ms();
+            let f = Fetch {
+                address: key.address(),
+                timestamp: now,
+                after,
+                proof: key.sign(&Fetch::signed_bytes(now)),
+            };
+            let page = host.handle_request(b"x", Request::Fetch(f)).await;
+            assert!(page.to_bytes().is_ok(), "a page fits the response limit");
+            let Response::Envelopes { envelopes, more } = page else {
+                panic!()
+            };
+            seen += envelopes.len();
+            after = envelopes.last().map(|e| envelope::digest(e));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, 20);
+    }
+
+    #[tokio::test]
+    async fn a_full_dead_drop_refuses_more() {
+        let (_dir, host) = host(Policy {
+            max_drop_count: 2,
+            ..Policy::default()
+        });
+        let s = Secret::from_bytes([1; 32]);
+        let far = now_ms() + 3_600_000;
+        assert_eq!(
+            host.handle_request(b"a", deposit(&s, 1, far)).await,
+            Response::Stored
+        );
+        assert_eq!(
+            host.handle_request(b"b", deposit(&s, 2, far)).await,
+            Response::Stored
+        );
+        assert_eq!(
+            host.handle_request(b"c", deposit(&s, 3, far)).await,
+            Response::Refused(Refusal::DropQuota)
+        );
+        assert_eq!(host.stats().unwrap().rejections, 1);
+        assert_eq!(
+            host.handle(b"a", b"garbage").await,
+            Response::Refused(Refusal::Malformed)
+        );
     }
 }

@@ -126,12 +126,17 @@ pub async fn build_deposit(
     })
 }
 
+/// The hosts found for addresses during one pass over the outbox: a burst of messages to
+/// one contact shares one lookup.
+pub type HostCache = std::collections::HashMap<Address, Vec<Target>>;
+
 /// Deposit an outbox entry at the hosts that do not have it yet. Returns the hosts that
 /// now hold it (all of them, old and new).
 pub async fn deposit_entry(
     service: &Service,
     host: &Host,
     entry: &store::OutboxEntry,
+    cache: &mut HostCache,
 ) -> Result<Vec<Vec<u8>>, Error> {
     let Some(contact) =
         service
@@ -144,7 +149,15 @@ pub async fn deposit_entry(
     let mut difficulty = host.policy().stamp_difficulty;
     let mut deposit = build_deposit(service, &contact, entry.envelope.clone(), difficulty).await?;
     let mut stored = entry.hosts.clone();
-    for target in hosts_for(service, &deposit.address).await {
+    let targets = match cache.get(&deposit.address) {
+        Some(t) => t.clone(),
+        None => {
+            let t = hosts_for(service, &deposit.address).await;
+            cache.insert(deposit.address, t.clone());
+            t
+        }
+    };
+    for target in targets {
         let id = target.id_bytes(&me);
         if stored.contains(&id) {
             continue;
@@ -206,11 +219,22 @@ async fn own_drops(service: &Service) -> Result<Vec<DropKey>, Error> {
 pub async fn fetch_round(service: &Service, host: &Host) -> Result<usize, Error> {
     let started = now_ms();
     let mut taken = 0;
+    let mut complete = true;
     for key in own_drops(service).await? {
         let address = key.address();
+        let mut reached = false;
         for target in hosts_for(service, &address).await {
-            taken += fetch_from(service, host, &target, &key).await;
+            // This node alone is no proof that the dead drop was looked at.
+            let remote = matches!(target, Target::Remote(..));
+            let (n, ok) = fetch_from(service, host, &target, &key).await;
+            taken += n;
+            reached |= ok && remote;
         }
+        complete &= reached;
+    }
+    if !complete {
+        // Some dead drop was out of reach: look at the same epochs again next time.
+        return Ok(taken);
     }
     let epoch = epoch_at(started, service.mailbox_config().epoch_ms);
     let mut batch = Batch::new();
@@ -223,10 +247,18 @@ pub async fn fetch_round(service: &Service, host: &Host) -> Result<usize, Error>
     Ok(taken)
 }
 
-async fn fetch_from(service: &Service, host: &Host, target: &Target, key: &DropKey) -> usize {
+/// Fetch one dead drop from one host. Returns how many envelopes were taken, and whether
+/// the host answered.
+async fn fetch_from(
+    service: &Service,
+    host: &Host,
+    target: &Target,
+    key: &DropKey,
+) -> (usize, bool) {
     let address = key.address();
     let mut after = None;
     let mut done = Vec::new();
+    let mut answered = false;
     for _ in 0..MAX_PAGES {
         let timestamp = now_ms();
         let fetch = Fetch {
@@ -236,7 +268,10 @@ async fn fetch_from(service: &Service, host: &Host, target: &Target, key: &DropK
             proof: key.sign(&Fetch::signed_bytes(timestamp)),
         };
         let (envelopes, more) = match ask(service, host, target, Request::Fetch(fetch)).await {
-            Ok(Response::Envelopes { envelopes, more }) => (envelopes, more),
+            Ok(Response::Envelopes { envelopes, more }) => {
+                answered = true;
+                (envelopes, more)
+            }
             Ok(other) => {
                 tracing::debug!("fetch refused: {other:?}");
                 break;
@@ -250,13 +285,18 @@ async fn fetch_from(service: &Service, host: &Host, target: &Target, key: &DropK
         for env in &envelopes {
             let digest = envelope::digest(env);
             after = Some(digest);
-            match service.receive_detailed("a mailbox host", env).await {
-                (wire::Response::Refused(wire::Refusal::Internal | wire::Refusal::Busy), _) => {}
-                // Taken, seen before, or never going to open: either way, done with it.
-                (_, stored) => {
-                    done.push(digest);
-                    received.extend(stored);
-                }
+            // Taken, seen before, or not an envelope at all: done with it. One that did not
+            // open or decrypt (perhaps an earlier message is still missing) or could not be
+            // stored stays on the host, to be tried again until it expires.
+            if let (
+                wire::Response::Accepted
+                | wire::Response::Duplicate
+                | wire::Response::Refused(wire::Refusal::Malformed),
+                stored,
+            ) = service.receive_detailed("a mailbox host", env).await
+            {
+                done.push(digest);
+                received.extend(stored);
             }
         }
         // Nothing else tells the senders that these arrived: one receipt per sender.
@@ -287,7 +327,7 @@ async fn fetch_from(service: &Service, host: &Host, target: &Target, key: &DropK
             tracing::debug!("delete failed: {e}");
         }
     }
-    taken
+    (taken, answered)
 }
 
 /// Fetch on start, when woken (a new connection), and every fetch interval, until
@@ -373,7 +413,7 @@ pub async fn hand_over(
             let deposit = Deposit {
                 address: *a,
                 envelope: h.envelope.clone(),
-                expires_at: h.expires_at,
+                expires_at: h.deposit_expires_at,
                 auth: h.auth.clone(),
             };
             let mut placed = false;

@@ -576,7 +576,8 @@ impl Service {
             .await?;
         self.inner.store.commit(batch).await?;
         drop(guard);
-        self.inner.outbox_wake.notify_one();
+        // A new message tries the whole queue for this contact now, in order.
+        self.retry_contact(&key).await;
         let message = message.ok_or_else(|| Error::Internal("no message record".into()))?;
         Ok(self.view_message(&message, &contact.name))
     }
@@ -615,6 +616,7 @@ impl Service {
                 failures: 0,
                 next_attempt_at: content.sent_at,
                 hosts: Vec::new(),
+                host_retries: 0,
                 control,
             },
         )?;
@@ -779,9 +781,13 @@ impl Service {
             return;
         };
         for (k, c) in contacts {
-            let matches = Card::from_bytes(&c.card).ok().is_some_and(|card| {
-                card.body().hints.peer_id.as_deref() == Some(peer_bytes.as_slice())
-            });
+            // The route from the contact's last presence, else its card's hints.
+            let matches = match &c.route {
+                Some((id, _)) => *id == peer_bytes,
+                None => Card::from_bytes(&c.card).ok().is_some_and(|card| {
+                    card.body().hints.peer_id.as_deref() == Some(peer_bytes.as_slice())
+                }),
+            };
             if let (true, Ok(k)) = (matches, <[u8; 32]>::try_from(k.as_ref())) {
                 self.retry_contact(&AccountKey(k)).await;
             }

@@ -161,6 +161,8 @@ pub struct OutboxEntry {
     pub envelope: Vec<u8>,
     pub failures: u32,
     pub next_attempt_at: u64,
+    /// Attempts to reach the remaining hosts once the envelope is on at least one.
+    pub host_retries: u32,
     /// Mailbox hosts (PeerId bytes) that confirmed storing the envelope.
     pub hosts: Vec<Vec<u8>>,
     /// A control message (presence, receipt), not shown to the user.
@@ -170,7 +172,10 @@ pub struct OutboxEntry {
 /// An envelope this node hosts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hosted {
+    /// When this host drops it: the deposit's expiry, capped by the host's TTL.
     pub expires_at: u64,
+    /// The expiry the depositor asked for and signed; sent on at handover.
+    pub deposit_expires_at: u64,
     pub stored_at: u64,
     /// Who deposited it (PeerId bytes), for quotas.
     pub depositor: Vec<u8>,

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// The largest value the codec will encode or decode, in bytes. Callers pass a smaller
 /// limit where the format allows it.
-pub const MAX_SIZE: u64 = 1 << 20;
+pub const MAX_SIZE: u64 = 2 << 20;
 
 /// Why bytes could not be turned into a value, or a value into bytes.
 #[derive(Debug, thiserror::Error)]

@@ -96,9 +96,15 @@ impl Service {
                     &key.0,
                     "contact",
                 )? {
-                    // A contact whose card (and seal key) changed.
+                    // A contact whose card (and seal key) changed; an older card never
+                    // replaces a newer one.
                     Some(mut c) => {
                         if let Ok(old) = Card::from_bytes(&c.card) {
+                            if old.body().issued_at >= card.body().issued_at {
+                                return Err(Error::InvalidParams(
+                                    "a card older than the one known".into(),
+                                ));
+                            }
                             batch.remove(Tree::SealIndex, old.body().seal_key.to_vec());
                         }
                         c.card = card.to_bytes();
