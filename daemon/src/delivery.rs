@@ -209,6 +209,7 @@ async fn on_hosts(
     mut entry: store::OutboxEntry,
     hosts: Vec<Vec<u8>>,
 ) -> Result<(), Error> {
+    let _order = service.events().order().await;
     let seq_key = entry.seq.to_be_bytes().to_vec();
     let mut batch = Batch::new();
     let mut events = Vec::new();
@@ -251,6 +252,7 @@ async fn on_hosts(
 }
 
 async fn delivered(service: &Service, entry: store::OutboxEntry) -> Result<(), Error> {
+    let _order = service.events().order().await;
     let seq_key = entry.seq.to_be_bytes().to_vec();
     let mut batch = Batch::new();
     batch.remove(Tree::Outbox, seq_key.clone());

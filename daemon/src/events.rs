@@ -30,12 +30,24 @@ impl Event {
 pub struct Events {
     store: Store,
     live: broadcast::Sender<Value>,
+    order: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Events {
     pub fn new(store: Store) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        Events { store, live }
+        Events {
+            store,
+            live,
+            order: Default::default(),
+        }
+    }
+
+    /// Hold this from staging events until they are published, so that events are
+    /// published (and committed) in cursor order and a subscriber never sees a lower cursor
+    /// after a higher one. Take it after the account lock, never before.
+    pub async fn order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.order.lock().await
     }
 
     /// Add an event to `batch`; publish it with [`Events::publish`] once the batch is

@@ -34,6 +34,8 @@ mod requests;
 pub const MAX_OUTBOX: usize = 10_000;
 /// The most contacts, requests included.
 pub const MAX_CONTACTS: usize = 10_000;
+/// The most message requests waiting for the user's answer.
+pub const MAX_REQUESTS: usize = 1_000;
 /// The longest contact name.
 pub const MAX_NAME_CHARS: usize = 64;
 
@@ -469,6 +471,7 @@ impl Service {
         let stored_card = Card::from_bytes(&contact.card)?;
         self.stage_contact(&mut batch, &key, &contact, &stored_card)?;
         let view = Self::view_contact(&key, &contact);
+        let _order = self.inner.events.order().await;
         let event = self
             .inner
             .events

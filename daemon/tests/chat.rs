@@ -103,16 +103,24 @@ fn a_stranger_with_my_card_arrives_as_a_request() {
     carol.init();
     carol.add(&alice); // alice does not know carol
     carol.send("alice", "we met at the conference");
-    let got = alice.wait_for("carol", "we met at the conference", "received");
-    assert_eq!(got["from"], "carol");
+    // A stranger is named as a request, so that it can never pass for a contact.
+    let got = alice.wait_for("request-carol", "we met at the conference", "received");
+    assert_eq!(got["from"], "request-carol");
     let contacts = alice.call("contact.list", json!({}));
-    assert_eq!(contacts[0]["name"], "carol");
+    assert_eq!(contacts[0]["name"], "request-carol");
     assert_eq!(contacts[0]["request"], true);
     // Alice can answer; adding the card turns the request into a contact.
-    alice.send("carol", "hello carol");
+    alice.send("request-carol", "hello carol");
     carol.wait_for("alice", "hello carol", "received");
     alice.add(&carol);
-    assert_eq!(alice.call("contact.list", json!({}))[0]["request"], false);
+    let contacts = alice.call("contact.list", json!({}));
+    assert_eq!(contacts[0]["request"], false);
+    assert_eq!(contacts[0]["name"], "carol");
+    assert_eq!(
+        alice.messages("carol").len(),
+        2,
+        "the conversation follows the new name"
+    );
 }
 
 #[test]

@@ -245,15 +245,21 @@ fn first_contact_by_card_only_then_direct_and_mailbox() {
     net.alice.send("bob", "hi bob, we met at the station");
     let got = net
         .bob
-        .wait_for("alice", "hi bob, we met at the station", "received");
-    assert_eq!(got["from"], "alice");
+        .wait_for("request-alice", "hi bob, we met at the station", "received");
+    assert_eq!(got["from"], "request-alice");
     let requests = net.bob.call("requests.list", json!({}));
-    assert_eq!(requests[0]["name"], "alice");
+    assert_eq!(requests[0]["name"], "request-alice");
     assert_eq!(requests[0]["request"], true);
     // Until bob accepts, alice's message stays undelivered to her (no receipt to a stranger).
     assert_ne!(net.alice.messages("bob")[0]["state"], "delivered");
 
-    net.bob.call("requests.accept", json!({"contact": "alice"}));
+    let accepted = net
+        .bob
+        .call("requests.accept", json!({"contact": "request-alice"}));
+    assert_eq!(
+        accepted["name"], "alice",
+        "an accepted request takes its plain name"
+    );
     assert_eq!(net.bob.call("requests.list", json!({})), json!([]));
     net.bob.send("alice", "hi alice!");
     net.alice.wait_for("bob", "hi alice!", "received");
@@ -293,8 +299,11 @@ fn a_rejected_stranger_is_forgotten() {
     let net = Net::new(1, &[]);
     net.alice.add(&net.bob);
     net.alice.send("bob", "buy my stuff");
-    net.bob.wait_for("alice", "buy my stuff", "received");
-    let out = net.bob.call("requests.reject", json!({"contact": "alice"}));
+    net.bob
+        .wait_for("request-alice", "buy my stuff", "received");
+    let out = net
+        .bob
+        .call("requests.reject", json!({"contact": "request-alice"}));
     assert_eq!(out["messages_removed"], 1);
     assert_eq!(net.bob.call("contact.list", json!({})), json!([]));
     assert_eq!(net.bob.call("message.list", json!({})), json!([]));

@@ -114,11 +114,15 @@ impl Service {
                         if self.inner.store.len(Tree::Contacts) >= MAX_CONTACTS {
                             return Err(Error::InvalidParams("contact list full".into()));
                         }
-                        let c = store::Contact::new(
-                            self.default_name(&card.body().name)?,
-                            card.to_bytes(),
-                            true,
-                        );
+                        // A stranger's name is marked as a request, so that it can never be
+                        // taken for a contact's ("bob" stays free for the real Bob).
+                        if self.requests()?.len() >= MAX_REQUESTS {
+                            return Err(Error::InvalidParams(
+                                "too many message requests waiting".into(),
+                            ));
+                        }
+                        let name = self.default_name(&format!("request {}", card.body().name))?;
+                        let c = store::Contact::new(name, card.to_bytes(), true);
                         events.push((
                             "contact.added",
                             "contact",
@@ -229,6 +233,7 @@ impl Service {
                 .into_iter()
                 .map(|v| ("message.delivered", "message", v)),
         );
+        let order = self.inner.events.order().await;
         let staged = events
             .into_iter()
             .map(|(kind, k, v)| self.inner.events.stage(&mut batch, kind, k, v))
@@ -236,6 +241,7 @@ impl Service {
         self.inner.store.commit(batch).await?;
         drop(guard);
         self.inner.events.publish(staged);
+        drop(order);
         self.retry_contact(&key).await;
         let response = if duplicate {
             Response::Duplicate

@@ -28,6 +28,10 @@ impl Service {
         let card = Card::from_bytes(&contact.card)?;
         let mut batch = Batch::new();
         contact.request = false;
+        if contact.name.starts_with("request-") {
+            batch.remove(Tree::Names, contact.name.as_bytes().to_vec());
+            contact.name = self.default_name(&card.body().name)?;
+        }
         if !contact.presence_sent {
             self.stage_presence(account, &key, &mut contact, &mut batch)
                 .await?;
