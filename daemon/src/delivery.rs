@@ -176,10 +176,10 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
             }
             continue;
         }
-        // Direct first, unless the envelope is already on mailbox hosts or the contact's
-        // node did not answer a moment ago.
-        if let (Some((peer, addrs)), true, false) = (&direct, entry.hosts.is_empty(), direct_failed)
-        {
+        // Direct first (also for an envelope already on some mailbox hosts: whichever copy
+        // arrives second is a duplicate), unless the contact's node did not answer a moment
+        // ago.
+        if let (Some((peer, addrs)), false) = (&direct, direct_failed) {
             let request = Request::Envelope(entry.envelope.clone());
             match service.network().send(*peer, addrs.clone(), request).await {
                 Ok(response) if response.is_delivered() => {

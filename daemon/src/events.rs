@@ -31,15 +31,20 @@ pub struct Events {
     store: Store,
     live: broadcast::Sender<Value>,
     order: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// How many events are stored (sled's own count walks the whole tree).
+    stored: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Events {
     pub fn new(store: Store) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let stored =
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(store.len(Tree::Events)));
         Events {
             store,
             live,
             order: Default::default(),
+            stored,
         }
     }
 
@@ -77,11 +82,22 @@ impl Events {
     }
 
     pub fn publish(&self, events: Vec<Value>) {
+        use std::sync::atomic::Ordering;
+        let added = events.len();
         for e in events {
             let _ = self.live.send(e);
         }
-        if let Err(e) = self.store.prune_events() {
-            tracing::warn!("cannot prune old events: {e}");
+        let count = self.stored.fetch_add(added, Ordering::Relaxed) + added;
+        if count > crate::store::MAX_EVENTS {
+            match self
+                .store
+                .drop_oldest_events(count - crate::store::MAX_EVENTS)
+            {
+                Ok(dropped) => {
+                    self.stored.fetch_sub(dropped, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!("cannot prune old events: {e}"),
+            }
         }
     }
 
@@ -117,4 +133,44 @@ impl Events {
 /// The cursor of an event value.
 pub fn cursor_of(event: &Value) -> u64 {
     event.get("cursor").and_then(Value::as_u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_events_up_to_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let events = Events::new(store.clone());
+        let mut cursors = Vec::new();
+        for i in 0..crate::store::MAX_EVENTS + 10 {
+            let mut batch = Batch::new();
+            let e = events
+                .stage(&mut batch, "message.received", "n", Value::from(i))
+                .unwrap();
+            store.apply(&batch).unwrap();
+            cursors.push(cursor_of(&e));
+            events.publish(vec![e]);
+        }
+        assert_eq!(store.len(Tree::Events), crate::store::MAX_EVENTS);
+        let oldest = events.since(0, 1).unwrap();
+        assert_eq!(
+            cursor_of(&oldest[0]),
+            cursors[10],
+            "the ten oldest were dropped"
+        );
+        assert_eq!(events.latest().unwrap(), *cursors.last().unwrap());
+        // A reopened log knows its size.
+        drop(events);
+        let again = Events::new(store.clone());
+        let mut batch = Batch::new();
+        let e = again
+            .stage(&mut batch, "message.received", "n", Value::from(0))
+            .unwrap();
+        store.apply(&batch).unwrap();
+        again.publish(vec![e]);
+        assert_eq!(store.len(Tree::Events), crate::store::MAX_EVENTS);
+    }
 }

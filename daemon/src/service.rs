@@ -597,9 +597,14 @@ impl Service {
         batch: &mut Batch,
     ) -> Result<Option<store::Message>, Error> {
         let card = Card::from_bytes(&contact.card)?;
-        let own = self.own_card(account).await?;
         let mut pairwise = self.load_pairwise(key)?;
-        let envelope = chat::seal_message(account, &own, &mut pairwise, &card, content)
+        // The card rides along only on pre-key messages: sign a fresh one only then.
+        let own = if pairwise.next_is_pre_key() {
+            Some(self.own_card(account).await?)
+        } else {
+            None
+        };
+        let envelope = chat::seal_message(account, own.as_ref(), &mut pairwise, &card, content)
             .map_err(|e| Error::Internal(format!("cannot encrypt: {e}")))?;
         let seq = self.inner.store.next_id()?;
         batch.put(
@@ -740,8 +745,15 @@ impl Service {
                     names.entry(m.contact).or_insert(n)
                 }
             };
-            out.push(self.view_message(&m, name));
+            // When it was written, by the sender's clock, but never later than it arrived: a
+            // sender's clock cannot move a message down the conversation.
+            let when = m.received_at.map_or(m.sent_at, |r| m.sent_at.min(r));
+            out.push((when, self.view_message(&m, name)));
         }
+        // In the order written; arrival order breaks ties. (A message fetched from a mailbox
+        // can arrive after a later one that came directly.)
+        out.sort_by_key(|(when, _)| *when);
+        let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
         if let Some(limit) = limit {
             let skip = out.len().saturating_sub(limit);
             out.drain(..skip);

@@ -368,6 +368,7 @@ impl Store {
         Ok(self.tree(tree).last()?.map(|(k, _)| k))
     }
 
+    /// The number of records in `tree`. This walks the whole tree: keep it off hot paths.
     pub fn len(&self, tree: Tree) -> usize {
         self.tree(tree).len()
     }
@@ -408,15 +409,14 @@ impl Store {
         }
     }
 
-    /// Drop the oldest events beyond [`MAX_EVENTS`].
-    pub fn prune_events(&self) -> Result<(), StoreError> {
+    /// Drop the `n` oldest events; returns how many there were to drop.
+    pub fn drop_oldest_events(&self, n: usize) -> Result<usize, StoreError> {
         let tree = self.tree(Tree::Events);
-        while tree.len() > MAX_EVENTS {
-            if tree.pop_min()?.is_none() {
-                break;
-            }
+        let mut dropped = 0;
+        while dropped < n && tree.pop_min()?.is_some() {
+            dropped += 1;
         }
-        Ok(())
+        Ok(dropped)
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {

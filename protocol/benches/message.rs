@@ -66,7 +66,7 @@ impl Person {
     }
 
     fn seal_for(&mut self, to: &Card, content: &Content) -> Vec<u8> {
-        seal_message(&self.account, &self.card, &mut self.with, to, content).unwrap()
+        seal_message(&self.account, Some(&self.card), &mut self.with, to, content).unwrap()
     }
 
     fn open_from(&mut self, from: &Card, envelope: &[u8]) -> Content {
@@ -128,7 +128,7 @@ fn sotto(c: &mut Criterion) {
             b.iter(|| {
                 seal_message(
                     &alice.account,
-                    &alice.card,
+                    Some(&alice.card),
                     &mut alice.with,
                     &bob.card,
                     black_box(&msg),

@@ -118,11 +118,12 @@ impl LocalAccount {
 }
 
 /// Encrypt `content` for the owner of `to` and seal it. `own_card` rides along while the
-/// session still sends pre-key messages, so that the recipient can answer a first message.
+/// session still sends pre-key messages, so that the recipient can answer a first message;
+/// a caller may pass `None` when [`Pairwise::next_is_pre_key`] says it will not be needed.
 /// `pairwise` changes and must be persisted together with the envelope.
 pub fn seal_message(
     me: &LocalAccount,
-    own_card: &Card,
+    own_card: Option<&Card>,
     pairwise: &mut Pairwise,
     to: &Card,
     content: &Content,
@@ -137,7 +138,9 @@ pub fn seal_message(
     )?;
     let letter = Letter {
         sender: me.public(),
-        card: ciphertext.is_pre_key().then(|| own_card.to_bytes()),
+        card: own_card
+            .filter(|_| ciphertext.is_pre_key())
+            .map(Card::to_bytes),
         ciphertext,
     };
     Ok(envelope::seal(
@@ -227,7 +230,7 @@ mod tests {
         let content = Content::text(MessageId::random(&mut StdRng::seed_from_u64(0)), 5, text)?;
         let env = seal_message(
             &from.account,
-            &from.card,
+            Some(&from.card),
             &mut from.with,
             &to.card,
             &content,
@@ -243,7 +246,7 @@ mod tests {
         let content = Content::text(MessageId([1; 16]), 5, "first").unwrap();
         let env = seal_message(
             &alice.account,
-            &alice.card,
+            Some(&alice.card),
             &mut alice.with,
             &bob.card,
             &content,
@@ -259,7 +262,7 @@ mod tests {
         let content = Content::text(MessageId([2; 16]), 6, "third").unwrap();
         let env = seal_message(
             &alice.account,
-            &alice.card,
+            Some(&alice.card),
             &mut alice.with,
             &bob.card,
             &content,
@@ -280,7 +283,7 @@ mod tests {
         let content = Content::text(MessageId([1; 16]), 5, "I am Alice").unwrap();
         let env = seal_message(
             &mallory.account,
-            &mallory.card,
+            Some(&mallory.card),
             &mut mallory.with,
             &bob.card,
             &content,

@@ -20,7 +20,7 @@
 //! let mut alice_with_bob = sotto_protocol::session::Pairwise::new();
 //! let content = Content::text(MessageId::random(&mut rng), 1_000, "hi Bob").unwrap();
 //! let envelope =
-//!     chat::seal_message(&alice, &alice_card, &mut alice_with_bob, &bob_card, &content).unwrap();
+//!     chat::seal_message(&alice, Some(&alice_card), &mut alice_with_bob, &bob_card, &content).unwrap();
 //!
 //! // Bob opens it: he learns who sent it, and the sender's card rides along the first time.
 //! let opened = chat::open_envelope(&bob, &envelope).unwrap();

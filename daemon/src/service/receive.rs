@@ -137,7 +137,10 @@ impl Service {
         let mut pairwise = self.load_pairwise(&key)?;
         let content = chat::open_message(account, &mut pairwise, &card, &opened)
             .map_err(|e| Error::InvalidParams(e.to_string()))?;
-        self.account_batch(&mut batch, account)?;
+        // Only a pre-key message can change the device (a new inbound session).
+        if opened.letter.ciphertext.is_pre_key() {
+            self.account_batch(&mut batch, account)?;
+        }
         batch.put(
             Tree::Sessions,
             key.0.to_vec(),
