@@ -326,17 +326,23 @@ impl Host {
         Ok(expired)
     }
 
-    /// Every hosted envelope, grouped by address (for handover).
-    pub fn hosted(&self) -> Result<Vec<(Address, Hosted)>, StoreError> {
+    /// The addresses of the dead drops this node hosts.
+    pub fn addresses(&self) -> Result<Vec<Address>, StoreError> {
         Ok(self
             .store
-            .scan::<Hosted>(Tree::Hosted, "hosted envelope")?
+            .keys_with_prefix(Tree::HostUsage, b"d")?
+            .iter()
+            .filter_map(|k| <[u8; 32]>::try_from(&k.as_ref()[1..]).ok().map(Address))
+            .collect())
+    }
+
+    /// The envelopes hosted at `address`, in deposit order (at most the per-drop quota).
+    pub fn hosted_at(&self, address: &Address) -> Result<Vec<Hosted>, StoreError> {
+        Ok(self
+            .store
+            .scan_prefix::<Hosted>(Tree::Hosted, &address.0, "hosted envelope")?
             .into_iter()
-            .filter_map(|(k, h)| {
-                <[u8; 32]>::try_from(&k.as_ref()[..32])
-                    .ok()
-                    .map(|a| (Address(a), h))
-            })
+            .map(|(_, h)| h)
             .collect())
     }
 
@@ -360,20 +366,22 @@ impl Host {
 
     /// `mailbox.stats`
     pub fn stats_json(&self) -> Result<Value, StoreError> {
-        let hosted = self.hosted()?;
-        let mut drops: Vec<&Address> = hosted.iter().map(|(a, _)| a).collect();
-        drops.dedup();
+        let addresses = self.addresses()?;
+        let mut envelopes = 0u64;
         let mut sizes = std::collections::BTreeMap::<String, u64>::new();
-        for (_, h) in &hosted {
-            *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
-        }
+        // One envelope at a time: a host may hold up to its quota in all.
+        self.store
+            .for_each::<Hosted>(Tree::Hosted, "hosted envelope", |_, h| {
+                envelopes += 1;
+                *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
+            })?;
         let stats = self.stats()?;
         Ok(json!({
-            "dead_drops": drops.len(),
-            "addresses": drops.iter().map(|a| a.0.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
-            "sizes": sizes,
-            "envelopes": hosted.len(),
+            "dead_drops": addresses.len(),
+            "addresses": addresses.iter().map(|a| a.0.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
+            "envelopes": envelopes,
             "bytes": self.host_bytes()?,
+            "sizes": sizes,
             "deposits": stats.deposits,
             "rejections": stats.rejections,
             "deleted": stats.deleted,
@@ -485,8 +493,9 @@ mod tests {
             panic!()
         };
         assert_eq!(envelopes.len(), 1);
-        let hosted = host.hosted().unwrap();
-        host.forget(&hosted[0].0, &hosted[0].1).await.unwrap();
+        let address = host.addresses().unwrap()[0];
+        let hosted = host.hosted_at(&address).unwrap();
+        host.forget(&address, &hosted[0]).await.unwrap();
         assert_eq!(host.host_bytes().unwrap(), 0);
         assert_eq!(
             host.usage(&depositor_usage_key(b"peer-a")).unwrap().count,

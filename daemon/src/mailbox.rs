@@ -397,9 +397,7 @@ pub async fn hand_over(
 ) -> Result<usize, Error> {
     let me = service.network().peer_id();
     let mut moved = 0;
-    let hosted = host.hosted()?;
-    let mut addresses: Vec<Address> = hosted.iter().map(|(a, _)| *a).collect();
-    addresses.dedup();
+    let addresses = host.addresses()?;
     known.retain(|a, _| addresses.contains(a));
     for address in addresses {
         let targets = hosts_for(service, &address).await;
@@ -409,9 +407,9 @@ pub async fn hand_over(
             continue;
         }
         let mut all_placed = true;
-        for (a, h) in hosted.iter().filter(|(a, _)| *a == address) {
+        for h in host.hosted_at(&address)? {
             let deposit = Deposit {
-                address: *a,
+                address,
                 envelope: h.envelope.clone(),
                 expires_at: h.deposit_expires_at,
                 auth: h.auth.clone(),
@@ -426,7 +424,7 @@ pub async fn hand_over(
             }
             all_placed &= placed;
             if placed && !still_host {
-                host.forget(a, h).await?;
+                host.forget(&address, &h).await?;
                 moved += 1;
             }
         }

@@ -327,6 +327,33 @@ impl Store {
             .collect()
     }
 
+    /// Call `f` on every record of a tree, in key order, one at a time.
+    pub fn for_each<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        what: &'static str,
+        mut f: impl FnMut(&[u8], T),
+    ) -> Result<(), StoreError> {
+        for kv in self.tree(tree).iter() {
+            let (k, v) = kv?;
+            f(&k, decode(&v, what)?);
+        }
+        Ok(())
+    }
+
+    /// The keys of a tree that start with `prefix`, in order.
+    pub fn keys_with_prefix(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<sled::IVec>, StoreError> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?))
+            .collect()
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan_prefix<T: DeserializeOwned>(
         &self,

@@ -111,7 +111,7 @@ fn assert_all_arrive_in_order(bob: &Daemon, texts: &[String]) {
 
 #[test]
 fn a_hundred_messages_wait_on_hosts_until_bob_returns() {
-    let mut net = Net::new(2, &[]);
+    let mut net = Net::new(3, &[]); // six nodes: hub, three hosts, alice, bob
     net.befriend();
     let texts = send_while_bob_is_away(&mut net, 100);
     assert!(net.alice.stop().success());
@@ -234,6 +234,62 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
     net.bob.restart();
     for s in secrets {
         net.bob.wait_for("alice", s, "received");
+    }
+
+    // Nor do hosts hold the pair's dead-drop secrets: read them from alice's own store.
+    assert!(net.alice.stop().success());
+    let store = sotto_daemon::store::Store::open(&net.alice.data_dir.join("store")).unwrap();
+    let bob_key = &keys[1];
+    let contact: sotto_daemon::store::Contact = store
+        .get(sotto_daemon::store::Tree::Contacts, bob_key, "contact")
+        .unwrap()
+        .unwrap();
+    let pair_secrets = [
+        contact.inbox,
+        contact
+            .their_inbox
+            .expect("bob told alice his inbox secret"),
+    ];
+    for d in net.others() {
+        let raw = d.raw_store();
+        for secret in &pair_secrets {
+            assert!(
+                !raw.windows(32).any(|w| w == secret),
+                "a pair secret in a host's store"
+            );
+        }
+    }
+}
+
+#[test]
+fn mailbox_only_nodes_never_use_the_direct_path() {
+    let mut net = Net::new(2, &["--mailbox-only"]);
+    net.befriend();
+    net.alice.send("bob", "only through mailboxes");
+    net.alice
+        .wait_for("bob", "only through mailboxes", "delivered");
+    net.bob.stop();
+    net.alice.send("bob", "still only through mailboxes");
+    net.alice
+        .wait_for("bob", "still only through mailboxes", "on_hosts");
+    net.bob.restart();
+    net.bob
+        .wait_for("alice", "still only through mailboxes", "received");
+    net.alice
+        .wait_for("bob", "still only through mailboxes", "delivered");
+    for d in [&net.alice, &net.bob] {
+        let traffic = d.call("node.status", json!({}))["traffic"].clone();
+        assert_eq!(
+            traffic["envelope_out"], 0,
+            "{}: no direct envelope sent",
+            d.name
+        );
+        assert_eq!(
+            traffic["envelope_in"], 0,
+            "{}: no direct envelope received",
+            d.name
+        );
+        assert!(traffic["mailbox_out"].as_u64().unwrap() > 0);
     }
 }
 
