@@ -37,6 +37,8 @@ impl UsageDelta {
 pub struct Host {
     store: Store,
     policy: Policy,
+    /// This node's PeerId bytes: fetch and delete proofs must name it.
+    me: Vec<u8>,
     /// Serialises changes, so that usage counters stay exact.
     lock: Mutex<()>,
 }
@@ -66,10 +68,11 @@ fn depositor_usage_key(depositor: &[u8]) -> Vec<u8> {
 }
 
 impl Host {
-    pub fn new(store: Store, policy: Policy) -> Self {
+    pub fn new(store: Store, policy: Policy, me: Vec<u8>) -> Self {
         Host {
             store,
             policy,
+            me,
             lock: Mutex::new(()),
         }
     }
@@ -232,7 +235,7 @@ impl Host {
 
     fn fetch(&self, f: &Fetch) -> Result<Response, StoreError> {
         let now = now_ms();
-        if let Err(refusal) = self.policy.admit_fetch(f, now) {
+        if let Err(refusal) = self.policy.admit_fetch(f, &self.me, now) {
             return Ok(Response::Refused(refusal));
         }
         let after = match &f.after {
@@ -269,7 +272,7 @@ impl Host {
 
     async fn delete(&self, d: &Delete) -> Result<Response, StoreError> {
         let _g = self.lock.lock().await;
-        if let Err(refusal) = self.policy.admit_delete(d, now_ms()) {
+        if let Err(refusal) = self.policy.admit_delete(d, &self.me, now_ms()) {
             return Ok(Response::Refused(refusal));
         }
         let mut deleted = 0u32;
@@ -397,10 +400,12 @@ mod tests {
     use sotto_protocol::deaddrop::Secret;
     use sotto_protocol::mailbox::DepositAuth;
 
+    const ME: &[u8] = b"this host";
+
     fn host(policy: Policy) -> (tempfile::TempDir, Host) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, Host::new(store, policy))
+        (dir, Host::new(store, policy, ME.to_vec()))
     }
 
     fn deposit(secret: &Secret, fill: u8, expires_at: u64) -> Request {
@@ -422,7 +427,7 @@ mod tests {
             address: key.address(),
             timestamp: now,
             after: None,
-            proof: key.sign(&Fetch::signed_bytes(now)),
+            proof: key.sign(&Fetch::signed_bytes(now, ME)),
         })
     }
 
@@ -468,7 +473,7 @@ mod tests {
             address: key.address(),
             timestamp: now,
             ids: ids.clone(),
-            proof: key.sign(&Delete::signed_bytes(now, &ids)),
+            proof: key.sign(&Delete::signed_bytes(now, ME, &ids)),
         });
         assert_eq!(
             host.handle_request(b"x", delete).await,
@@ -545,7 +550,7 @@ mod tests {
                 address: key.address(),
                 timestamp: now,
                 after,
-                proof: key.sign(&Fetch::signed_bytes(now)),
+                proof: key.sign(&Fetch::signed_bytes(now, ME)),
             };
             let page = host.handle_request(b"x", Request::Fetch(f)).await;
             assert!(page.to_bytes().is_ok(), "a page fits the response limit");

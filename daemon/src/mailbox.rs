@@ -27,6 +27,10 @@ use crate::store::{self, Batch, Tree};
 
 /// The most epochs back a fetch looks, however long the node was away.
 pub const MAX_EPOCHS_BACK: u64 = 16;
+/// How long the digests of received envelopes are kept (twice the longest a host keeps one).
+const SEEN_KEEP_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// How often they are pruned.
+const SEEN_PRUNE_EVERY_MS: u64 = 60 * 60 * 1000;
 /// The most pages fetched from one host for one dead drop in one round.
 const MAX_PAGES: usize = 64;
 
@@ -110,7 +114,8 @@ pub async fn build_deposit(
         });
     }
     let card = Card::from_bytes(&contact.card)?;
-    let address = Address::of_key(&card.body().intro);
+    let intro = card.body().intro;
+    let address = Address::of_intro_key(&intro);
     let start: u64 = rand::thread_rng().gen();
     let tries = 1u64 << (u32::from(difficulty.min(pow::MAX_DIFFICULTY)) + 8).min(40);
     let nonce =
@@ -122,7 +127,7 @@ pub async fn build_deposit(
         address,
         envelope,
         expires_at,
-        auth: DepositAuth::Stamp(nonce),
+        auth: DepositAuth::Stamp { intro, nonce },
     })
 }
 
@@ -180,8 +185,8 @@ pub async fn deposit_entry(
     Ok(stored)
 }
 
-/// The keys of every dead drop this node should look in now.
-async fn own_drops(service: &Service) -> Result<Vec<DropKey>, Error> {
+/// The addresses and keys of every dead drop this node should look in now.
+async fn own_drops(service: &Service) -> Result<Vec<(Address, DropKey)>, Error> {
     let now = now_ms();
     let epoch_ms = service.mailbox_config().epoch_ms;
     let current = epoch_at(now, epoch_ms);
@@ -197,7 +202,8 @@ async fn own_drops(service: &Service) -> Result<Vec<DropKey>, Error> {
         .min(current.saturating_sub(1));
     let mut keys = Vec::new();
     if let Some(account) = service.account_lock().lock().await.as_ref() {
-        keys.push(DropKey::from_seed(&account.intro.seed()));
+        let intro = DropKey::from_seed(&account.intro.seed());
+        keys.push((intro.intro_address(), intro));
     } else {
         return Ok(keys);
     }
@@ -209,7 +215,10 @@ async fn own_drops(service: &Service) -> Result<Vec<DropKey>, Error> {
             continue;
         }
         let secret = Secret::from_bytes(c.inbox);
-        keys.extend((first..=current).map(|e| secret.drop_key(e)));
+        keys.extend((first..=current).map(|e| {
+            let key = secret.drop_key(e);
+            (key.address(), key)
+        }));
     }
     Ok(keys)
 }
@@ -220,13 +229,12 @@ pub async fn fetch_round(service: &Service, host: &Host) -> Result<usize, Error>
     let started = now_ms();
     let mut taken = 0;
     let mut complete = true;
-    for key in own_drops(service).await? {
-        let address = key.address();
+    for (address, key) in own_drops(service).await? {
         let mut reached = false;
         for target in hosts_for(service, &address).await {
             // This node alone is no proof that the dead drop was looked at.
             let remote = matches!(target, Target::Remote(..));
-            let (n, ok) = fetch_from(service, host, &target, &key).await;
+            let (n, ok) = fetch_from(service, host, &target, &address, &key).await;
             taken += n;
             reached |= ok && remote;
         }
@@ -253,9 +261,12 @@ async fn fetch_from(
     service: &Service,
     host: &Host,
     target: &Target,
+    address: &Address,
     key: &DropKey,
 ) -> (usize, bool) {
-    let address = key.address();
+    let address = *address;
+    // Proofs name the host they are for, so that no host can replay them at another.
+    let host_id = target.id_bytes(&service.network().peer_id());
     let mut after = None;
     let mut done = Vec::new();
     let mut answered = false;
@@ -265,7 +276,7 @@ async fn fetch_from(
             address,
             timestamp,
             after,
-            proof: key.sign(&Fetch::signed_bytes(timestamp)),
+            proof: key.sign_at(&address, &Fetch::signed_bytes(timestamp, &host_id)),
         };
         let (envelopes, more) = match ask(service, host, target, Request::Fetch(fetch)).await {
             Ok(Response::Envelopes { envelopes, more }) => {
@@ -321,7 +332,7 @@ async fn fetch_from(
             address,
             timestamp,
             ids: ids.to_vec(),
-            proof: key.sign(&Delete::signed_bytes(timestamp, ids)),
+            proof: key.sign_at(&address, &Delete::signed_bytes(timestamp, &host_id, ids)),
         };
         if let Err(e) = ask(service, host, target, Request::Delete(delete)).await {
             tracing::debug!("delete failed: {e}");
@@ -362,6 +373,7 @@ pub async fn maintain(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut known = HostSets::default();
+    let mut seen_pruned_at = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
@@ -374,6 +386,15 @@ pub async fn maintain(
             Ok(n) if n > 0 => tracing::debug!("dropped {n} expired envelopes"),
             Ok(_) => {}
             Err(e) => tracing::warn!("mailbox garbage collection: {e}"),
+        }
+        let now = now_ms();
+        if now.saturating_sub(seen_pruned_at) >= SEEN_PRUNE_EVERY_MS {
+            seen_pruned_at = now;
+            match service.store().prune_seen(now.saturating_sub(SEEN_KEEP_MS)) {
+                Ok(n) if n > 0 => tracing::debug!("forgot {n} old envelope digests"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("pruning envelope digests: {e}"),
+            }
         }
         match hand_over(&service, &host, &mut known).await {
             Ok(n) if n > 0 => tracing::debug!("handed {n} envelopes over to closer hosts"),

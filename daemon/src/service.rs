@@ -137,7 +137,11 @@ impl Service {
         announce: Vec<Multiaddr>,
         mailbox: config::Mailbox,
     ) -> Result<Self, Error> {
-        let host = Arc::new(Host::new(store.clone(), mailbox.policy.clone()));
+        let host = Arc::new(Host::new(
+            store.clone(),
+            mailbox.policy.clone(),
+            net.peer_id().to_bytes(),
+        ));
         let pickle_key = match store.get_raw(Tree::Meta, store::META_PICKLE_KEY)? {
             Some(k) => <[u8; 32]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
                 what: "pickle key",

@@ -436,6 +436,26 @@ impl Store {
         }
     }
 
+    /// Forget the digests of envelopes received before `before` (ms); returns how many.
+    /// (A replay of one so old fails to decrypt, and its message id is still known.)
+    pub fn prune_seen(&self, before: u64) -> Result<usize, StoreError> {
+        let tree = self.tree(Tree::Seen);
+        let mut old = Vec::new();
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let at = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if at < before {
+                old.push(k);
+            }
+        }
+        for k in &old {
+            tree.remove(k)?;
+        }
+        Ok(old.len())
+    }
+
     /// Drop the `n` oldest events; returns how many there were to drop.
     pub fn drop_oldest_events(&self, n: usize) -> Result<usize, StoreError> {
         let tree = self.tree(Tree::Events);

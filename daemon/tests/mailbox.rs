@@ -457,7 +457,7 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
             address,
             timestamp: now,
             after: None,
-            proof: key.sign(&Fetch::signed_bytes(now)),
+            proof: key.sign(&Fetch::signed_bytes(now, &peer.to_bytes())),
         };
         let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Fetch(fetch))).await;
         assert_eq!(
@@ -470,7 +470,7 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
             address,
             timestamp: now,
             ids: ids.clone(),
-            proof: key.sign(&Delete::signed_bytes(now, &ids)),
+            proof: key.sign(&Delete::signed_bytes(now, &peer.to_bytes(), &ids)),
         };
         let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Delete(delete))).await;
         assert_eq!(
@@ -481,7 +481,8 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
 
         let envelope = vec![7u8; 512];
         let digest = sotto_protocol::envelope::digest(&envelope);
-        let target = Address([9; 32]);
+        let intro = Secret::from_bytes([9; 32]).drop_key(0);
+        let target = intro.intro_address();
         let bad = (0u64..)
             .find(|n| !sotto_protocol::pow::check(&target, &digest, *n, 8))
             .unwrap();
@@ -489,7 +490,10 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
             address: target,
             envelope: envelope.clone(),
             expires_at: now + 60_000,
-            auth: DepositAuth::Stamp(bad),
+            auth: DepositAuth::Stamp {
+                intro: intro.public(),
+                nonce: bad,
+            },
         };
         let got = ask_mailbox(
             &mut mallory,
@@ -502,6 +506,22 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
             got,
             Ok(Response::Refused(Refusal::StampRequired(8))),
             "no stamp, no deposit"
+        );
+        let good = sotto_protocol::pow::mint(&address, &digest, 8, 0, 1 << 20).unwrap();
+        let pushy = Deposit {
+            address,
+            envelope: envelope.clone(),
+            expires_at: now + 60_000,
+            auth: DepositAuth::Stamp {
+                intro: intro.public(),
+                nonce: good,
+            },
+        };
+        let got = ask_mailbox(&mut mallory, peer, &addr, request(Request::Deposit(pushy))).await;
+        assert_eq!(
+            got,
+            Ok(Response::Refused(Refusal::BadProof)),
+            "a stamp never opens a pair's dead drop"
         );
         let forged = Deposit {
             address,

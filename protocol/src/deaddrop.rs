@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 const SEED_DOMAIN: &[u8] = b"sotto/dead-drop/seed/v1";
 const ADDRESS_DOMAIN: &[u8] = b"sotto/dead-drop/address/v1";
+const INTRO_ADDRESS_DOMAIN: &[u8] = b"sotto/dead-drop/intro-address/v1";
 const REQUEST_DOMAIN: &[u8] = b"sotto/dead-drop/request/v1";
 
 /// The default epoch: one day.
@@ -40,11 +41,23 @@ impl std::fmt::Debug for Address {
 }
 
 impl Address {
-    /// The address of the drop whose public key is `key`.
+    /// The address of the (pairwise or group) drop whose public key is `key`.
     pub fn of_key(key: &[u8; 32]) -> Address {
         Address(
             Sha256::new()
                 .chain_update(ADDRESS_DOMAIN)
+                .chain_update(key)
+                .finalize()
+                .into(),
+        )
+    }
+
+    /// The address of the intro dead drop whose public key is `key`. Its own domain lets a
+    /// host tell an intro address (where stamped deposits are allowed) from a pair's.
+    pub fn of_intro_key(key: &[u8; 32]) -> Address {
+        Address(
+            Sha256::new()
+                .chain_update(INTRO_ADDRESS_DOMAIN)
                 .chain_update(key)
                 .finalize()
                 .into(),
@@ -117,17 +130,25 @@ impl DropKey {
         self.public
     }
 
+    /// The address of this key's drop, as a pairwise (or group) drop.
     pub fn address(&self) -> Address {
         Address::of_key(&self.public)
     }
 
-    /// Sign a request about this drop. `what` is the request's own bytes (operation,
-    /// timestamp, envelope digest or ids); the address is always bound in.
+    /// The address of this key's drop, as an intro drop.
+    pub fn intro_address(&self) -> Address {
+        Address::of_intro_key(&self.public)
+    }
+
+    /// Sign a request about this key's pairwise drop. `what` is the request's own bytes
+    /// (operation, timestamp, host, envelope digest or ids); the address is always bound in.
     pub fn sign(&self, what: &[u8]) -> Proof {
-        let sig = self
-            .secret
-            .sign(&request_message(&self.address(), what))
-            .to_bytes();
+        self.sign_at(&self.address(), what)
+    }
+
+    /// Sign a request about `address`, which must be one of this key's addresses.
+    pub fn sign_at(&self, address: &Address, what: &[u8]) -> Proof {
+        let sig = self.secret.sign(&request_message(address, what)).to_bytes();
         Proof {
             key: self.public,
             signature: sig.to_vec(),
@@ -153,11 +174,21 @@ pub struct Proof {
 }
 
 impl Proof {
-    /// Does this proof authorise `what` at `address`?
+    /// Does this proof authorise `what` at `address`, a pairwise or an intro address of
+    /// the proof's key?
     pub fn verify(&self, address: &Address, what: &[u8]) -> bool {
-        if Address::of_key(&self.key) != *address {
+        if Address::of_key(&self.key) != *address && Address::of_intro_key(&self.key) != *address {
             return false;
         }
+        self.signature_valid(address, what)
+    }
+
+    /// As [`Proof::verify`], for a pairwise (or group) address only.
+    pub fn verify_pairwise(&self, address: &Address, what: &[u8]) -> bool {
+        Address::of_key(&self.key) == *address && self.signature_valid(address, what)
+    }
+
+    fn signature_valid(&self, address: &Address, what: &[u8]) -> bool {
         let Ok(key) = Ed25519PublicKey::from_slice(&self.key) else {
             return false;
         };
@@ -216,6 +247,17 @@ mod tests {
             signature: vec![1, 2]
         }
         .verify(&addr, b"x"));
+    }
+
+    #[test]
+    fn intro_and_pairwise_addresses_differ() {
+        let key = DropKey::from_seed(&[3; 32]);
+        assert_ne!(key.address(), key.intro_address());
+        let proof = key.sign_at(&key.intro_address(), b"fetch");
+        assert!(proof.verify(&key.intro_address(), b"fetch"));
+        assert!(!proof.verify_pairwise(&key.intro_address(), b"fetch"));
+        let pairwise = key.sign(b"deposit");
+        assert!(pairwise.verify_pairwise(&key.address(), b"deposit"));
     }
 
     #[test]

@@ -33,10 +33,11 @@ pub type EnvelopeId = [u8; 32];
 /// What authorises a deposit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DepositAuth {
-    /// Signed by the drop key over [`Deposit::signed_bytes`].
+    /// Signed by the key of a pairwise (or group) drop over [`Deposit::signed_bytes`].
     Proof(Proof),
-    /// A proof-of-work nonce for the envelope's digest at the address.
-    Stamp(u64),
+    /// At an intro drop: the drop's public key (whose intro address must be the deposit's
+    /// address) and a proof-of-work nonce for the envelope's digest at the address.
+    Stamp { intro: [u8; 32], nonce: u64 },
 }
 
 /// Leave an envelope at a dead drop.
@@ -71,9 +72,12 @@ pub struct Fetch {
 }
 
 impl Fetch {
-    pub fn signed_bytes(timestamp: u64) -> Vec<u8> {
+    /// What a fetch proof signs: the timestamp and the host it is meant for (its PeerId
+    /// bytes), so that a host cannot replay it at another host.
+    pub fn signed_bytes(timestamp: u64, host: &[u8]) -> Vec<u8> {
         let mut m = b"fetch".to_vec();
         m.extend_from_slice(&timestamp.to_be_bytes());
+        m.extend_from_slice(host);
         m
     }
 }
@@ -88,9 +92,12 @@ pub struct Delete {
 }
 
 impl Delete {
-    pub fn signed_bytes(timestamp: u64, ids: &[EnvelopeId]) -> Vec<u8> {
+    /// What a delete proof signs: the timestamp, the host (as for [`Fetch`]) and the ids.
+    pub fn signed_bytes(timestamp: u64, host: &[u8], ids: &[EnvelopeId]) -> Vec<u8> {
         let mut m = b"delete".to_vec();
         m.extend_from_slice(&timestamp.to_be_bytes());
+        m.extend_from_slice(&(host.len() as u64).to_be_bytes());
+        m.extend_from_slice(host);
         for id in ids {
             m.extend_from_slice(id);
         }
@@ -239,11 +246,15 @@ impl Policy {
         let digest = envelope::digest(&d.envelope);
         match &d.auth {
             DepositAuth::Proof(p) => {
-                if !p.verify(&d.address, &Deposit::signed_bytes(&digest, d.expires_at)) {
+                if !p.verify_pairwise(&d.address, &Deposit::signed_bytes(&digest, d.expires_at)) {
                     return Err(Refusal::BadProof);
                 }
             }
-            DepositAuth::Stamp(nonce) => {
+            DepositAuth::Stamp { intro, nonce } => {
+                // Stamps open intro drops only: a pair's drop takes deposits from the pair.
+                if Address::of_intro_key(intro) != d.address {
+                    return Err(Refusal::BadProof);
+                }
                 if !pow::check(&d.address, &digest, *nonce, self.stamp_difficulty) {
                     return Err(Refusal::StampRequired(self.stamp_difficulty));
                 }
@@ -269,22 +280,22 @@ impl Policy {
         timestamp.abs_diff(now) <= self.max_skew_ms
     }
 
-    /// Accept or refuse a fetch.
-    pub fn admit_fetch(&self, f: &Fetch, now: u64) -> Result<(), Refusal> {
+    /// Accept or refuse a fetch at the host whose PeerId bytes are `host`.
+    pub fn admit_fetch(&self, f: &Fetch, host: &[u8], now: u64) -> Result<(), Refusal> {
         if !self.fresh(f.timestamp, now) {
             return Err(Refusal::StaleTimestamp);
         }
         if !f
             .proof
-            .verify(&f.address, &Fetch::signed_bytes(f.timestamp))
+            .verify(&f.address, &Fetch::signed_bytes(f.timestamp, host))
         {
             return Err(Refusal::BadProof);
         }
         Ok(())
     }
 
-    /// Accept or refuse a delete.
-    pub fn admit_delete(&self, d: &Delete, now: u64) -> Result<(), Refusal> {
+    /// Accept or refuse a delete at the host whose PeerId bytes are `host`.
+    pub fn admit_delete(&self, d: &Delete, host: &[u8], now: u64) -> Result<(), Refusal> {
         if d.ids.len() > MAX_DELETE_IDS {
             return Err(Refusal::Malformed);
         }
@@ -293,7 +304,7 @@ impl Policy {
         }
         if !d
             .proof
-            .verify(&d.address, &Delete::signed_bytes(d.timestamp, &d.ids))
+            .verify(&d.address, &Delete::signed_bytes(d.timestamp, host, &d.ids))
         {
             return Err(Refusal::BadProof);
         }
@@ -308,6 +319,7 @@ mod tests {
     use proptest::prelude::*;
 
     const NOW: u64 = 1_800_000_000_000;
+    const HOST: &[u8] = b"the host's PeerId";
 
     fn deposit(secret: &Secret, envelope: Vec<u8>) -> Deposit {
         let key = secret.drop_key(1);
@@ -350,26 +362,61 @@ mod tests {
             Err(Refusal::BadProof)
         );
 
-        // Without a proof, a stamp of the host's difficulty.
-        let digest = envelope::digest(&d.envelope);
-        let nonce = pow::mint(&d.address, &digest, 8, 0, 1 << 16).unwrap();
-        let stamped = Deposit {
-            auth: DepositAuth::Stamp(nonce),
+        // At an intro drop, without a proof: a stamp of the host's difficulty.
+        let intro = crate::deaddrop::DropKey::from_seed(&[5; 32]);
+        let at_intro = Deposit {
+            address: intro.intro_address(),
             ..d.clone()
+        };
+        let digest = envelope::digest(&d.envelope);
+        let nonce = pow::mint(&at_intro.address, &digest, 8, 0, 1 << 16).unwrap();
+        let stamped = Deposit {
+            auth: DepositAuth::Stamp {
+                intro: intro.public(),
+                nonce,
+            },
+            ..at_intro.clone()
         };
         assert!(policy
             .admit_deposit(&stamped, &Usage::default(), NOW)
             .is_ok());
         let bad = (0..)
-            .find(|n| !pow::check(&d.address, &digest, *n, 8))
+            .find(|n| !pow::check(&at_intro.address, &digest, *n, 8))
             .unwrap();
         let unstamped = Deposit {
-            auth: DepositAuth::Stamp(bad),
-            ..d
+            auth: DepositAuth::Stamp {
+                intro: intro.public(),
+                nonce: bad,
+            },
+            ..at_intro
         };
         assert_eq!(
             policy.admit_deposit(&unstamped, &Usage::default(), NOW),
             Err(Refusal::StampRequired(8))
+        );
+        // A stamp never opens a pair's drop, however much work it shows.
+        let nonce = pow::mint(&d.address, &digest, 8, 0, 1 << 16).unwrap();
+        let pushy = Deposit {
+            auth: DepositAuth::Stamp {
+                intro: intro.public(),
+                nonce,
+            },
+            ..d.clone()
+        };
+        assert_eq!(
+            policy.admit_deposit(&pushy, &Usage::default(), NOW),
+            Err(Refusal::BadProof)
+        );
+        let claimed = Deposit {
+            auth: DepositAuth::Stamp {
+                intro: s.drop_key(1).public(),
+                nonce,
+            },
+            ..d
+        };
+        assert_eq!(
+            policy.admit_deposit(&claimed, &Usage::default(), NOW),
+            Err(Refusal::BadProof)
         );
     }
 
@@ -426,43 +473,64 @@ mod tests {
             address: key.address(),
             timestamp: NOW,
             after: None,
-            proof: key.sign(&Fetch::signed_bytes(NOW)),
+            proof: key.sign(&Fetch::signed_bytes(NOW, HOST)),
         };
-        assert_eq!(policy.admit_fetch(&fetch, NOW + 5), Ok(()));
+        assert_eq!(policy.admit_fetch(&fetch, HOST, NOW + 5), Ok(()));
         assert_eq!(
-            policy.admit_fetch(&fetch, NOW + policy.max_skew_ms + 1),
+            policy.admit_fetch(&fetch, HOST, NOW + policy.max_skew_ms + 1),
             Err(Refusal::StaleTimestamp)
         );
         let stranger = Secret::from_bytes([7; 32]).drop_key(1);
         let drain = Fetch {
-            proof: stranger.sign(&Fetch::signed_bytes(NOW)),
+            proof: stranger.sign(&Fetch::signed_bytes(NOW, HOST)),
             ..fetch.clone()
         };
-        assert_eq!(policy.admit_fetch(&drain, NOW), Err(Refusal::BadProof));
+        assert_eq!(
+            policy.admit_fetch(&drain, HOST, NOW),
+            Err(Refusal::BadProof)
+        );
 
         let ids = vec![[5u8; 32]];
         let delete = Delete {
             address: key.address(),
             timestamp: NOW,
             ids: ids.clone(),
-            proof: key.sign(&Delete::signed_bytes(NOW, &ids)),
+            proof: key.sign(&Delete::signed_bytes(NOW, HOST, &ids)),
         };
-        assert_eq!(policy.admit_delete(&delete, NOW), Ok(()));
+        assert_eq!(policy.admit_delete(&delete, HOST, NOW), Ok(()));
         let widened = Delete {
             ids: vec![[5u8; 32], [6u8; 32]],
             ..delete.clone()
         };
         assert_eq!(
-            policy.admit_delete(&widened, NOW),
+            policy.admit_delete(&widened, HOST, NOW),
             Err(Refusal::BadProof),
             "ids are signed"
         );
         let by_stranger = Delete {
-            proof: stranger.sign(&Delete::signed_bytes(NOW, &ids)),
+            proof: stranger.sign(&Delete::signed_bytes(NOW, HOST, &ids)),
             ..delete
         };
         assert_eq!(
-            policy.admit_delete(&by_stranger, NOW),
+            policy.admit_delete(&by_stranger, HOST, NOW),
+            Err(Refusal::BadProof)
+        );
+    }
+
+    #[test]
+    fn a_fetch_for_one_host_is_refused_by_another() {
+        let policy = Policy::default();
+        let key = Secret::from_bytes([1; 32]).drop_key(1);
+        let proof = key.sign(&Fetch::signed_bytes(NOW, HOST));
+        let fetch = Fetch {
+            address: key.address(),
+            timestamp: NOW,
+            after: None,
+            proof,
+        };
+        assert_eq!(policy.admit_fetch(&fetch, HOST, NOW), Ok(()));
+        assert_eq!(
+            policy.admit_fetch(&fetch, b"another host", NOW),
             Err(Refusal::BadProof)
         );
     }
