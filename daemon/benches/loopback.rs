@@ -32,7 +32,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use serde_json::{json, Value};
 use sotto_daemon::config::Config;
-use sotto_daemon::network::{Codec, Request};
+use sotto_daemon::network::{Codec, Frame};
 use sotto_daemon::node::Node;
 use sotto_daemon::service::Service;
 use sotto_daemon::store::{Batch, Tree, MAX_EVENTS};
@@ -349,7 +349,7 @@ impl Client {
         for _ in 0..n {
             self.swarm.behaviour_mut().send_request_with_addresses(
                 &self.server,
-                Request::Envelope(self.envelope.clone()),
+                Frame::Bytes(self.envelope.clone()),
                 vec![self.addr.clone()],
             );
         }

@@ -6,14 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use libp2p::{Multiaddr, PeerId};
-use serde_json::json;
 use sotto_protocol::card::Card;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::outbox;
 use tokio::sync::watch;
 
 use crate::mailbox;
-use crate::network::Request;
+use crate::network::Frame;
 use crate::service::{now_ms, Error, Service};
 use crate::store::{self, Batch, State, Tree};
 
@@ -180,7 +179,7 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
         // arrives second is a duplicate), unless the contact's node did not answer a moment
         // ago.
         if let (Some((peer, addrs)), false) = (&direct, direct_failed) {
-            let request = Request::Envelope(entry.envelope.clone());
+            let request = Frame::Bytes(entry.envelope.clone());
             match service.network().send(*peer, addrs.clone(), request).await {
                 Ok(response) if response.is_delivered() => {
                     delivered(service, entry).await?;
@@ -212,38 +211,14 @@ async fn on_hosts(
     let _order = service.events().order().await;
     let seq_key = entry.seq.to_be_bytes().to_vec();
     let mut batch = Batch::new();
-    let mut events = Vec::new();
-    if let Some(mut m) =
-        service
-            .store()
-            .get::<store::Message>(Tree::Messages, &seq_key, "message")?
-    {
-        if m.state == State::Queued {
-            m.state = State::OnHosts;
-            batch.put(Tree::Messages, seq_key.clone(), &m)?;
-            let name = service
-                .store()
-                .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
-                .map(|c| c.name)
-                .unwrap_or_default();
-            let view = json!({
-                "id": m.id.to_string(), "contact": name, "direction": "out", "from": "me",
-                "text": m.text, "sent_at": m.sent_at, "received_at": null, "state": "on_hosts",
-            });
-            events.push(
-                service
-                    .events()
-                    .stage(&mut batch, "message.on_hosts", "message", view)?,
-            );
-        }
-    }
-    if hosts.len() >= service.mailbox_config().replicas || entry.failures >= MAX_HOST_RETRIES {
+    let events = service.stage_message_state(&mut batch, &seq_key, State::OnHosts)?;
+    if hosts.len() >= service.mailbox_config().replicas || entry.host_retries >= MAX_HOST_RETRIES {
         batch.remove(Tree::Outbox, seq_key);
     } else {
         entry.hosts = hosts;
-        entry.failures = entry.failures.saturating_add(1);
+        entry.host_retries = entry.host_retries.saturating_add(1);
         entry.next_attempt_at =
-            outbox::next_attempt(entry.failures, now_ms(), rand::random::<f64>());
+            outbox::next_attempt(entry.host_retries, now_ms(), rand::random::<f64>());
         batch.put(Tree::Outbox, seq_key, &entry)?;
     }
     service.store().commit(batch).await?;
@@ -256,29 +231,7 @@ async fn delivered(service: &Service, entry: store::OutboxEntry) -> Result<(), E
     let seq_key = entry.seq.to_be_bytes().to_vec();
     let mut batch = Batch::new();
     batch.remove(Tree::Outbox, seq_key.clone());
-    let mut events = Vec::new();
-    if let Some(mut m) =
-        service
-            .store()
-            .get::<store::Message>(Tree::Messages, &seq_key, "message")?
-    {
-        m.state = State::Delivered;
-        batch.put(Tree::Messages, seq_key, &m)?;
-        let name = service
-            .store()
-            .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
-            .map(|c| c.name)
-            .unwrap_or_default();
-        let view = json!({
-            "id": m.id.to_string(), "contact": name, "direction": "out", "from": "me",
-            "text": m.text, "sent_at": m.sent_at, "received_at": null, "state": "delivered",
-        });
-        events.push(
-            service
-                .events()
-                .stage(&mut batch, "message.delivered", "message", view)?,
-        );
-    }
+    let events = service.stage_message_state(&mut batch, &seq_key, State::Delivered)?;
     service.store().commit(batch).await?;
     service.events().publish(events);
     tracing::debug!("delivered message {}", entry.message);

@@ -32,13 +32,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent request streams per connection.
 pub const MAX_STREAMS: usize = 64;
 
-/// A request on the envelope protocol.
+/// A request on either sotto protocol, as read off a stream: the bytes of one frame, or —
+/// when its header claims more than the protocol's limit — only that header, so that the
+/// reader can refuse it without reading it. Written, `HeaderOnly` is only that header
+/// (tests use it to probe a peer's limits).
 #[derive(Clone, Debug)]
-pub enum Request {
-    /// One sealed envelope.
-    Envelope(Vec<u8>),
-    /// A frame whose header claims `claimed` bytes, more than the limit: the reader stops at
-    /// the header and refuses it. Written, it is only that header.
+pub enum Frame {
+    Bytes(Vec<u8>),
     HeaderOnly { claimed: u32 },
 }
 
@@ -68,11 +68,92 @@ fn count(counter: &AtomicU64, bytes: usize) {
     counter.fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
-/// The framing of `/sotto/envelope/1`: a 4-byte big-endian length, then the bytes.
-#[derive(Clone, Debug, Default)]
-pub struct Codec {
-    pub traffic: Arc<Traffic>,
+/// One of sotto's request-response protocols: its limits, its answers, its counters.
+pub trait Protocol: Send + Sync + 'static {
+    type Answer: Send + 'static;
+    const MAX_REQUEST: usize;
+    const MAX_ANSWER: usize;
+    fn encode(answer: &Self::Answer) -> io::Result<Vec<u8>>;
+    fn decode(bytes: &[u8]) -> io::Result<Self::Answer>;
+    /// The (received, sent) counters of this protocol.
+    fn counters(traffic: &Traffic) -> (&AtomicU64, &AtomicU64);
 }
+
+/// `/sotto/envelope/1`: one sealed envelope, one [`Response`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnvelopeProtocol;
+
+impl Protocol for EnvelopeProtocol {
+    type Answer = Response;
+    const MAX_REQUEST: usize = wire::MAX_REQUEST_BYTES;
+    const MAX_ANSWER: usize = wire::MAX_RESPONSE_BYTES;
+    fn encode(answer: &Response) -> io::Result<Vec<u8>> {
+        Ok(answer.to_bytes())
+    }
+    fn decode(bytes: &[u8]) -> io::Result<Response> {
+        Response::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn counters(t: &Traffic) -> (&AtomicU64, &AtomicU64) {
+        (&t.envelope_in, &t.envelope_out)
+    }
+}
+
+/// `/sotto/mailbox/1`: one `mailbox::Request` (decoded by the host, so that a malformed
+/// one gets an answer), one `mailbox::Response`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MailboxProtocol;
+
+impl Protocol for MailboxProtocol {
+    type Answer = mailbox::Response;
+    const MAX_REQUEST: usize = mailbox::MAX_REQUEST_BYTES;
+    const MAX_ANSWER: usize = mailbox::MAX_RESPONSE_BYTES;
+    fn encode(answer: &mailbox::Response) -> io::Result<Vec<u8>> {
+        answer
+            .to_bytes()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn decode(bytes: &[u8]) -> io::Result<mailbox::Response> {
+        mailbox::Response::from_bytes(bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn counters(t: &Traffic) -> (&AtomicU64, &AtomicU64) {
+        (&t.mailbox_in, &t.mailbox_out)
+    }
+}
+
+/// The framing of sotto's protocols: a 4-byte big-endian length, then the bytes; the
+/// length is checked against the protocol's limit before anything is read or allocated.
+#[derive(Debug)]
+pub struct FrameCodec<P> {
+    pub traffic: Arc<Traffic>,
+    protocol: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P> FrameCodec<P> {
+    pub fn new(traffic: Arc<Traffic>) -> Self {
+        FrameCodec {
+            traffic,
+            protocol: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<P> Clone for FrameCodec<P> {
+    fn clone(&self) -> Self {
+        Self::new(self.traffic.clone())
+    }
+}
+
+impl<P> Default for FrameCodec<P> {
+    fn default() -> Self {
+        Self::new(Arc::default())
+    }
+}
+
+/// The codec of `/sotto/envelope/1`.
+pub type Codec = FrameCodec<EnvelopeProtocol>;
+/// The codec of `/sotto/mailbox/1`.
+pub type MailboxCodec = FrameCodec<MailboxProtocol>;
 
 async fn read_header<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
     let mut len = [0u8; 4];
@@ -94,54 +175,54 @@ async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Res
     io.close().await
 }
 
-impl request_response::Codec for Codec {
+impl<P: Protocol> request_response::Codec for FrameCodec<P> {
     type Protocol = StreamProtocol;
-    type Request = Request;
-    type Response = Response;
+    type Request = Frame;
+    type Response = P::Answer;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Request> {
+    ) -> io::Result<Frame> {
         let len = read_header(io).await?;
-        if len as usize > wire::MAX_REQUEST_BYTES {
-            return Ok(Request::HeaderOnly { claimed: len });
+        if len as usize > P::MAX_REQUEST {
+            return Ok(Frame::HeaderOnly { claimed: len });
         }
         let body = read_body(io, len).await?;
-        count(&self.traffic.envelope_in, 4 + body.len());
-        Ok(Request::Envelope(body))
+        count(P::counters(&self.traffic).0, 4 + body.len());
+        Ok(Frame::Bytes(body))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Response> {
+    ) -> io::Result<P::Answer> {
         let len = read_header(io).await?;
-        if len as usize > wire::MAX_RESPONSE_BYTES {
+        if len as usize > P::MAX_ANSWER {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("response of {len} bytes exceeds the limit"),
+                format!("answer of {len} bytes exceeds the limit"),
             ));
         }
         let body = read_body(io, len).await?;
-        count(&self.traffic.envelope_in, 4 + body.len());
-        Response::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        count(P::counters(&self.traffic).0, 4 + body.len());
+        P::decode(&body)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: Frame,
     ) -> io::Result<()> {
         match req {
-            Request::Envelope(bytes) => {
-                count(&self.traffic.envelope_out, 4 + bytes.len());
+            Frame::Bytes(bytes) => {
+                count(P::counters(&self.traffic).1, 4 + bytes.len());
                 write_frame(io, &bytes).await
             }
-            Request::HeaderOnly { claimed } => {
+            Frame::HeaderOnly { claimed } => {
                 io.write_all(&claimed.to_be_bytes()).await?;
                 io.close().await
             }
@@ -152,94 +233,10 @@ impl request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Response,
+        res: P::Answer,
     ) -> io::Result<()> {
-        let bytes = res.to_bytes();
-        count(&self.traffic.envelope_out, 4 + bytes.len());
-        write_frame(io, &bytes).await
-    }
-}
-
-/// A request on the mailbox protocol, as read off the stream: the bytes of one
-/// `mailbox::Request` (decoded by the host, so that a malformed one gets an answer), or only
-/// the header of a frame over the limit.
-#[derive(Clone, Debug)]
-pub enum MailboxFrame {
-    Bytes(Vec<u8>),
-    HeaderOnly { claimed: u32 },
-}
-
-/// The framing of `/sotto/mailbox/1`: as [`Codec`], with the mailbox limits.
-#[derive(Clone, Debug, Default)]
-pub struct MailboxCodec {
-    pub traffic: Arc<Traffic>,
-}
-
-impl request_response::Codec for MailboxCodec {
-    type Protocol = StreamProtocol;
-    type Request = MailboxFrame;
-    type Response = mailbox::Response;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<MailboxFrame> {
-        let len = read_header(io).await?;
-        if len as usize > mailbox::MAX_REQUEST_BYTES {
-            return Ok(MailboxFrame::HeaderOnly { claimed: len });
-        }
-        let body = read_body(io, len).await?;
-        count(&self.traffic.mailbox_in, 4 + body.len());
-        Ok(MailboxFrame::Bytes(body))
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<mailbox::Response> {
-        let len = read_header(io).await?;
-        if len as usize > mailbox::MAX_RESPONSE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("mailbox response of {len} bytes exceeds the limit"),
-            ));
-        }
-        let body = read_body(io, len).await?;
-        count(&self.traffic.mailbox_in, 4 + body.len());
-        mailbox::Response::from_bytes(&body)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: MailboxFrame,
-    ) -> io::Result<()> {
-        match req {
-            MailboxFrame::Bytes(bytes) => {
-                count(&self.traffic.mailbox_out, 4 + bytes.len());
-                write_frame(io, &bytes).await
-            }
-            MailboxFrame::HeaderOnly { claimed } => {
-                io.write_all(&claimed.to_be_bytes()).await?;
-                io.close().await
-            }
-        }
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: mailbox::Response,
-    ) -> io::Result<()> {
-        let bytes = res
-            .to_bytes()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        count(&self.traffic.mailbox_out, 4 + bytes.len());
+        let bytes = P::encode(&res)?;
+        count(P::counters(&self.traffic).1, 4 + bytes.len());
         write_frame(io, &bytes).await
     }
 }
@@ -272,9 +269,7 @@ impl Behaviour {
             ping: ping::Behaviour::default(),
             kad,
             envelope: request_response::Behaviour::with_codec(
-                Codec {
-                    traffic: traffic.clone(),
-                },
+                Codec::new(traffic.clone()),
                 [(
                     StreamProtocol::new(wire::ENVELOPE_PROTOCOL),
                     ProtocolSupport::Full,
@@ -284,7 +279,7 @@ impl Behaviour {
                     .with_max_concurrent_streams(MAX_STREAMS),
             ),
             mailbox: request_response::Behaviour::with_codec(
-                MailboxCodec { traffic },
+                MailboxCodec::new(traffic),
                 [(
                     StreamProtocol::new(mailbox::PROTOCOL),
                     ProtocolSupport::Full,
@@ -310,6 +305,59 @@ pub fn build_swarm(key: Keypair, traffic: Arc<Traffic>) -> anyhow::Result<Swarm<
         .with_behaviour(|key| Behaviour::new(key, traffic))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
+}
+
+/// The requests this node sent on one request-response protocol, waiting for answers.
+type Pending<Resp> = HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Resp, SendError>>)>;
+
+/// Settle an answer or a failure of a request this node sent; hand back a request that
+/// arrived, for the protocol to handle.
+fn settle<Req, Resp>(
+    pending: &mut Pending<Resp>,
+    event: request_response::Event<Req, Resp>,
+) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+    use request_response::{Event, Message};
+    match event {
+        Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => {
+            return Some((peer, request, channel));
+        }
+        Event::Message {
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some((_, reply)) = pending.remove(&request_id) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Event::OutboundFailure {
+            request_id,
+            error,
+            peer,
+            ..
+        } => {
+            if let Some((_, reply)) = pending.remove(&request_id) {
+                let _ = reply.send(Err(SendError::Failed {
+                    peer,
+                    reason: error.to_string(),
+                }));
+            }
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!("inbound request from {peer} failed: {error}");
+        }
+        Event::ResponseSent { .. } => {}
+    }
+    None
 }
 
 /// Peers sorted by XOR distance of their Kademlia key to `key`, closest first.
@@ -395,13 +443,13 @@ enum Command {
     Send {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        request: Request,
+        request: Frame,
         reply: oneshot::Sender<Result<Response, SendError>>,
     },
     Mailbox {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        request: MailboxFrame,
+        request: Frame,
         reply: oneshot::Sender<Result<mailbox::Response, SendError>>,
     },
     Closest {
@@ -436,7 +484,7 @@ impl Handle {
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        request: Request,
+        request: Frame,
     ) -> Result<Response, SendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -462,8 +510,7 @@ impl Handle {
             peer,
             reason: e.to_string(),
         })?;
-        self.mailbox_frame(peer, addrs, MailboxFrame::Bytes(bytes))
-            .await
+        self.mailbox_frame(peer, addrs, Frame::Bytes(bytes)).await
     }
 
     /// Send a raw mailbox frame (tests use this to send malformed ones).
@@ -471,7 +518,7 @@ impl Handle {
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        request: MailboxFrame,
+        request: Frame,
     ) -> Result<mailbox::Response, SendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -527,14 +574,8 @@ pub struct Network {
     inbound: mpsc::Sender<Inbound>,
     connected: mpsc::Sender<PeerId>,
     mailbox_in: mpsc::Sender<InboundMailbox>,
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, SendError>>)>,
-    pending_mailbox: HashMap<
-        OutboundRequestId,
-        (
-            PeerId,
-            oneshot::Sender<Result<mailbox::Response, SendError>>,
-        ),
-    >,
+    pending: Pending<Response>,
+    pending_mailbox: Pending<mailbox::Response>,
     pending_closest: HashMap<kad::QueryId, (Vec<u8>, oneshot::Sender<Vec<PeerAddrs>>)>,
     answers: FuturesUnordered<BoxFuture<'static, (ResponseChannel<Response>, Response)>>,
     mailbox_answers: FuturesUnordered<
@@ -732,140 +773,57 @@ impl Network {
         }
     }
 
-    fn handle_envelope_event(&mut self, event: request_response::Event<Request, Response>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                self.handle_request(peer, request, channel);
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                request_id,
-                error,
-                peer,
-                ..
-            } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(SendError::Failed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("inbound request from {peer} failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
+    fn handle_envelope_event(&mut self, event: request_response::Event<Frame, Response>) {
+        if let Some((peer, request, channel)) = settle(&mut self.pending, event) {
+            self.handle_request(peer, request, channel);
         }
     }
 
-    fn handle_mailbox_event(
-        &mut self,
-        event: request_response::Event<MailboxFrame, mailbox::Response>,
-    ) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let bytes = match request {
-                    MailboxFrame::Bytes(b) => b,
-                    MailboxFrame::HeaderOnly { claimed } => {
-                        tracing::warn!("peer {peer} sent a mailbox frame of {claimed} bytes, over the limit; refused");
-                        let refusal = mailbox::Response::Refused(mailbox::Refusal::Malformed);
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .mailbox
-                            .send_response(channel, refusal);
-                        return;
-                    }
-                };
-                let (reply, rx) = oneshot::channel();
-                match self.mailbox_in.try_send(InboundMailbox {
-                    peer,
-                    request: bytes,
-                    reply,
-                }) {
-                    Ok(()) => {
-                        let internal = mailbox::Response::Refused(mailbox::Refusal::Internal);
-                        self.mailbox_answers
-                            .push(rx.map(move |r| (channel, r.unwrap_or(internal))).boxed());
-                    }
-                    Err(_) => {
-                        let busy = mailbox::Response::Refused(mailbox::Refusal::Busy);
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .mailbox
-                            .send_response(channel, busy);
-                    }
-                }
+    fn handle_mailbox_event(&mut self, event: request_response::Event<Frame, mailbox::Response>) {
+        let Some((peer, request, channel)) = settle(&mut self.pending_mailbox, event) else {
+            return;
+        };
+        let bytes = match request {
+            Frame::Bytes(b) => b,
+            Frame::HeaderOnly { claimed } => {
+                tracing::warn!(
+                    "peer {peer} sent a mailbox frame of {claimed} bytes, over the limit; refused"
+                );
+                let refusal = mailbox::Response::Refused(mailbox::Refusal::Malformed);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_response(channel, refusal);
+                return;
             }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some((_, reply)) = self.pending_mailbox.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
+        };
+        let (reply, rx) = oneshot::channel();
+        match self.mailbox_in.try_send(InboundMailbox {
+            peer,
+            request: bytes,
+            reply,
+        }) {
+            Ok(()) => {
+                let internal = mailbox::Response::Refused(mailbox::Refusal::Internal);
+                self.mailbox_answers
+                    .push(rx.map(move |r| (channel, r.unwrap_or(internal))).boxed());
             }
-            Event::OutboundFailure {
-                request_id,
-                error,
-                peer,
-                ..
-            } => {
-                if let Some((_, reply)) = self.pending_mailbox.remove(&request_id) {
-                    let _ = reply.send(Err(SendError::Failed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
+            Err(_) => {
+                let busy = mailbox::Response::Refused(mailbox::Refusal::Busy);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_response(channel, busy);
             }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("inbound mailbox request from {peer} failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
         }
     }
 
-    fn handle_request(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        channel: ResponseChannel<Response>,
-    ) {
+    fn handle_request(&mut self, peer: PeerId, request: Frame, channel: ResponseChannel<Response>) {
         let envelope = match request {
-            Request::Envelope(envelope) => envelope,
-            Request::HeaderOnly { claimed } => {
+            Frame::Bytes(envelope) => envelope,
+            Frame::HeaderOnly { claimed } => {
                 tracing::warn!(
                     "peer {peer} sent a frame of {claimed} bytes, over the limit; refused"
                 );

@@ -720,6 +720,50 @@ impl Service {
         Ok(())
     }
 
+    /// Move the outgoing message stored under `seq_key` forward to `state` (`OnHosts` or
+    /// `Delivered`; never backward) in `batch`, and stage the event that says so. Returns
+    /// the staged events, to publish after the batch is committed.
+    pub(crate) fn stage_message_state(
+        &self,
+        batch: &mut Batch,
+        seq_key: &[u8],
+        state: State,
+    ) -> Result<Vec<Value>, Error> {
+        let Some(mut m) =
+            self.inner
+                .store
+                .get::<store::Message>(Tree::Messages, seq_key, "message")?
+        else {
+            return Ok(Vec::new());
+        };
+        let rank = |s: State| match s {
+            State::Queued => 0,
+            State::OnHosts => 1,
+            State::Delivered | State::Received => 2,
+        };
+        if m.direction != Direction::Out || rank(m.state) >= rank(state) {
+            return Ok(Vec::new());
+        }
+        m.state = state;
+        batch.put(Tree::Messages, seq_key.to_vec(), &m)?;
+        let name = self
+            .inner
+            .store
+            .get::<store::Contact>(Tree::Contacts, &m.contact.0, "contact")?
+            .map(|c| c.name)
+            .unwrap_or_else(|| m.contact.address());
+        let kind = if state == State::Delivered {
+            "message.delivered"
+        } else {
+            "message.on_hosts"
+        };
+        let view = json!(self.view_message(&m, &name));
+        Ok(vec![self
+            .inner
+            .events
+            .stage(batch, kind, "message", view)?])
+    }
+
     /// `message.list`
     pub fn messages(
         &self,

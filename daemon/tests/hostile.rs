@@ -18,7 +18,7 @@ use libp2p::request_response::{Event, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use serde_json::{json, Value};
-use sotto_daemon::network::{build_swarm, Behaviour, BehaviourEvent, Request};
+use sotto_daemon::network::{build_swarm, Behaviour, BehaviourEvent, Frame};
 use sotto_protocol::wire::{Refusal, Response};
 
 fn code(reply: &Value) -> i64 {
@@ -261,7 +261,7 @@ async fn ask(
     swarm: &mut Swarm<Behaviour>,
     peer: PeerId,
     addr: &Multiaddr,
-    request: Request,
+    request: Frame,
 ) -> Result<Response, String> {
     let id = swarm.behaviour_mut().envelope.send_request_with_addresses(
         &peer,
@@ -317,29 +317,26 @@ fn garbage_truncated_and_oversize_frames_are_refused() {
         future_version[0] = 9;
         let cases = [
             (
-                Request::Envelope(vec![0; 100]),
+                Frame::Bytes(vec![0; 100]),
                 Response::Refused(Refusal::Malformed),
             ),
             (
-                Request::Envelope(Vec::new()),
+                Frame::Bytes(Vec::new()),
                 Response::Refused(Refusal::Malformed),
             ),
             (
-                Request::Envelope(future_version),
+                Frame::Bytes(future_version),
                 Response::Refused(Refusal::Malformed),
             ),
+            (Frame::Bytes(random), Response::Refused(Refusal::Unopenable)),
             (
-                Request::Envelope(random),
-                Response::Refused(Refusal::Unopenable),
-            ),
-            (
-                Request::HeaderOnly {
+                Frame::HeaderOnly {
                     claimed: 10_000_000,
                 },
                 Response::Refused(Refusal::TooLarge),
             ),
             (
-                Request::HeaderOnly { claimed: u32::MAX },
+                Frame::HeaderOnly { claimed: u32::MAX },
                 Response::Refused(Refusal::TooLarge),
             ),
         ];
@@ -352,7 +349,7 @@ fn garbage_truncated_and_oversize_frames_are_refused() {
             &mut mallory,
             peer,
             &addr,
-            Request::HeaderOnly { claimed: 1000 },
+            Frame::HeaderOnly { claimed: 1000 },
         )
         .await;
         assert!(truncated.is_err(), "{truncated:?}");

@@ -374,7 +374,7 @@ async fn ask_mailbox(
     swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
     peer: libp2p::PeerId,
     addr: &libp2p::Multiaddr,
-    frame: sotto_daemon::network::MailboxFrame,
+    frame: sotto_daemon::network::Frame,
 ) -> Result<sotto_protocol::mailbox::Response, String> {
     use futures::StreamExt;
     use libp2p::request_response::{Event, Message};
@@ -412,7 +412,7 @@ async fn ask_mailbox(
 
 #[test]
 fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() {
-    use sotto_daemon::network::MailboxFrame;
+    use sotto_daemon::network::Frame;
     use sotto_protocol::deaddrop::{Address, Secret};
     use sotto_protocol::mailbox::{
         Delete, Deposit, DepositAuth, Fetch, Refusal, Request, Response,
@@ -452,7 +452,7 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
         )
         .unwrap();
         let key = Secret::from_bytes([66; 32]).drop_key(0);
-        let request = |r: Request| MailboxFrame::Bytes(r.to_bytes().unwrap());
+        let request = |r: Request| Frame::Bytes(r.to_bytes().unwrap());
         let fetch = Fetch {
             address,
             timestamp: now,
@@ -536,19 +536,13 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
             "no drop key, no deposit at a pair's drop"
         );
 
-        let got = ask_mailbox(
-            &mut mallory,
-            peer,
-            &addr,
-            MailboxFrame::Bytes(vec![1, 2, 3]),
-        )
-        .await;
+        let got = ask_mailbox(&mut mallory, peer, &addr, Frame::Bytes(vec![1, 2, 3])).await;
         assert_eq!(got, Ok(Response::Refused(Refusal::Malformed)));
         let got = ask_mailbox(
             &mut mallory,
             peer,
             &addr,
-            MailboxFrame::HeaderOnly {
+            Frame::HeaderOnly {
                 claimed: 50_000_000,
             },
         )
