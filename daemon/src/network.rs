@@ -479,6 +479,19 @@ impl Handle {
         &self.traffic
     }
 
+    /// Hand the swarm task a command built around a reply channel, and wait for the reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(command(reply))
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)
+    }
+
     /// Send a request to `peer`, dialling `addrs` if not connected, and wait for its answer.
     pub async fn send(
         &self,
@@ -486,17 +499,13 @@ impl Handle {
         addrs: Vec<Multiaddr>,
         request: Frame,
     ) -> Result<Response, SendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Send {
-                peer,
-                addrs,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await.map_err(|_| SendError::Stopped)?
+        self.ask(|reply| Command::Send {
+            peer,
+            addrs,
+            request,
+            reply,
+        })
+        .await?
     }
 
     /// Send a mailbox request to `peer` and wait for its answer.
@@ -520,40 +529,27 @@ impl Handle {
         addrs: Vec<Multiaddr>,
         request: Frame,
     ) -> Result<mailbox::Response, SendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Mailbox {
-                peer,
-                addrs,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await.map_err(|_| SendError::Stopped)?
+        self.ask(|reply| Command::Mailbox {
+            peer,
+            addrs,
+            request,
+            reply,
+        })
+        .await?
     }
 
     /// The peers closest to `key` that a Kademlia lookup finds (not this node), closest
     /// first.
     pub async fn closest_peers(&self, key: &[u8]) -> Result<Vec<PeerAddrs>, SendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Closest {
-                key: key.to_vec(),
-                reply,
-            })
-            .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await.map_err(|_| SendError::Stopped)
+        self.ask(|reply| Command::Closest {
+            key: key.to_vec(),
+            reply,
+        })
+        .await
     }
 
     pub async fn status(&self) -> Result<Status, SendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status { reply })
-            .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await.map_err(|_| SendError::Stopped)
+        self.ask(|reply| Command::Status { reply }).await
     }
 }
 
