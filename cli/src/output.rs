@@ -55,7 +55,13 @@ pub fn qr(card: &str) -> anyhow::Result<String> {
 /// `node.status`.
 pub fn status(status: &Status) -> String {
     let mut lines = vec![field("peer id:", &one_line(&status.peer_id))];
-    lines.extend(list("listening on:", &status.listen_addrs, "none"));
+    // Complete addresses, ready for another node's `--bootstrap`.
+    let addrs: Vec<String> = status
+        .listen_addrs
+        .iter()
+        .map(|a| format!("{a}/p2p/{}", status.peer_id))
+        .collect();
+    lines.extend(list("listening on:", &addrs, "none"));
     let peers = match status.connected_peers.len() {
         1 => "1 peer".to_owned(),
         n => format!("{n} peers"),
@@ -477,8 +483,8 @@ mod tests {
         assert_eq!(
             text,
             "peer id:      12D3KooW\n\
-             listening on: /ip4/127.0.0.1/tcp/1\n\
-             \x20             /ip6/::1/tcp/1\n\
+             listening on: /ip4/127.0.0.1/tcp/1/p2p/12D3KooW\n\
+             \x20             /ip6/::1/tcp/1/p2p/12D3KooW\n\
              connected:    0 peers\n\
              outbox:       1 message waiting for delivery\n\
              account:      none (create one with: sotto init --name NAME)\n\
