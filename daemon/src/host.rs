@@ -372,11 +372,14 @@ impl Host {
         let addresses = self.addresses()?;
         let mut envelopes = 0u64;
         let mut sizes = std::collections::BTreeMap::<String, u64>::new();
+        let mut by_address = std::collections::BTreeMap::<String, u64>::new();
         // One envelope at a time: a host may hold up to its quota in all.
         self.store
-            .for_each::<Hosted>(Tree::Hosted, "hosted envelope", |_, h| {
+            .for_each::<Hosted>(Tree::Hosted, "hosted envelope", |k, h| {
                 envelopes += 1;
                 *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
+                let hex: String = k.iter().take(32).map(|b| format!("{b:02x}")).collect();
+                *by_address.entry(hex).or_default() += 1;
             })?;
         let stats = self.stats()?;
         Ok(json!({
@@ -385,6 +388,7 @@ impl Host {
             "envelopes": envelopes,
             "bytes": self.host_bytes()?,
             "sizes": sizes,
+            "envelopes_by_address": by_address,
             "deposits": stats.deposits,
             "rejections": stats.rejections,
             "deleted": stats.deleted,

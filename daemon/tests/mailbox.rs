@@ -602,11 +602,12 @@ fn a_sender_killed_right_after_send_still_delivers_through_mailboxes() {
 }
 
 /// Run by hand: `cargo test -p sotto-daemon --test mailbox -- --ignored closer_newcomer`.
-/// It passes alone every time tried, but failed in 2 of about 9 runs of the whole suite on
-/// 2 cores (bob never got all 20 messages from the newcomer within 120 s); see the
-/// session's closing note. Not run in CI until that is understood.
+/// It passes alone, but under the whole suite's load on 2 cores the old holders sometimes
+/// do not hand the envelopes to the newcomer within 60 s (seen in 1 of 3 full runs). The
+/// handover under load needs looking into (see the session's closing note); until then it
+/// is not run in CI.
 #[test]
-#[ignore = "intermittent under full-suite load; see the doc comment"]
+#[ignore = "handover is intermittent under full-suite load; see the doc comment"]
 fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
     use sotto_daemon::store::{Batch, Store, Tree, META_TRANSPORT_KEY};
     use std::os::unix::fs::PermissionsExt;
@@ -623,6 +624,16 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
                 .unwrap()
         })
         .collect();
+    let alice_key: Vec<u8> = {
+        use base64::Engine as _;
+        let address = net.alice.call("account.get", json!({}))["address"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(address)
+            .unwrap()
+    };
     let texts = send_while_bob_is_away(&mut net, 20);
     wait_until(
         Duration::from_secs(60),
@@ -638,18 +649,27 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
         .map(|(i, _)| i)
         .collect();
     assert!(!holders.is_empty());
-    let first = if holders[0] == 0 {
-        &net.hub
-    } else {
-        &net.hosts[0]
+    // Bob's dead drop for alice in this epoch, derived from bob's own store (he is
+    // stopped): a host may also hold other addresses, such as leftovers at an intro drop.
+    let address: Vec<u8> = {
+        use sotto_daemon::store::{Contact, Store, Tree};
+        use sotto_protocol::deaddrop::{epoch_at, Secret, DEFAULT_EPOCH_MS};
+        let store = Store::open(&net.bob.data_dir.join("store")).unwrap();
+        let contact: Contact = store
+            .get(Tree::Contacts, &alice_key, "contact")
+            .unwrap()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        Secret::from_bytes(contact.inbox)
+            .drop_key(epoch_at(now, DEFAULT_EPOCH_MS))
+            .address()
+            .0
+            .to_vec()
     };
-    let hex = Net::stats(first)["addresses"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let address: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+    let hex: String = address.iter().map(|b| format!("{b:02x}")).collect();
 
     // A transport key closer to the dead drop than every node there is.
     let key = (0..100_000)
@@ -679,7 +699,12 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
     wait_until(
         Duration::from_secs(60),
         "the newcomer to receive the envelopes",
-        || (Net::stats(&newcomer)["envelopes"].as_u64().unwrap() >= 20).then_some(()),
+        || {
+            let held = Net::stats(&newcomer)["envelopes_by_address"][&hex]
+                .as_u64()
+                .unwrap_or(0);
+            (held >= 20).then_some(())
+        },
     );
 
     // Every old holder goes away at once; only the newcomer's copies are left.
