@@ -12,7 +12,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sotto_protocol::card::{Card, CardError, Hints};
 use sotto_protocol::chat::{self, LocalAccount, Snapshot};
-use sotto_protocol::codec;
 use sotto_protocol::content::{Body, Content, ContentError, MessageId, Presence, MAX_TEXT_BYTES};
 use sotto_protocol::envelope;
 use sotto_protocol::identity::{safety_number, AccountKey};
@@ -855,10 +854,5 @@ impl Service {
                 self.retry_contact(&AccountKey(k)).await;
             }
         }
-    }
-
-    /// Decode a stored value for tests and tools.
-    pub fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-        codec::decode(bytes).ok()
     }
 }

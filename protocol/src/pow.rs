@@ -65,8 +65,10 @@ mod tests {
         let a = Address([1; 32]);
         let d = [2; 32];
         let n = mint(&a, &d, 12, 0, 1 << 20).unwrap();
+        assert_eq!(n, 4651, "minting is deterministic from its start");
         assert!(check(&a, &d, n, 12));
-        assert!(!check(&Address([3; 32]), &d, n, 12) || check(&Address([3; 32]), &d, n, 0));
+        assert!(!check(&Address([3; 32]), &d, n, 12), "bound to the address");
+        assert!(!check(&a, &[4; 32], n, 12), "bound to the envelope");
         assert!(check(&a, &d, 12345, 0), "difficulty 0 accepts anything");
     }
 
