@@ -96,6 +96,7 @@ async fn start_node(name: &str, dirs: &mut Vec<TempDir>) -> Node {
             publish_address: true,
             ..Default::default()
         },
+        harness: Default::default(),
     };
     dirs.push(data);
     dirs.push(sock);

@@ -22,6 +22,9 @@ pub struct Config {
     /// Addresses printed in the contact card instead of the listen addresses.
     pub announce: Vec<Multiaddr>,
     pub mailbox: Mailbox,
+    /// What the simulator changes (transport, link delays, an observer); the default for a
+    /// daemon.
+    pub harness: crate::link::Harness,
 }
 
 /// Store-and-forward settings.

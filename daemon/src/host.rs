@@ -6,12 +6,15 @@
 //! envelope's size (a padding bucket), the depositing peer, and when. What it cannot: who
 //! wrote it, for whom, or what it says.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use sotto_protocol::deaddrop::Address;
 use sotto_protocol::envelope;
 use sotto_protocol::mailbox::{self, Delete, Deposit, Fetch, Policy, Refusal, Request, Response};
 use tokio::sync::Mutex;
 
+use crate::link::{HostAction, HostEvent, Observer};
 use crate::service::now_ms;
 use crate::store::{self, Batch, HostStats, Hosted, Store, StoreError, Tree, Usage};
 
@@ -41,6 +44,8 @@ pub struct Host {
     me: Vec<u8>,
     /// Serialises changes, so that usage counters stay exact.
     lock: Mutex<()>,
+    /// Sees every answered request (only the simulator sets one).
+    observer: Option<Arc<dyn Observer>>,
 }
 
 fn id_key(address: &Address, id: &[u8; 32]) -> Vec<u8> {
@@ -74,7 +79,14 @@ impl Host {
             policy,
             me,
             lock: Mutex::new(()),
+            observer: None,
         }
+    }
+
+    /// Report every answered request to `observer` (see [`crate::link`]).
+    pub fn with_observer(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn policy(&self) -> &Policy {
@@ -94,15 +106,50 @@ impl Host {
     }
 
     pub async fn handle_request(&self, depositor: &[u8], request: Request) -> Response {
+        let seen = self.observer.as_ref().map(|_| match &request {
+            Request::Deposit(d) => (d.address, d.envelope.len(), 0),
+            Request::Fetch(f) => (f.address, 0, 1),
+            Request::Delete(d) => (d.address, 0, 2),
+        });
         let result = match request {
             Request::Deposit(d) => self.deposit(depositor, d).await,
             Request::Fetch(f) => self.fetch(&f),
             Request::Delete(d) => self.delete(&d).await,
         };
-        result.unwrap_or_else(|e| {
+        let response = result.unwrap_or_else(|e| {
             tracing::error!("mailbox host: {e}");
             Response::Refused(Refusal::Internal)
-        })
+        });
+        if let (Some(observer), Some((address, size, kind))) = (&self.observer, seen) {
+            let action = match (kind, &response) {
+                (0, r) => HostAction::Deposit {
+                    address: address.0,
+                    size,
+                    stored: matches!(r, Response::Stored | Response::AlreadyStored),
+                },
+                (1, r) => HostAction::Fetch {
+                    address: address.0,
+                    envelopes: match r {
+                        Response::Envelopes { envelopes, .. } => envelopes.len(),
+                        _ => 0,
+                    },
+                },
+                (_, r) => HostAction::Delete {
+                    address: address.0,
+                    count: match r {
+                        Response::Deleted(n) => *n as usize,
+                        _ => 0,
+                    },
+                },
+            };
+            observer.host_event(HostEvent {
+                at_ms: now_ms(),
+                host: self.me.clone(),
+                peer: depositor.to_vec(),
+                action,
+            });
+        }
+        response
     }
 
     fn usage(&self, key: &[u8]) -> Result<Usage, StoreError> {

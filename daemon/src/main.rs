@@ -132,6 +132,7 @@ impl Args {
             bootstrap: config::parse_addrs("bootstrap", &pick(self.bootstrap, file.bootstrap))?,
             announce: config::parse_addrs("announce", &pick(self.announce, file.announce))?,
             mailbox,
+            harness: Default::default(),
         })
     }
 }

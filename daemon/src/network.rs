@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::{Delayed, Harness, LinkModel, Transport};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
@@ -50,6 +51,11 @@ pub struct Traffic {
     pub envelope_out: AtomicU64,
     pub mailbox_in: AtomicU64,
     pub mailbox_out: AtomicU64,
+    /// Kademlia closest-peer lookups this node finished, and how many requests they sent
+    /// and how many of those were answered, in all.
+    pub lookups: AtomicU64,
+    pub lookup_requests: AtomicU64,
+    pub lookup_successes: AtomicU64,
 }
 
 impl Traffic {
@@ -60,6 +66,9 @@ impl Traffic {
             "envelope_out": get(&self.envelope_out),
             "mailbox_in": get(&self.mailbox_in),
             "mailbox_out": get(&self.mailbox_out),
+            "lookups": get(&self.lookups),
+            "lookup_requests": get(&self.lookup_requests),
+            "lookup_successes": get(&self.lookup_successes),
         })
     }
 }
@@ -294,17 +303,80 @@ impl Behaviour {
 
 /// Build a swarm with the full transport stack.
 pub fn build_swarm(key: Keypair, traffic: Arc<Traffic>) -> anyhow::Result<Swarm<Behaviour>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_quic()
-        .with_behaviour(|key| Behaviour::new(key, traffic))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build())
+    build_swarm_with(key, traffic, &Harness::default())
+}
+
+/// Connections opened through a delayed transport so far (each gets its own random draws).
+static LINKS: AtomicU64 = AtomicU64::new(0);
+
+/// A transport as the swarm builder takes it.
+type Stack = libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Noise and yamux over `transport`, every raw connection delayed by `link`.
+fn delayed<T>(transport: T, key: &Keypair, link: LinkModel) -> Result<Stack, BoxError>
+where
+    T: libp2p::Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    use libp2p::core::muxing::StreamMuxerBox;
+    use libp2p::core::upgrade::Version;
+    use libp2p::Transport as _;
+    Ok(transport
+        .map(move |stream, _| Delayed::new(stream, link, LINKS.fetch_add(1, Ordering::Relaxed)))
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// Build a swarm on the transport `harness` names (see [`crate::link`]).
+pub fn build_swarm_with(
+    key: Keypair,
+    traffic: Arc<Traffic>,
+    harness: &Harness,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let link = harness.link;
+    Ok(match harness.transport {
+        Transport::Standard => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_swarm_config(idle)
+            .build(),
+        Transport::Tcp => builder
+            .with_other_transport(|key| {
+                delayed(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+                    key,
+                    link,
+                )
+            })?
+            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_swarm_config(idle)
+            .build(),
+        Transport::Memory => builder
+            .with_other_transport(|key| {
+                delayed(
+                    libp2p::core::transport::MemoryTransport::default(),
+                    key,
+                    link,
+                )
+            })?
+            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_swarm_config(idle)
+            .build(),
+    })
 }
 
 /// The requests this node sent on one request-response protocol, waiting for answers.
@@ -578,6 +650,7 @@ pub struct Network {
         BoxFuture<'static, (ResponseChannel<mailbox::Response>, mailbox::Response)>,
     >,
     listen_addrs: Vec<Multiaddr>,
+    traffic: Arc<Traffic>,
 }
 
 impl Network {
@@ -587,10 +660,11 @@ impl Network {
         key: Keypair,
         listen: &[Multiaddr],
         bootstrap: &[Multiaddr],
+        harness: &Harness,
     ) -> anyhow::Result<(Network, Handle, Receivers)> {
         let peer_id = key.public().to_peer_id();
         let traffic = Arc::new(Traffic::default());
-        let mut swarm = build_swarm(key, traffic.clone())?;
+        let mut swarm = build_swarm_with(key, traffic.clone(), harness)?;
         for addr in listen {
             ensure_port_free(addr)?;
             swarm
@@ -625,6 +699,7 @@ impl Network {
             answers: FuturesUnordered::new(),
             mailbox_answers: FuturesUnordered::new(),
             listen_addrs: Vec::new(),
+            traffic: traffic.clone(),
         };
         Ok((
             network,
@@ -737,13 +812,17 @@ impl Network {
                 id,
                 result: kad::QueryResult::GetClosestPeers(result),
                 step,
-                ..
+                stats,
             })) => {
                 let peers = match result {
                     Ok(ok) => ok.peers,
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
                 if step.last {
+                    let t = &self.traffic;
+                    count(&t.lookups, 1);
+                    count(&t.lookup_requests, stats.num_requests() as usize);
+                    count(&t.lookup_successes, stats.num_successes() as usize);
                     if let Some((key, reply)) = self.pending_closest.remove(&id) {
                         let _ = reply.send(sort_by_distance(&key, peers));
                     }

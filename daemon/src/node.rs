@@ -118,13 +118,14 @@ impl Node {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (network, handle, mut receivers) =
-            Network::new(key, &config.listen, &config.bootstrap)?;
+            Network::new(key, &config.listen, &config.bootstrap, &config.harness)?;
         tracing::info!("peer id {}", handle.peer_id());
         let service = Service::new(
             store,
             handle,
             config.announce.clone(),
             config.mailbox.clone(),
+            config.harness.observer.clone(),
         )?;
 
         let mut tasks = vec![tokio::spawn(network.run(shutdown_rx.clone()))];

@@ -135,12 +135,16 @@ impl Service {
         net: network::Handle,
         announce: Vec<Multiaddr>,
         mailbox: config::Mailbox,
+        observer: Option<Arc<dyn crate::link::Observer>>,
     ) -> Result<Self, Error> {
-        let host = Arc::new(Host::new(
-            store.clone(),
-            mailbox.policy.clone(),
-            net.peer_id().to_bytes(),
-        ));
+        let host = Arc::new(
+            Host::new(
+                store.clone(),
+                mailbox.policy.clone(),
+                net.peer_id().to_bytes(),
+            )
+            .with_observer(observer),
+        );
         let pickle_key = match store.get_raw(Tree::Meta, store::META_PICKLE_KEY)? {
             Some(k) => <[u8; 32]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
                 what: "pickle key",

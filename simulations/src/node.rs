@@ -69,6 +69,7 @@ impl SimNode {
                 publish_address: true,
                 ..Default::default()
             },
+            harness: Default::default(),
         };
         Ok(SimNode {
             name: name.to_owned(),
