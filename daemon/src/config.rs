@@ -32,6 +32,9 @@ pub struct Config {
 pub struct Mailbox {
     /// How long a dead-drop address lasts.
     pub epoch_ms: u64,
+    /// Epochs are counted from this instant (ms since the Unix epoch). Every node must use
+    /// the same origin; daemons use 0, the simulator its own start.
+    pub epoch_origin_ms: u64,
     /// How often the node fetches its dead drops (also on start and on connecting).
     pub fetch_interval_ms: u64,
     /// How many hosts each envelope is deposited at.
@@ -49,6 +52,7 @@ impl Default for Mailbox {
     fn default() -> Self {
         Mailbox {
             epoch_ms: sotto_protocol::deaddrop::DEFAULT_EPOCH_MS,
+            epoch_origin_ms: 0,
             fetch_interval_ms: 60_000,
             replicas: 3,
             mailbox_only: false,

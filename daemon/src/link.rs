@@ -98,6 +98,10 @@ pub struct Harness {
     pub transport: Transport,
     pub link: LinkModel,
     pub observer: Option<Arc<dyn Observer>>,
+    /// Draw the node's libp2p key, its account keys and its per-contact inbox secrets from
+    /// a generator seeded with this, so that a simulation's PeerIds and dead-drop
+    /// addresses are the same on every run. Never set for a real node.
+    pub seed: Option<u64>,
 }
 
 impl fmt::Debug for Harness {
@@ -106,6 +110,7 @@ impl fmt::Debug for Harness {
             .field("transport", &self.transport)
             .field("link", &self.link)
             .field("observer", &self.observer.is_some())
+            .field("seed", &self.seed)
             .finish()
     }
 }

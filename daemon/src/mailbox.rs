@@ -10,7 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 use rand::Rng as _;
 use sotto_protocol::card::Card;
 use sotto_protocol::content::MessageId;
-use sotto_protocol::deaddrop::{epoch_at, Address, DropKey, Secret};
+use sotto_protocol::deaddrop::{Address, DropKey, Secret};
 use sotto_protocol::envelope;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::mailbox::{
@@ -103,8 +103,7 @@ pub async fn build_deposit(
     let expires_at = now.saturating_add(service.mailbox_config().policy.ttl_ms);
     let digest = envelope::digest(&envelope);
     if let Some(secret) = contact.their_inbox {
-        let key =
-            Secret::from_bytes(secret).drop_key(epoch_at(now, service.mailbox_config().epoch_ms));
+        let key = Secret::from_bytes(secret).drop_key(service.epoch_at(now));
         let auth = DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at)));
         return Ok(Deposit {
             address: key.address(),
@@ -188,8 +187,7 @@ pub async fn deposit_entry(
 /// The addresses and keys of every dead drop this node should look in now.
 async fn own_drops(service: &Service) -> Result<Vec<(Address, DropKey)>, Error> {
     let now = now_ms();
-    let epoch_ms = service.mailbox_config().epoch_ms;
-    let current = epoch_at(now, epoch_ms);
+    let current = service.epoch_at(now);
     let last = service
         .store()
         .get_raw(Tree::Meta, store::META_LAST_FETCH_EPOCH)?
@@ -244,7 +242,7 @@ pub async fn fetch_round(service: &Service, host: &Host) -> Result<usize, Error>
         // Some dead drop was out of reach: look at the same epochs again next time.
         return Ok(taken);
     }
-    let epoch = epoch_at(started, service.mailbox_config().epoch_ms);
+    let epoch = service.epoch_at(started);
     let mut batch = Batch::new();
     batch.put_raw(
         Tree::Meta,

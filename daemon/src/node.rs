@@ -51,12 +51,20 @@ fn private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn transport_key(store: &Store) -> anyhow::Result<Keypair> {
+fn transport_key(store: &Store, seed: Option<u64>) -> anyhow::Result<Keypair> {
     if let Some(bytes) = store.get_raw(Tree::Meta, store::META_TRANSPORT_KEY)? {
         return Keypair::from_protobuf_encoding(&bytes)
             .context("the stored transport key is unreadable");
     }
-    let key = Keypair::generate_ed25519();
+    let key = match seed {
+        Some(seed) => {
+            use rand::{Rng as _, SeedableRng as _};
+            // A stream of its own, apart from the service's draws from the same seed.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x7472_616e_7370_6f72);
+            Keypair::ed25519_from_bytes(rng.gen::<[u8; 32]>())?
+        }
+        None => Keypair::generate_ed25519(),
+    };
     let mut batch = Batch::new();
     batch.put_raw(
         Tree::Meta,
@@ -113,7 +121,7 @@ impl Node {
             Err(TryLockError::Error(e)) => return Err(e).context("cannot lock the data directory"),
         }
         let store = Store::open(&config.data_dir.join("store")).context("cannot open the store")?;
-        let key = transport_key(&store)?;
+        let key = transport_key(&store, config.harness.seed)?;
         let listener = bind_socket(&config.socket).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -125,7 +133,7 @@ impl Node {
             handle,
             config.announce.clone(),
             config.mailbox.clone(),
-            config.harness.observer.clone(),
+            &config.harness,
         )?;
 
         let mut tasks = vec![tokio::spawn(network.run(shutdown_rx.clone()))];

@@ -115,7 +115,7 @@ fn notification_line(method: &str, params: Value) -> String {
 
 /// Read one line of at most `MAX_LINE` bytes. `Ok(None)` at end of stream; `Err(true)` when
 /// the line is too long.
-async fn read_line<R: AsyncBufReadExt + Unpin>(
+pub async fn read_line<R: AsyncBufReadExt + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<Option<()>, bool> {

@@ -126,6 +126,8 @@ struct Inner {
     host: Arc<Host>,
     outbox_wake: Notify,
     fetch_wake: Notify,
+    /// The simulator's seeded generator (see [`crate::link::Harness::seed`]).
+    seeded: Option<std::sync::Mutex<rand::rngs::StdRng>>,
 }
 
 impl Service {
@@ -135,7 +137,7 @@ impl Service {
         net: network::Handle,
         announce: Vec<Multiaddr>,
         mailbox: config::Mailbox,
-        observer: Option<Arc<dyn crate::link::Observer>>,
+        harness: &crate::link::Harness,
     ) -> Result<Self, Error> {
         let host = Arc::new(
             Host::new(
@@ -143,7 +145,7 @@ impl Service {
                 mailbox.policy.clone(),
                 net.peer_id().to_bytes(),
             )
-            .with_observer(observer),
+            .with_observer(harness.observer.clone()),
         );
         let pickle_key = match store.get_raw(Tree::Meta, store::META_PICKLE_KEY)? {
             Some(k) => <[u8; 32]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
@@ -180,8 +182,27 @@ impl Service {
                 host,
                 outbox_wake: Notify::new(),
                 fetch_wake: Notify::new(),
+                seeded: harness.seed.map(|seed| {
+                    std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+                        seed,
+                    ))
+                }),
             }),
         })
+    }
+
+    /// 32 random bytes for a new secret: from the OS, or from the simulator's seed.
+    pub(crate) fn random_secret(&self) -> [u8; 32] {
+        match &self.inner.seeded {
+            Some(rng) => rand::Rng::gen(&mut *rng.lock().unwrap_or_else(|p| p.into_inner())),
+            None => rand::random(),
+        }
+    }
+
+    /// The dead-drop epoch `now_ms` falls in.
+    pub fn epoch_at(&self, now_ms: u64) -> u64 {
+        let m = &self.inner.mailbox;
+        sotto_protocol::deaddrop::epoch_at(now_ms.saturating_sub(m.epoch_origin_ms), m.epoch_ms)
     }
 
     /// How many handles on the service exist (1 when only the caller's is left).
@@ -275,7 +296,12 @@ impl Service {
         if guard.is_some() {
             return Err(Error::AccountExists);
         }
-        let account = LocalAccount::generate(name, &mut OsRng);
+        let account = match &self.inner.seeded {
+            Some(rng) => {
+                LocalAccount::generate(name, &mut *rng.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            None => LocalAccount::generate(name, &mut OsRng),
+        };
         let mut batch = Batch::new();
         self.account_batch(&mut batch, &account)?;
         self.inner.store.commit(batch).await?;
@@ -468,7 +494,7 @@ impl Service {
                     Some(n) => return Err(Error::NameTaken(n.to_owned())),
                     None => self.default_name(&card.body().name)?,
                 };
-                store::Contact::new(name, card.to_bytes(), false)
+                store::Contact::new(name, card.to_bytes(), false, self.random_secret())
             }
         };
         if !contact.presence_sent {

@@ -110,14 +110,14 @@ pub struct Contact {
 }
 
 impl Contact {
-    /// A new contact with a fresh inbox secret.
-    pub fn new(name: String, card: Vec<u8>, request: bool) -> Self {
+    /// A new contact with the inbox secret `inbox` (fresh random bytes).
+    pub fn new(name: String, card: Vec<u8>, request: bool, inbox: [u8; 32]) -> Self {
         Contact {
             name,
             card,
             added_at: crate::service::now_ms(),
             request,
-            inbox: rand::random(),
+            inbox,
             their_inbox: None,
             route: None,
             presence_sent: false,

@@ -122,7 +122,8 @@ impl Service {
                             ));
                         }
                         let name = self.default_name(&format!("request {}", card.body().name))?;
-                        let c = store::Contact::new(name, card.to_bytes(), true);
+                        let c =
+                            store::Contact::new(name, card.to_bytes(), true, self.random_secret());
                         events.push((
                             "contact.added",
                             "contact",
