@@ -104,6 +104,56 @@ pub fn contact_verify(ctx: &Context, name: &str) -> anyhow::Result<()> {
     )
 }
 
+/// `sotto contact block NAME` and `sotto contact unblock NAME`
+pub fn contact_block(ctx: &Context, name: &str, block: bool) -> anyhow::Result<()> {
+    let method = if block {
+        "contact.block"
+    } else {
+        "contact.unblock"
+    };
+    ctx.call_and_print(method, json!({ "contact": name }), |v: Value| {
+        let who = output::one_line(v["contact"].as_str().unwrap_or(name));
+        Ok(if block {
+            format!("Blocked {who}: their messages are dropped from now on, and they are not told.")
+        } else {
+            format!("Unblocked {who}: their messages arrive again.")
+        })
+    })
+}
+
+/// `sotto peers bans`
+pub fn peers_bans(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("peers.bans", json!({}), |bans: Vec<Value>| {
+        if bans.is_empty() {
+            return Ok("No peer is banned.".to_owned());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let lines: Vec<String> = bans
+            .iter()
+            .map(|b| {
+                let left = b["until_ms"].as_u64().unwrap_or(0).saturating_sub(now) / 1000;
+                format!(
+                    "{}  {} min left  {}",
+                    output::one_line(b["peer"].as_str().unwrap_or("?")),
+                    left.div_ceil(60),
+                    output::one_line(b["reason"].as_str().unwrap_or("")),
+                )
+            })
+            .collect();
+        Ok(lines.join("\n"))
+    })
+}
+
+/// `sotto peers unban PEERID`
+pub fn peers_unban(ctx: &Context, peer: &str) -> anyhow::Result<()> {
+    ctx.call_and_print("peers.unban", json!({ "peer": peer }), |_: Value| {
+        Ok(format!("Lifted the ban on {}.", output::one_line(peer)))
+    })
+}
+
 /// `sotto requests list`
 pub fn requests_list(ctx: &Context) -> anyhow::Result<()> {
     ctx.call_and_print("requests.list", json!({}), |contacts: Vec<Contact>| {

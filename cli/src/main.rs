@@ -110,6 +110,9 @@ enum Command {
     /// What this node hosts for others
     #[command(subcommand)]
     Mailbox(MailboxCommand),
+    /// Peers this node banned for asking too much
+    #[command(subcommand)]
+    Peers(PeersCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -133,6 +136,27 @@ enum ContactCommand {
     Verify {
         /// The contact's name or address
         name: String,
+    },
+    /// Drop a contact's messages from now on, without telling them
+    Block {
+        /// The contact's (or request's) name or address
+        name: String,
+    },
+    /// Take a contact's messages again
+    Unblock {
+        /// The contact's name or address
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeersCommand {
+    /// List the peers this node banned for flooding it, and until when
+    Bans,
+    /// Lift a ban
+    Unban {
+        /// The banned peer's PeerId
+        peer: String,
     },
 }
 
@@ -173,6 +197,14 @@ fn main() -> ExitCode {
         }
         Command::Contact(ContactCommand::List) => commands::contact_list(&ctx),
         Command::Contact(ContactCommand::Verify { name }) => commands::contact_verify(&ctx, &name),
+        Command::Contact(ContactCommand::Block { name }) => {
+            commands::contact_block(&ctx, &name, true)
+        }
+        Command::Contact(ContactCommand::Unblock { name }) => {
+            commands::contact_block(&ctx, &name, false)
+        }
+        Command::Peers(PeersCommand::Bans) => commands::peers_bans(&ctx),
+        Command::Peers(PeersCommand::Unban { peer }) => commands::peers_unban(&ctx, &peer),
         Command::Send { name, text } => commands::send(&ctx, &name, &text),
         Command::Messages { name, limit } => commands::messages(&ctx, name.as_deref(), limit),
         Command::Watch { since } => commands::watch(&ctx, since),

@@ -97,6 +97,7 @@ async fn start_node(name: &str, dirs: &mut Vec<TempDir>) -> Node {
             ..Default::default()
         },
         harness: Default::default(),
+        limits: Default::default(),
     };
     dirs.push(data);
     dirs.push(sock);

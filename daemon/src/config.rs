@@ -25,6 +25,8 @@ pub struct Config {
     /// What the simulator changes (transport, link delays, an observer); the default for a
     /// daemon.
     pub harness: crate::link::Harness,
+    /// Rate limits, bans and connection limits (see docs/robustness.md).
+    pub limits: crate::limits::Limits,
 }
 
 /// Store-and-forward settings.
@@ -78,6 +80,13 @@ pub struct File {
     pub publish_address: Option<bool>,
     pub stamp_difficulty: Option<u8>,
     pub mailbox_ttl_secs: Option<u64>,
+    pub rate_envelope: Option<u32>,
+    pub rate_deposit: Option<u32>,
+    pub rate_fetch: Option<u32>,
+    pub ban_after: Option<u32>,
+    pub ban_secs: Option<u64>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_peer: Option<u32>,
 }
 
 /// Why the configuration could not be read.

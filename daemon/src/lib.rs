@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod events;
 pub mod host;
+pub mod limits;
 pub mod link;
 pub mod mailbox;
 pub mod network;

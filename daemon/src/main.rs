@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use sotto_daemon::config::{self, Config};
+use sotto_daemon::limits::{Limits, Rate};
 use sotto_daemon::node::Node;
 
 /// The sotto daemon: a peer-to-peer, end-to-end encrypted messenger node.
@@ -59,6 +60,28 @@ struct Args {
     /// Seconds this node keeps an envelope it hosts [default: 1209600, 14 days]
     #[arg(long, env = "SOTTO_MAILBOX_TTL_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     mailbox_ttl_secs: Option<u64>,
+    /// Envelopes a minute one peer may send straight to this node [default: 300]
+    #[arg(long, env = "SOTTO_RATE_ENVELOPE", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_envelope: Option<u32>,
+    /// Deposits a minute one peer may make at this node as a mailbox host [default: 600]
+    #[arg(long, env = "SOTTO_RATE_DEPOSIT", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_deposit: Option<u32>,
+    /// Fetches and deletes a minute one peer may make at this node [default: 1200]
+    #[arg(long, env = "SOTTO_RATE_FETCH", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_fetch: Option<u32>,
+    /// Refusals for being over a rate limit, within a minute, after which a peer is
+    /// disconnected and banned [default: 300]
+    #[arg(long, env = "SOTTO_BAN_AFTER", value_parser = clap::value_parser!(u32).range(1..))]
+    ban_after: Option<u32>,
+    /// Seconds a ban lasts [default: 3600]
+    #[arg(long, env = "SOTTO_BAN_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    ban_secs: Option<u64>,
+    /// Connections this node keeps open in all [default: 512]
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Connections one peer may hold open to this node [default: 4]
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_peer: Option<u32>,
 }
 
 impl Args {
@@ -70,6 +93,7 @@ impl Args {
                 None => config::File::default(),
             },
         };
+        let limits = self.limits(&file)?;
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -133,7 +157,49 @@ impl Args {
             announce: config::parse_addrs("announce", &pick(self.announce, file.announce))?,
             mailbox,
             harness: Default::default(),
+            limits,
         })
+    }
+
+    /// The limits from flags, then the config file, then the defaults.
+    fn limits(&self, file: &config::File) -> anyhow::Result<Limits> {
+        let mut limits = Limits::default();
+        let positive = |key: &'static str, v: Option<u32>| -> anyhow::Result<Option<u32>> {
+            match v {
+                Some(0) => Err(anyhow::anyhow!("{key}: must be at least 1, got 0")),
+                v => Ok(v),
+            }
+        };
+        if let Some(r) = positive("rate_envelope", self.rate_envelope.or(file.rate_envelope))? {
+            limits.envelope = Rate::per_minute(r);
+        }
+        if let Some(r) = positive("rate_deposit", self.rate_deposit.or(file.rate_deposit))? {
+            limits.deposit = Rate::per_minute(r);
+        }
+        if let Some(r) = positive("rate_fetch", self.rate_fetch.or(file.rate_fetch))? {
+            limits.fetch = Rate::per_minute(r);
+        }
+        if let Some(n) = positive("ban_after", self.ban_after.or(file.ban_after))? {
+            limits.ban_after = n;
+        }
+        if let Some(s) = self.ban_secs.or(file.ban_secs) {
+            limits.ban_for =
+                std::time::Duration::from_millis(config::positive_secs("ban_secs", s)?);
+        }
+        if let Some(n) = positive(
+            "max_connections",
+            self.max_connections.or(file.max_connections),
+        )? {
+            limits.max_connections = n;
+        }
+        if let Some(n) = positive(
+            "max_connections_per_peer",
+            self.max_connections_per_peer
+                .or(file.max_connections_per_peer),
+        )? {
+            limits.max_connections_per_peer = n;
+        }
+        Ok(limits)
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::limits::{Ban, Kind, Limiter, Limits, Verdict};
 use crate::link::{Delayed, Harness, LinkModel, Transport};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -19,7 +20,10 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, Str
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{
+    allow_block_list, connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
+};
 use sotto_protocol::mailbox;
 use sotto_protocol::wire::{self, Refusal, Response};
 use tokio::sync::{mpsc, oneshot};
@@ -253,6 +257,9 @@ impl<P: Protocol> request_response::Codec for FrameCodec<P> {
 /// The node's network behaviours.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Banned peers: their connections are closed and new ones denied.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub connection_limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -262,6 +269,11 @@ pub struct Behaviour {
 
 impl Behaviour {
     pub fn new(key: &Keypair, traffic: Arc<Traffic>) -> Self {
+        Behaviour::with_limits(key, traffic, &Limits::default())
+    }
+
+    /// The behaviours, with `limits` on connections.
+    pub fn with_limits(key: &Keypair, traffic: Arc<Traffic>, limits: &Limits) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut config = kad::Config::new(StreamProtocol::new("/sotto/kad/1"));
         // The node bootstraps itself when it is given peers (see `Network::new`); without
@@ -271,6 +283,13 @@ impl Behaviour {
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
         kad.set_mode(Some(kad::Mode::Server));
         Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
+            connection_limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(limits.max_connections))
+                    .with_max_established_per_peer(Some(limits.max_connections_per_peer))
+                    .with_max_pending_incoming(Some(limits.max_pending)),
+            ),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sotto/id/1".into(),
                 key.public(),
@@ -303,7 +322,7 @@ impl Behaviour {
 
 /// Build a swarm with the full transport stack.
 pub fn build_swarm(key: Keypair, traffic: Arc<Traffic>) -> anyhow::Result<Swarm<Behaviour>> {
-    build_swarm_with(key, traffic, &Harness::default())
+    build_swarm_with(key, traffic, &Harness::default(), &Limits::default())
 }
 
 /// Connections opened through a delayed transport so far (each gets its own random draws).
@@ -339,6 +358,7 @@ pub fn build_swarm_with(
     key: Keypair,
     traffic: Arc<Traffic>,
     harness: &Harness,
+    limits: &Limits,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
@@ -351,7 +371,7 @@ pub fn build_swarm_with(
                 yamux::Config::default,
             )?
             .with_quic()
-            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_behaviour(|key| Behaviour::with_limits(key, traffic, limits))?
             .with_swarm_config(idle)
             .build(),
         Transport::Tcp => builder
@@ -362,7 +382,7 @@ pub fn build_swarm_with(
                     link,
                 )
             })?
-            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_behaviour(|key| Behaviour::with_limits(key, traffic, limits))?
             .with_swarm_config(idle)
             .build(),
         Transport::Memory => builder
@@ -373,7 +393,7 @@ pub fn build_swarm_with(
                     link,
                 )
             })?
-            .with_behaviour(|key| Behaviour::new(key, traffic))?
+            .with_behaviour(|key| Behaviour::with_limits(key, traffic, limits))?
             .with_swarm_config(idle)
             .build(),
     })
@@ -531,6 +551,18 @@ enum Command {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Unban {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A ban the network made or lifted, for the store to record.
+#[derive(Clone, Debug)]
+pub enum BanEvent {
+    Banned(Ban),
+    /// The ban ran out.
+    Expired(PeerId),
 }
 
 /// A cloneable handle on the swarm task.
@@ -623,6 +655,11 @@ impl Handle {
     pub async fn status(&self) -> Result<Status, SendError> {
         self.ask(|reply| Command::Status { reply }).await
     }
+
+    /// Lift the ban on `peer`; false if it was not banned.
+    pub async fn unban(&self, peer: PeerId) -> Result<bool, SendError> {
+        self.ask(|reply| Command::Unban { peer, reply }).await
+    }
 }
 
 /// What the network hands to the rest of the node.
@@ -633,6 +670,8 @@ pub struct Receivers {
     pub connected: mpsc::Receiver<PeerId>,
     /// Mailbox requests that arrived.
     pub mailbox: mpsc::Receiver<InboundMailbox>,
+    /// Bans made and run out, to be recorded.
+    pub bans: mpsc::Receiver<BanEvent>,
 }
 
 /// The swarm task's state.
@@ -651,6 +690,10 @@ pub struct Network {
     >,
     listen_addrs: Vec<Multiaddr>,
     traffic: Arc<Traffic>,
+    limiter: Limiter,
+    /// Banned peers and when their bans end (ms since the Unix epoch).
+    banned: HashMap<PeerId, u64>,
+    ban_events: mpsc::Sender<BanEvent>,
 }
 
 impl Network {
@@ -661,10 +704,19 @@ impl Network {
         listen: &[Multiaddr],
         bootstrap: &[Multiaddr],
         harness: &Harness,
+        limits: &Limits,
+        bans: &[Ban],
     ) -> anyhow::Result<(Network, Handle, Receivers)> {
         let peer_id = key.public().to_peer_id();
         let traffic = Arc::new(Traffic::default());
-        let mut swarm = build_swarm_with(key, traffic.clone(), harness)?;
+        let mut swarm = build_swarm_with(key, traffic.clone(), harness, limits)?;
+        let mut banned = HashMap::new();
+        for ban in bans {
+            if let Ok(peer) = PeerId::from_bytes(&ban.peer) {
+                swarm.behaviour_mut().blocked.block_peer(peer);
+                banned.insert(peer, ban.until_ms);
+            }
+        }
         for addr in listen {
             ensure_port_free(addr)?;
             swarm
@@ -687,6 +739,7 @@ impl Network {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (connected, connected_rx) = mpsc::channel(COMMAND_QUEUE);
         let (mailbox_in, mailbox_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (ban_events, bans_rx) = mpsc::channel(COMMAND_QUEUE);
         let network = Network {
             swarm,
             commands,
@@ -700,6 +753,9 @@ impl Network {
             mailbox_answers: FuturesUnordered::new(),
             listen_addrs: Vec::new(),
             traffic: traffic.clone(),
+            limiter: Limiter::new(limits.clone()),
+            banned,
+            ban_events,
         };
         Ok((
             network,
@@ -712,15 +768,19 @@ impl Network {
                 inbound: inbound_rx,
                 connected: connected_rx,
                 mailbox: mailbox_rx,
+                bans: bans_rx,
             },
         ))
     }
 
     /// Run until every [`Handle`] is dropped or `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = tick.tick() => self.lift_expired_bans(),
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.handle_command(c),
@@ -775,6 +835,11 @@ impl Network {
                     .kad
                     .get_closest_peers(key.clone());
                 self.pending_closest.insert(id, (key, reply));
+            }
+            Command::Unban { peer, reply } => {
+                let was = self.banned.remove(&peer).is_some();
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                let _ = reply.send(was);
             }
             Command::Status { reply } => {
                 let _ = reply.send(Status {
@@ -848,6 +913,55 @@ impl Network {
         }
     }
 
+    /// Check `peer`'s request of `kind` against its bucket; ban it if it keeps going.
+    /// Returns whether the request may be served.
+    fn admit(&mut self, peer: PeerId, kind: Kind) -> bool {
+        match self.limiter.check(&peer, kind, crate::service::now_ms()) {
+            Verdict::Allow => true,
+            Verdict::Refuse => false,
+            Verdict::Ban => {
+                self.ban(
+                    peer,
+                    format!("over the {kind:?} rate limit, and kept going"),
+                );
+                false
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        let now = crate::service::now_ms();
+        let until = now.saturating_add(self.limiter.limits().ban_for.as_millis() as u64);
+        tracing::warn!("banned peer {peer} until {until} (ms): {reason}");
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.banned.insert(peer, until);
+        let ban = Ban {
+            peer: peer.to_bytes(),
+            since_ms: now,
+            until_ms: until,
+            reason,
+        };
+        if self.ban_events.try_send(BanEvent::Banned(ban)).is_err() {
+            tracing::warn!("cannot record the ban of {peer}: the queue is full");
+        }
+    }
+
+    fn lift_expired_bans(&mut self) {
+        let now = crate::service::now_ms();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.banned.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            tracing::info!("the ban of {peer} ran out");
+            let _ = self.ban_events.try_send(BanEvent::Expired(peer));
+        }
+    }
+
     fn handle_envelope_event(&mut self, event: request_response::Event<Frame, Response>) {
         if let Some((peer, request, channel)) = settle(&mut self.pending, event) {
             self.handle_request(peer, request, channel);
@@ -858,6 +972,20 @@ impl Network {
         let Some((peer, request, channel)) = settle(&mut self.pending_mailbox, event) else {
             return;
         };
+        let kind = match &request {
+            // The request's variant: after the version byte, bincode's varint tag.
+            Frame::Bytes(b) if matches!(b.get(1), Some(1 | 2)) => Kind::Fetch,
+            _ => Kind::Deposit,
+        };
+        if !self.admit(peer, kind) {
+            let refusal = mailbox::Response::Refused(mailbox::Refusal::RateLimited);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_response(channel, refusal);
+            return;
+        }
         let bytes = match request {
             Frame::Bytes(b) => b,
             Frame::HeaderOnly { claimed } => {
@@ -896,6 +1024,14 @@ impl Network {
     }
 
     fn handle_request(&mut self, peer: PeerId, request: Frame, channel: ResponseChannel<Response>) {
+        if !self.admit(peer, Kind::Envelope) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .envelope
+                .send_response(channel, Response::Refused(Refusal::RateLimited));
+            return;
+        }
         let envelope = match request {
             Frame::Bytes(envelope) => envelope,
             Frame::HeaderOnly { claimed } => {

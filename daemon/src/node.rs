@@ -125,8 +125,15 @@ impl Node {
         let listener = bind_socket(&config.socket).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (network, handle, mut receivers) =
-            Network::new(key, &config.listen, &config.bootstrap, &config.harness)?;
+        let bans = store::active_bans(&store, crate::service::now_ms())?;
+        let (network, handle, mut receivers) = Network::new(
+            key,
+            &config.listen,
+            &config.bootstrap,
+            &config.harness,
+            &config.limits,
+            &bans,
+        )?;
         tracing::info!("peer id {}", handle.peer_id());
         let service = Service::new(
             store,
@@ -151,6 +158,14 @@ impl Node {
             while let Some(peer) = receivers.connected.recv().await {
                 s.fetch_wake().notify_one();
                 s.retry_peer(&peer).await;
+            }
+        }));
+        let s = service.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = receivers.bans.recv().await {
+                if let Err(e) = s.record_ban(event).await {
+                    tracing::error!("cannot record a ban: {e}");
+                }
             }
         }));
         let host = service.host().clone();

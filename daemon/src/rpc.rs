@@ -300,6 +300,10 @@ async fn dispatch(service: &Service, method: &str, params: &Value) -> Result<Val
         ),
         "contact.list" => to_value(service.contacts()),
         "contact.verify" => to_value(service.verify(str_param(params, "contact")?).await),
+        "contact.block" => to_value(service.block(str_param(params, "contact")?).await),
+        "contact.unblock" => to_value(service.unblock(str_param(params, "contact")?).await),
+        "peers.bans" => to_value(service.bans()),
+        "peers.unban" => to_value(service.unban(str_param(params, "peer")?).await),
         "message.send" => to_value(
             service
                 .send(str_param(params, "to")?, str_param(params, "text")?)

@@ -26,8 +26,11 @@ use crate::host::Host;
 use crate::network;
 use crate::store::{self, Batch, Direction, State, Store, StoreError, Tree};
 
+mod defence;
 mod receive;
 mod requests;
+
+pub use defence::BanView;
 
 /// The most messages waiting in the outbox; `send` refuses more.
 pub const MAX_OUTBOX: usize = 10_000;
@@ -606,6 +609,12 @@ impl Service {
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(Error::NoAccount)?;
         let (key, contact) = self.resolve(to)?;
+        if self.is_blocked(&key)? {
+            return Err(Error::InvalidParams(format!(
+                "{:?} is blocked; `sotto contact unblock {}` first",
+                contact.name, contact.name
+            )));
+        }
         let mut batch = Batch::new();
         let message = self
             .stage_outgoing(account, &key, &contact, &content, &mut batch)

@@ -60,9 +60,13 @@ pub enum Tree {
     HostedIds,
     /// Depositor (PeerId bytes) → [`Usage`] of this node's hosting.
     HostUsage,
+    /// Banned peer (PeerId bytes) → [`crate::limits::Ban`].
+    Bans,
+    /// Blocked contact (account key) → when it was blocked (ms, big-endian).
+    Blocked,
 }
 
-const TREES: [(Tree, &str); 13] = [
+const TREES: [(Tree, &str); 15] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -76,6 +80,8 @@ const TREES: [(Tree, &str); 13] = [
     (Tree::Hosted, "hosted"),
     (Tree::HostedIds, "hosted_ids"),
     (Tree::HostUsage, "host_usage"),
+    (Tree::Bans, "bans"),
+    (Tree::Blocked, "blocked"),
 ];
 
 pub const META_SCHEMA: &[u8] = b"schema";
@@ -88,6 +94,17 @@ pub const META_HOST_BYTES: &[u8] = b"host_bytes";
 pub const META_HOST_STATS: &[u8] = b"host_stats";
 /// The epoch of the last complete fetch of this node's dead drops.
 pub const META_LAST_FETCH_EPOCH: &[u8] = b"last_fetch_epoch";
+
+/// The bans in `store` that have not run out at `now_ms`.
+pub fn active_bans(store: &Store, now_ms: u64) -> Result<Vec<crate::limits::Ban>, StoreError> {
+    let mut bans = Vec::new();
+    store.for_each::<crate::limits::Ban>(Tree::Bans, "ban", |_, ban| {
+        if ban.until_ms > now_ms {
+            bans.push(ban);
+        }
+    })?;
+    Ok(bans)
+}
 
 /// A contact as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]

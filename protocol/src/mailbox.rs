@@ -135,6 +135,9 @@ pub enum Refusal {
     HostFull,
     Busy,
     Internal,
+    /// This peer asked more than the host's rate limit allows; slow down. A peer that keeps
+    /// going is banned.
+    RateLimited,
 }
 
 /// A host's answer.

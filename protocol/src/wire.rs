@@ -31,6 +31,9 @@ pub enum Refusal {
     Busy,
     /// The node failed to store the message; try again later.
     Internal,
+    /// This peer sent more than the node's rate limit allows; slow down. A peer that keeps
+    /// going is banned.
+    RateLimited,
 }
 
 /// The answer to a request.

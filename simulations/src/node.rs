@@ -70,6 +70,7 @@ impl SimNode {
                 ..Default::default()
             },
             harness: Default::default(),
+            limits: Default::default(),
         };
         Ok(SimNode {
             name: name.to_owned(),

@@ -1,0 +1,302 @@
+//! How a node defends itself against peers that ask too much: a token bucket per remote peer
+//! and request type, refusals counted per peer, and a ban for a peer that keeps going.
+//! docs/robustness.md says what each limit defends against and how to change it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// A sustained rate and the burst allowed above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `per_minute`, with a burst of as many (a minute's worth at once).
+    pub fn per_minute(per_minute: u32) -> Self {
+        Rate {
+            per_minute,
+            burst: per_minute.max(1),
+        }
+    }
+}
+
+/// Every limit a node applies to its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Envelopes sent directly to this node (`/sotto/envelope/1`).
+    pub envelope: Rate,
+    /// Deposits at this node as a mailbox host.
+    pub deposit: Rate,
+    /// Fetches and deletes at this node as a mailbox host.
+    pub fetch: Rate,
+    /// Refusals for being over a limit, within [`Limits::ban_window`], after which the peer
+    /// is disconnected and banned.
+    pub ban_after: u32,
+    pub ban_window: Duration,
+    /// How long a ban lasts.
+    pub ban_for: Duration,
+    /// Established connections, in all and per peer; connections being set up.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending: u32,
+    /// Peers whose buckets are kept; beyond that, the longest idle are forgotten (a
+    /// forgotten peer starts again with full buckets, which only helps honest peers).
+    pub max_tracked_peers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            envelope: Rate {
+                per_minute: 300,
+                burst: 300,
+            },
+            deposit: Rate {
+                per_minute: 600,
+                burst: 600,
+            },
+            fetch: Rate {
+                per_minute: 1_200,
+                burst: 1_200,
+            },
+            ban_after: 300,
+            ban_window: Duration::from_secs(60),
+            ban_for: Duration::from_secs(3_600),
+            max_connections: 512,
+            max_connections_per_peer: 4,
+            max_pending: 128,
+            max_tracked_peers: 10_000,
+        }
+    }
+}
+
+/// The kinds of request a peer can make of this node, each with a bucket of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Envelope,
+    Deposit,
+    Fetch,
+}
+
+/// A token bucket: `rate` tokens a minute, at most `burst` at once.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now_ms: u64) -> Self {
+        Bucket {
+            tokens: f64::from(rate.burst),
+            at_ms: now_ms,
+        }
+    }
+
+    fn take(&mut self, rate: Rate, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64;
+        self.tokens = (self.tokens + elapsed * f64::from(rate.per_minute) / 60_000.0)
+            .min(f64::from(rate.burst));
+        self.at_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PeerState {
+    buckets: [Bucket; 3],
+    /// Refusals in the current window, and when the window started.
+    refused: u32,
+    window_start_ms: u64,
+    last_ms: u64,
+}
+
+/// What to do with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refuse it: the peer is over the limit.
+    Refuse,
+    /// Refuse it and ban the peer: it kept going.
+    Ban,
+}
+
+/// The limiter: one per node, owned by the swarm task.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: Limits,
+    peers: HashMap<PeerId, PeerState>,
+}
+
+impl Limiter {
+    pub fn new(limits: Limits) -> Self {
+        Limiter {
+            limits,
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn rate(&self, kind: Kind) -> Rate {
+        match kind {
+            Kind::Envelope => self.limits.envelope,
+            Kind::Deposit => self.limits.deposit,
+            Kind::Fetch => self.limits.fetch,
+        }
+    }
+
+    /// May `peer` make a request of `kind` at `now_ms`?
+    pub fn check(&mut self, peer: &PeerId, kind: Kind, now_ms: u64) -> Verdict {
+        if !self.peers.contains_key(peer) && self.peers.len() >= self.limits.max_tracked_peers {
+            self.forget_idle();
+        }
+        let rates = [self.limits.envelope, self.limits.deposit, self.limits.fetch];
+        let rate = self.rate(kind);
+        let state = self.peers.entry(*peer).or_insert_with(|| PeerState {
+            buckets: rates.map(|r| Bucket::full(r, now_ms)),
+            refused: 0,
+            window_start_ms: now_ms,
+            last_ms: now_ms,
+        });
+        state.last_ms = now_ms;
+        if state.buckets[kind as usize].take(rate, now_ms) {
+            return Verdict::Allow;
+        }
+        let window = self.limits.ban_window.as_millis() as u64;
+        if now_ms.saturating_sub(state.window_start_ms) > window {
+            state.window_start_ms = now_ms;
+            state.refused = 0;
+        }
+        state.refused = state.refused.saturating_add(1);
+        if state.refused >= self.limits.ban_after {
+            self.peers.remove(peer);
+            Verdict::Ban
+        } else {
+            Verdict::Refuse
+        }
+    }
+
+    /// Forget the longest-idle half of the peers.
+    fn forget_idle(&mut self) {
+        let mut idle: Vec<(u64, PeerId)> =
+            self.peers.iter().map(|(p, s)| (s.last_ms, *p)).collect();
+        idle.sort_unstable();
+        for (_, peer) in idle.iter().take(idle.len().div_ceil(2)) {
+            self.peers.remove(peer);
+        }
+    }
+
+    /// Peers with state (for tests and status).
+    pub fn tracked(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+/// A ban as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    /// PeerId bytes.
+    pub peer: Vec<u8>,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            envelope: Rate {
+                per_minute: 60,
+                burst: 10,
+            },
+            ban_after: 20,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_then_refilled() {
+        let mut l = Limiter::new(limits());
+        let p = PeerId::random();
+        for _ in 0..10 {
+            assert_eq!(l.check(&p, Kind::Envelope, 1_000), Verdict::Allow);
+        }
+        assert_eq!(l.check(&p, Kind::Envelope, 1_000), Verdict::Refuse);
+        // One token a second.
+        assert_eq!(l.check(&p, Kind::Envelope, 2_001), Verdict::Allow);
+        assert_eq!(l.check(&p, Kind::Envelope, 2_002), Verdict::Refuse);
+        // Other kinds and other peers have buckets of their own.
+        assert_eq!(l.check(&p, Kind::Deposit, 2_002), Verdict::Allow);
+        assert_eq!(
+            l.check(&PeerId::random(), Kind::Envelope, 2_002),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn a_peer_that_keeps_going_is_banned() {
+        let mut l = Limiter::new(limits());
+        let p = PeerId::random();
+        let verdicts: Vec<Verdict> = (0..30)
+            .map(|_| l.check(&p, Kind::Envelope, 5_000))
+            .collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == Verdict::Allow).count(),
+            10
+        );
+        assert_eq!(verdicts[29], Verdict::Ban, "the 20th refusal bans");
+        assert!(verdicts[10..29].iter().all(|v| *v == Verdict::Refuse));
+    }
+
+    #[test]
+    fn refusals_spread_over_windows_do_not_ban() {
+        let mut l = Limiter::new(Limits {
+            envelope: Rate {
+                per_minute: 10,
+                burst: 1,
+            },
+            ..limits()
+        });
+        let p = PeerId::random();
+        let mut now = 0;
+        let mut refused = 0;
+        // Twice every 6.1 s: one allowed, one refused — ten refusals a minute for ten
+        // minutes, under ban_after (20) in every window.
+        for _ in 0..100 {
+            now += 6_100;
+            assert_eq!(l.check(&p, Kind::Envelope, now), Verdict::Allow);
+            let v = l.check(&p, Kind::Envelope, now);
+            assert_ne!(v, Verdict::Ban);
+            refused += usize::from(v == Verdict::Refuse);
+        }
+        assert_eq!(refused, 100);
+    }
+
+    #[test]
+    fn tracked_peers_stay_bounded() {
+        let mut l = Limiter::new(Limits {
+            max_tracked_peers: 100,
+            ..limits()
+        });
+        for i in 0..1_000 {
+            let _ = l.check(&PeerId::random(), Kind::Fetch, i);
+        }
+        assert!(l.tracked() <= 100);
+    }
+}

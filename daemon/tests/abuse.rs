@@ -1,0 +1,326 @@
+//! Abuse resistance with real `sottod` processes: a flooding peer is refused, then banned
+//! (the ban survives a restart and can be lifted), honest traffic keeps flowing meanwhile,
+//! a blocked contact's messages are dropped, and a data directory open to other users is
+//! refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{root, wait_until, Daemon};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{Event, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+use sotto_daemon::network::{build_swarm, BehaviourEvent, Frame};
+use sotto_protocol::wire::{Refusal, Response};
+
+/// What a flood saw.
+#[derive(Debug, Default)]
+struct FloodReport {
+    sent: u64,
+    answered: u64,
+    rate_limited: u64,
+    failed: u64,
+    /// From the first request to the last answer the victim gave.
+    served_for: Option<Duration>,
+}
+
+/// Send envelopes to `peer` as fast as 64 streams allow, for at most `limit`, or until
+/// `stop` is set. 512 bytes that open to nothing: each costs the victim a Noise attempt if
+/// it lets it through.
+async fn flood(
+    key: Keypair,
+    peer: PeerId,
+    addr: Multiaddr,
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+) -> FloodReport {
+    let mut swarm = build_swarm(key, Default::default()).unwrap();
+    let mut junk = vec![0u8; 512];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13).wrapping_add(5);
+    }
+    junk[0] = 1;
+    let mut report = FloodReport::default();
+    let start = Instant::now();
+    let mut in_flight = 0u32;
+    let mut last_answer = None;
+    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        while in_flight < 64 && !stop.load(Ordering::Relaxed) {
+            swarm.behaviour_mut().envelope.send_request_with_addresses(
+                &peer,
+                Frame::Bytes(junk.clone()),
+                vec![addr.clone()],
+            );
+            in_flight += 1;
+            report.sent += 1;
+        }
+        if stop.load(Ordering::Relaxed) && in_flight == 0 {
+            break;
+        }
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
+                message: Message::Response { response, .. },
+                ..
+            })) => {
+                in_flight -= 1;
+                report.answered += 1;
+                last_answer = Some(start.elapsed());
+                if response == Response::Refused(Refusal::RateLimited) {
+                    report.rate_limited += 1;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure { .. })) => {
+                in_flight -= 1;
+                report.failed += 1;
+            }
+            _ => {}
+        }
+    }
+    report.served_for = last_answer;
+    report
+}
+
+/// One request to `peer`; its answer, or why it failed.
+async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Response, String> {
+    let mut swarm = build_swarm(key, Default::default()).unwrap();
+    let id = swarm.behaviour_mut().envelope.send_request_with_addresses(
+        &peer,
+        Frame::Bytes(vec![0; 100]),
+        vec![addr],
+    );
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
+                    message:
+                        Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                })) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                })) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// Send `text` from `from` to `to` and return how long until `to` stored it.
+fn latency(from: &Daemon, to: &Daemon, text: &str) -> Duration {
+    let start = Instant::now();
+    from.send(&to.name, text);
+    wait_until(Duration::from_secs(60), "an honest message", || {
+        to.messages(&from.name)
+            .iter()
+            .any(|m| m["text"] == text)
+            .then_some(())
+    });
+    start.elapsed()
+}
+
+#[test]
+fn a_flooding_peer_is_banned_while_honest_traffic_flows_and_the_ban_survives_a_restart() {
+    let root = root();
+    let mut hub = Daemon::start(root.path(), "hub");
+    let alice = Daemon::join(root.path(), "alice", &hub, &["--mailbox-only"]);
+    let bob = Daemon::join(root.path(), "bob", &hub, &["--mailbox-only"]);
+    alice.init();
+    bob.init();
+    alice.add(&bob);
+    bob.add(&alice);
+    latency(&alice, &bob, "warm-up");
+
+    let before: Vec<Duration> = (0..5)
+        .map(|i| latency(&alice, &bob, &format!("before {i}")))
+        .collect();
+
+    let status = hub.call("node.status", json!({}));
+    let hub_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
+    let rss_before = hub.rss_kib().unwrap();
+
+    // The flood, in a thread of its own, while alice keeps writing to bob.
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_rss = Arc::new(AtomicU64::new(rss_before));
+    let mallory = Keypair::generate_ed25519();
+    let flood_thread = {
+        let stop = stop.clone();
+        let key = mallory.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(flood(
+                key,
+                hub_peer,
+                hub_addr.clone(),
+                Duration::from_secs(20),
+                stop,
+            ))
+        })
+    };
+    let flood_start = Instant::now();
+    let banned_after = wait_until(Duration::from_secs(20), "the flooder's ban", || {
+        if let Some(rss) = hub.rss_kib() {
+            max_rss.fetch_max(rss, Ordering::Relaxed);
+        }
+        let bans = hub.call("peers.bans", json!({}));
+        (bans.as_array().unwrap().len() == 1).then(|| flood_start.elapsed())
+    });
+    let during: Vec<Duration> = (0..5)
+        .map(|i| {
+            if let Some(rss) = hub.rss_kib() {
+                max_rss.fetch_max(rss, Ordering::Relaxed);
+            }
+            latency(&alice, &bob, &format!("during {i}"))
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let report = flood_thread.join().unwrap();
+    eprintln!(
+        "flood: {report:?}; banned after {banned_after:?}; hub RSS {rss_before} KiB before, \
+         {} KiB at most; honest latency before {before:?}, during {during:?}",
+        max_rss.load(Ordering::Relaxed)
+    );
+
+    assert!(
+        report.rate_limited > 0,
+        "the flooder was told to slow down first: {report:?}"
+    );
+    assert!(
+        report.answered < report.sent,
+        "the victim stopped answering the flooder: {report:?}"
+    );
+    let bans = hub.call("peers.bans", json!({}));
+    assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
+    let banned_peer = bans[0]["peer"].as_str().unwrap().to_owned();
+    assert_eq!(banned_peer, mallory.public().to_peer_id().to_string());
+    assert!(bans[0]["reason"].as_str().unwrap().contains("rate limit"));
+    assert!(bans[0]["until_ms"].as_u64().unwrap() > bans[0]["since_ms"].as_u64().unwrap());
+    assert!(
+        max_rss.load(Ordering::Relaxed) < 256 * 1024,
+        "the victim stayed under 256 MiB"
+    );
+    assert_eq!(
+        bob.messages("alice")
+            .iter()
+            .filter(|m| m["text"].as_str().unwrap().starts_with("during"))
+            .count(),
+        5,
+        "honest messages kept arriving, once each"
+    );
+
+    // The ban outlives a restart of the victim…
+    hub.stop();
+    hub.restart();
+    let bans = hub.call("peers.bans", json!({}));
+    assert_eq!(bans[0]["peer"], banned_peer.as_str(), "{bans}");
+    // … a new connection of the banned peer is refused, while others are served…
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
+    let refused = rt.block_on(one_request(mallory.clone(), hub_peer, hub_addr.clone()));
+    assert!(
+        refused.is_err(),
+        "the banned peer is not served: {refused:?}"
+    );
+    assert_eq!(
+        rt.block_on(one_request(
+            Keypair::generate_ed25519(),
+            hub_peer,
+            hub_addr.clone()
+        )),
+        Ok(Response::Refused(Refusal::Malformed)),
+        "a stranger is still served"
+    );
+    // … and `peers.unban` lifts it.
+    let unban = hub.try_call("peers.unban", json!({ "peer": banned_peer }));
+    assert!(unban.is_ok(), "{unban:?}");
+    assert_eq!(hub.call("peers.bans", json!({})), json!([]));
+    assert_eq!(
+        rt.block_on(one_request(mallory, hub_peer, hub_addr)),
+        Ok(Response::Refused(Refusal::Malformed)),
+        "served again once unbanned"
+    );
+    let again = hub.try_call("peers.unban", json!({ "peer": banned_peer }));
+    assert!(again.is_err(), "unbanning twice is an error: {again:?}");
+}
+
+#[test]
+fn a_blocked_contact_is_dropped_without_a_reply_until_unblocked() {
+    let root = root();
+    let (alice, bob) = common::pair(root.path());
+    bob.send("alice", "before the block");
+    alice.wait_for("bob", "before the block", "received");
+
+    let blocked = alice.call("contact.block", json!({ "contact": "bob" }));
+    assert_eq!(blocked["blocked"], true);
+    bob.send("alice", "while blocked");
+    // Bob's node hands the envelope over (it is taken and dropped, so nothing retries it)…
+    bob.wait_for("alice", "while blocked", "delivered");
+    std::thread::sleep(Duration::from_millis(500));
+    // … and alice never shows it.
+    assert!(alice
+        .messages("bob")
+        .iter()
+        .all(|m| m["text"] != "while blocked"));
+    // Alice cannot write to a contact she blocked.
+    let refused = alice.try_call("message.send", json!({ "to": "bob", "text": "hi" }));
+    assert!(refused.is_err(), "{refused:?}");
+
+    alice.call("contact.unblock", json!({ "contact": "bob" }));
+    bob.send("alice", "after the unblock");
+    alice.wait_for("bob", "after the unblock", "received");
+    assert!(alice
+        .messages("bob")
+        .iter()
+        .all(|m| m["text"] != "while blocked"));
+    let again = alice.try_call("contact.unblock", json!({ "contact": "bob" }));
+    assert!(again.is_err(), "{again:?}");
+}
+
+#[test]
+fn a_data_dir_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root();
+    let dir = root.path().join("open");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sottod"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--socket")
+        .arg(root.path().join("open.sock"))
+        .arg("--listen")
+        .arg(format!("/ip4/127.0.0.1/tcp/{}", common::free_port()))
+        .env_remove("SOTTO_CONFIG")
+        .env("XDG_CONFIG_HOME", root.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("open to other users") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    // Nothing was written into it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
