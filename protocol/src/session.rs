@@ -373,6 +373,48 @@ mod tests {
     }
 
     #[test]
+    fn skipped_message_keys_are_bounded_and_the_session_stays_usable() {
+        let (mut alice, mut bob) = (side(), side());
+        send(&mut alice, &mut bob, "first").unwrap();
+        send(&mut bob, &mut alice, "reply").unwrap();
+        let ak = alice.device.session_key();
+        let sent: Vec<Ciphertext> = (0..60)
+            .map(|i| {
+                alice
+                    .pairwise
+                    .encrypt(
+                        &alice.device,
+                        &[0; 32],
+                        &[0; 32],
+                        format!("m{i}").as_bytes(),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        // The last one first: bob skips 59 message keys, more than the ratchet keeps.
+        assert_eq!(
+            bob.pairwise
+                .decrypt(&mut bob.device, &ak, &sent[59])
+                .unwrap(),
+            b"m59"
+        );
+        let opened: Vec<bool> = sent[..59]
+            .iter()
+            .map(|ct| bob.pairwise.decrypt(&mut bob.device, &ak, ct).is_ok())
+            .collect();
+        let kept = opened.iter().filter(|ok| **ok).count();
+        assert!(
+            kept > 0 && kept < 59,
+            "only the newest skipped keys are kept: {kept} of 59 opened"
+        );
+        assert!(!opened[0], "the oldest skipped key was dropped");
+        assert!(opened[58], "the newest skipped key was kept");
+        // Nothing was reset: both directions still work.
+        assert_eq!(send(&mut alice, &mut bob, "after").unwrap(), "after");
+        assert_eq!(send(&mut bob, &mut alice, "back").unwrap(), "back");
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         let mut bob = side();
         let ct = Ciphertext {
