@@ -131,10 +131,10 @@ pub fn positive_secs(key: &'static str, secs: u64) -> Result<u64, ConfigError> {
 impl File {
     /// Read the config file at `path`. A missing file is an empty config unless `required`.
     pub fn load(path: &Path, required: bool) -> Result<File, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        match read_bounded(path) {
+            Ok(text) => File::parse(&text).map_err(|message| ConfigError::Parse {
                 path: path.to_owned(),
-                message: e.to_string(),
+                message,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(File::default()),
             Err(source) => Err(ConfigError::Read {
@@ -142,6 +142,31 @@ impl File {
                 source,
             }),
         }
+    }
+}
+
+/// The longest config file read; a longer one is refused, not read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+impl File {
+    /// Parse the text of a config file; the error names the key or line at fault.
+    pub fn parse(text: &str) -> Result<File, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 }
 

@@ -84,6 +84,9 @@ fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u6
         tokio::spawn(async move {
             if let Err(e) = drain_contact(&service, key).await {
                 tracing::warn!("outbox: {e}");
+                // Whatever failed (a full disk, say) will not be fixed at once: keep this
+                // contact's queue out of the next rounds for a moment rather than spin.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             drop(guard);
         });

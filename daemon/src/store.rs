@@ -28,7 +28,13 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("the data directory was written by a newer sotto (schema {found}, this one knows {known}); update sotto")]
     NewerSchema { found: u32, known: u32 },
+    #[error("the disk holding {dir} is full ({free} bytes free; sotto stops writing below {MIN_FREE_BYTES}); free some space and it carries on")]
+    DiskFull { dir: String, free: u64 },
 }
+
+/// Free bytes below which the store refuses new records, so that the store itself never
+/// runs into a full disk half-way through a write (sled writes whole log segments).
+pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The trees of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +265,7 @@ impl Batch {
 /// The store.
 #[derive(Clone)]
 pub struct Store {
+    dir: std::path::PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
 }
@@ -278,7 +285,11 @@ impl Store {
             .iter()
             .map(|(_, name)| db.open_tree(name))
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Store { db, trees };
+        let store = Store {
+            dir: dir.to_owned(),
+            db,
+            trees,
+        };
         match store.tree(Tree::Meta).get(META_SCHEMA)? {
             None => {
                 store
@@ -429,6 +440,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        // Removals are let through: they are how space comes back.
+        if batch.ops.iter().any(|(_, _, v)| v.is_some()) {
+            self.ensure_space()?;
+        }
         let result: Result<(), TransactionError<()>> = self.trees.as_slice().transaction(|trees| {
             for (tree, key, value) in &batch.ops {
                 let t = &trees[index(*tree)];
@@ -451,6 +466,23 @@ impl Store {
                 detail: "aborted".into(),
             }),
         }
+    }
+
+    /// Refuse to write when the disk is (nearly) full: a write that sled cannot finish
+    /// would be visible in memory but not on disk.
+    fn ensure_space(&self) -> Result<(), StoreError> {
+        // A file system that cannot say is taken to have room.
+        let Ok(stat) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::DiskFull {
+                dir: self.dir.display().to_string(),
+                free,
+            });
+        }
+        Ok(())
     }
 
     /// Forget the digests of envelopes received before `before` (ms); returns how many.
