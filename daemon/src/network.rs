@@ -279,6 +279,9 @@ impl Behaviour {
         // The node bootstraps itself when it is given peers (see `Network::new`); without
         // any, periodic bootstrap would only warn every few minutes.
         config.set_periodic_bootstrap_interval(None);
+        // sotto keeps no records in the DHT: what peers PUT is dropped, not stored (the
+        // inbound request is only reported), so they cannot fill this node's memory.
+        config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
         kad.set_mode(Some(kad::Mode::Server));
