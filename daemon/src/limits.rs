@@ -288,6 +288,36 @@ mod tests {
         assert_eq!(refused, 100);
     }
 
+    proptest::proptest! {
+        /// Whatever a peer does, it never gets more than the burst plus what the rate
+        /// refills over the time it spent.
+        #[test]
+        fn no_peer_gets_more_than_burst_plus_refill(
+            gaps in proptest::collection::vec(0u64..5_000, 1..400),
+            per_minute in 1u32..2_000,
+            burst in 1u32..500,
+        ) {
+            let rate = Rate { per_minute, burst };
+            let mut l = Limiter::new(Limits {
+                envelope: rate,
+                ban_after: u32::MAX,
+                ..Limits::default()
+            });
+            let p = PeerId::random();
+            let mut now = 1_000;
+            let mut allowed = 0u64;
+            for gap in &gaps {
+                now += gap;
+                if l.check(&p, Kind::Envelope, now) == Verdict::Allow {
+                    allowed += 1;
+                }
+            }
+            let elapsed = now - 1_000;
+            let bound = u64::from(burst) + (elapsed * u64::from(per_minute)).div_ceil(60_000);
+            proptest::prop_assert!(allowed <= bound, "{allowed} > {bound}");
+        }
+    }
+
     #[test]
     fn tracked_peers_stay_bounded() {
         let mut l = Limiter::new(Limits {
