@@ -194,3 +194,52 @@ fn two_users_chat_through_the_cli() {
         "oldest first"
     );
 }
+
+#[test]
+fn block_unblock_and_bans_from_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let alice = Node::start(root.path(), "alice", None);
+    let bob = Node::start(root.path(), "bob", None);
+    alice.json(&["init", "--name", "Alice"]);
+    bob.json(&["init", "--name", "Bob"]);
+    let card = bob.json(&["id"])["card"].as_str().unwrap().to_owned();
+    alice.json(&["contact", "add", &card, "--name", "bob"]);
+
+    let out = alice.sotto(&["contact", "block", "bob"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Blocked bob"));
+    // Writing to a blocked contact is invalid input (exit 6), and says how to undo it.
+    let refused = alice.sotto(&["send", "bob", "hi"]);
+    assert_eq!(refused.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unblock"));
+    assert_eq!(alice.json(&["contact", "unblock", "bob"])["blocked"], false);
+    assert_eq!(
+        alice.sotto(&["contact", "unblock", "bob"]).status.code(),
+        Some(6)
+    );
+    assert_eq!(
+        alice.sotto(&["contact", "block", "nobody"]).status.code(),
+        Some(5)
+    );
+
+    assert_eq!(alice.json(&["peers", "bans"]), serde_json::json!([]));
+    let none = alice.sotto(&["peers", "bans"]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("No peer is banned"));
+    let peer = bob.json(&["status"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        alice.sotto(&["peers", "unban", &peer]).status.code(),
+        Some(6)
+    );
+    assert_eq!(
+        alice.sotto(&["peers", "unban", "not-a-peer"]).status.code(),
+        Some(6)
+    );
+}
