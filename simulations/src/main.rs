@@ -1,5 +1,6 @@
 //! `sotto-sim`: runs real sotto nodes side by side on this machine.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a scenario (see simulations/scenarios/ and docs/simulations.md): many real nodes in
+    /// this process, with churn, traffic, spammers and colluding observers; report delivery,
+    /// latency, bytes, storage, lookups and privacy figures.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Print the JSON summary on stdout (and no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// Write summary.json, CSV files, SVG plots and report.md here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Use this seed instead of the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +58,18 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Run {
+            scenario,
+            json,
+            out,
+            seed,
+        } => match run(&scenario, json, out.as_deref(), seed).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sotto-sim: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { json } => {
             let options = sotto_sim::demo::Options { narrate: !json };
             match sotto_sim::demo::run(&options).await {
@@ -63,4 +92,38 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn run(
+    path: &std::path::Path,
+    json: bool,
+    out: Option<&std::path::Path>,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let scenario = sotto_sim::scenario::Scenario::load(path)?;
+    let options = sotto_sim::engine::Options {
+        seed,
+        progress: !json,
+    };
+    let seed = seed.unwrap_or(scenario.seed);
+    let run = sotto_sim::engine::run(&scenario, &options)
+        .await
+        .with_context(|| format!("the scenario {} failed", scenario.name))?;
+    let summary = sotto_sim::figures::summarise(&scenario, seed, &run);
+    if let Some(dir) = out {
+        sotto_sim::output::write(dir, &summary, &run)?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).context("cannot encode the summary")?
+        );
+    } else {
+        print!("{}", sotto_sim::output::report(&summary));
+        if let Some(dir) = out {
+            println!("\nFiles in {}", dir.display());
+        }
+    }
+    Ok(())
 }

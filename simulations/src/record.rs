@@ -1,0 +1,252 @@
+//! What a run recorded: the nodes, the conversations, every message, what mailbox hosts saw,
+//! and samples over time. The figures ([`crate::figures`]) and the privacy analysis
+//! ([`crate::privacy`]) are computed from this alone.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+use sotto_daemon::link::{HostAction, HostEvent, Observer};
+
+use crate::peer::Totals;
+
+/// What a node was in the run.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Never churns; the others join through it.
+    Bootstrap,
+    Honest,
+    /// Offline for the whole traffic phase.
+    OfflineRecipient,
+    Spammer,
+}
+
+/// One node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub peer_id: String,
+    pub role: Role,
+    pub traffic: Totals,
+    /// Envelopes and bytes it hosted at the end, and the most bytes seen in a sample.
+    pub hosted_envelopes: u64,
+    pub hosted_bytes: u64,
+    pub hosted_bytes_max: u64,
+    /// Deposits it refused as a host (quotas, bad proofs, expired).
+    pub rejections: u64,
+    pub restarts: u64,
+}
+
+/// How a message travelled.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// Straight to the recipient's node.
+    Direct,
+    /// Deposited at mailbox hosts (the sender saw `message.on_hosts`).
+    Mailbox,
+    /// Not delivered.
+    None,
+}
+
+/// One message the traffic model sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageRecord {
+    pub conversation: usize,
+    pub from: usize,
+    pub to: usize,
+    /// Text bytes.
+    pub size: usize,
+    /// When it was sent, ms after the traffic phase began.
+    pub at_ms: u64,
+    pub recipient_online: bool,
+    pub id: String,
+    /// Absolute times (ms since the Unix epoch).
+    pub sent_at: u64,
+    pub received_at: Option<u64>,
+    pub path: Path,
+    /// Extra copies the recipient listed.
+    pub duplicates: usize,
+}
+
+impl MessageRecord {
+    pub fn latency_ms(&self) -> Option<u64> {
+        self.received_at.map(|r| r.saturating_sub(self.sent_at))
+    }
+}
+
+/// One request a host answered, with nodes named by index.
+#[derive(Clone, Debug, Serialize)]
+pub struct Observation {
+    pub at_ms: u64,
+    pub host: usize,
+    /// The asking node; `None` if it is not a node of the run.
+    pub peer: Option<usize>,
+    pub kind: Kind,
+    #[serde(skip)]
+    pub address: [u8; 32],
+    /// Deposit: envelope bytes; fetch: envelopes returned; delete: envelopes removed.
+    pub amount: usize,
+    /// Deposit stored.
+    pub stored: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Deposit,
+    Fetch,
+    Delete,
+}
+
+/// A sample of the network, every `report.sample_s`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    /// Seconds after the traffic phase began.
+    pub t_s: f64,
+    pub online: usize,
+    pub hosted_bytes: u64,
+    pub hosted_envelopes: u64,
+    pub hosted_bytes_max: u64,
+    /// Process resident memory, KiB.
+    pub rss_kib: u64,
+}
+
+/// What the spammers did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SpamRecord {
+    pub attempts: u64,
+    pub stored: u64,
+    pub refused: u64,
+    pub failed: u64,
+    /// Refusals by reason.
+    pub refusals: std::collections::BTreeMap<String, u64>,
+}
+
+/// Durations and resources of the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timing {
+    pub start_ms: u64,
+    pub setup_ms: u64,
+    /// How much later than planned the traffic began (0 when setup fit its budget).
+    pub setup_overrun_ms: u64,
+    pub traffic_ms: u64,
+    pub drain_ms: u64,
+    pub collect_ms: u64,
+    pub wall_ms: u64,
+    /// Peak resident memory of the process (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+    /// Threads of the process at the end of the traffic phase.
+    pub threads: u64,
+    /// Open file descriptors at the end of the traffic phase.
+    pub fds: u64,
+}
+
+/// Everything a run recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub nodes: Vec<NodeRecord>,
+    /// Node indices of each conversation.
+    pub conversations: Vec<(usize, usize)>,
+    /// Conversations whose two nodes had exchanged their presence before traffic began.
+    pub conversations_ready: usize,
+    pub messages: Vec<MessageRecord>,
+    /// Sends skipped because both nodes of the conversation were offline.
+    pub skipped: usize,
+    /// Sends the sender's node refused (an error, not a delivery failure).
+    pub send_errors: usize,
+    #[serde(skip)]
+    pub observations: Vec<Observation>,
+    pub samples: Vec<Sample>,
+    pub spam: SpamRecord,
+    pub restarts: usize,
+    pub failed_restarts: usize,
+    /// Epoch 0 begins here (ms since the Unix epoch): the start of the traffic phase.
+    pub epoch_origin_ms: u64,
+    /// When the traffic phase really began.
+    pub traffic_start_ms: u64,
+    pub timing: Timing,
+}
+
+/// The observer every node of a run shares: it keeps every mailbox request any node answered,
+/// so that any set of colluders can be given their share afterwards.
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<HostEvent>>,
+}
+
+/// The most host events a recorder keeps (about 200 bytes each).
+pub const MAX_EVENTS: usize = 4_000_000;
+
+impl Observer for Recorder {
+    fn host_event(&self, event: HostEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            if events.len() < MAX_EVENTS {
+                events.push(event);
+            }
+        }
+    }
+}
+
+impl Recorder {
+    /// Everything recorded, with nodes named by their index in `peers` (PeerId bytes).
+    pub fn take(&self, peers: &[Vec<u8>]) -> Vec<Observation> {
+        let index: std::collections::HashMap<&[u8], usize> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_slice(), i))
+            .collect();
+        let events = match self.events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => return Vec::new(),
+        };
+        events
+            .into_iter()
+            .filter_map(|e| {
+                let host = *index.get(e.host.as_slice())?;
+                let peer = index.get(e.peer.as_slice()).copied();
+                let (kind, address, amount, stored) = match e.action {
+                    HostAction::Deposit {
+                        address,
+                        size,
+                        stored,
+                    } => (Kind::Deposit, address, size, stored),
+                    HostAction::Fetch { address, envelopes } => {
+                        (Kind::Fetch, address, envelopes, false)
+                    }
+                    HostAction::Delete { address, count } => (Kind::Delete, address, count, false),
+                };
+                Some(Observation {
+                    at_ms: e.at_ms,
+                    host,
+                    peer,
+                    kind,
+                    address,
+                    amount,
+                    stored,
+                })
+            })
+            .collect()
+    }
+}
+
+/// This process's resident memory now and at its peak (VmRSS, VmHWM), KiB, and its threads.
+pub fn process_memory() -> (u64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
