@@ -139,6 +139,12 @@ impl Card {
         }
         let (body_bytes, sig) = rest.split_at(rest.len() - 64);
         let body: Body = codec::decode_limited(body_bytes, MAX_BYTES as u64)?;
+        // The signature covers the bytes as received, and a card is stored and sent on as it
+        // re-encodes: a body written in another form than the codec's own (an integer in
+        // more bytes than it needs, say) would pass here and fail at its next use.
+        if codec::encode(&body).ok().as_deref() != Some(body_bytes) {
+            return Err(CardError::Invalid("the body is not in canonical form"));
+        }
         body.account
             .verify(SIGNING_DOMAIN, body_bytes, sig)
             .map_err(|e| match e {
@@ -271,6 +277,31 @@ mod tests {
         ));
         assert!(Card::from_uri(&uri[..uri.len() - 10]).is_err());
         assert!(matches!(Card::from_bytes(&[]), Err(CardError::Truncated)));
+    }
+
+    #[test]
+    fn a_validly_signed_body_in_a_non_canonical_form_is_refused() {
+        // The name length 5 written in three bytes (bincode's u16 form) instead of one: the
+        // codec reads it, but the card would re-encode to other bytes than were signed.
+        let canonical = codec::encode(&body(&alice())).unwrap();
+        assert_eq!(canonical[32], 5);
+        let mut stretched = canonical[..32].to_vec();
+        stretched.extend_from_slice(&[0xfb, 5, 0]);
+        stretched.extend_from_slice(&canonical[33..]);
+        let signature = alice().sign(SIGNING_DOMAIN, &stretched);
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(&stretched);
+        bytes.extend_from_slice(&signature);
+        assert!(matches!(
+            Card::from_bytes(&bytes),
+            Err(CardError::Invalid(_))
+        ));
+        // Signed in canonical form, the same body is a card.
+        let signature = alice().sign(SIGNING_DOMAIN, &canonical);
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(&canonical);
+        bytes.extend_from_slice(&signature);
+        assert_eq!(Card::from_bytes(&bytes).unwrap().to_bytes(), bytes);
     }
 
     #[test]
