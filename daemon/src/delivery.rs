@@ -9,6 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use sotto_protocol::card::Card;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::outbox;
+use sotto_protocol::wire;
 use tokio::sync::watch;
 
 use crate::mailbox;
@@ -181,14 +182,25 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
         // Direct first (also for an envelope already on some mailbox hosts: whichever copy
         // arrives second is a duplicate), unless the contact's node did not answer a moment
         // ago.
-        if let (Some((peer, addrs)), false) = (&direct, direct_failed) {
+        let throttled = direct
+            .as_ref()
+            .is_some_and(|(p, _)| service.is_throttled(p));
+        if let (Some((peer, addrs)), false, false) = (&direct, direct_failed, throttled) {
             let request = Frame::Bytes(entry.envelope.clone());
             match service.network().send(*peer, addrs.clone(), request).await {
                 Ok(response) if response.is_delivered() => {
                     delivered(service, entry).await?;
                     continue;
                 }
-                Ok(response) => tracing::debug!("direct delivery refused: {response:?}"),
+                Ok(response) => {
+                    if matches!(
+                        response,
+                        wire::Response::Refused(wire::Refusal::RateLimited | wire::Refusal::Busy)
+                    ) {
+                        service.throttle(peer);
+                    }
+                    tracing::debug!("direct delivery refused: {response:?}")
+                }
                 Err(e) => tracing::debug!("direct delivery failed: {e}"),
             }
             direct_failed = true;

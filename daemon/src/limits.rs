@@ -75,6 +75,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Limits no test or benchmark of throughput runs into (rates of a million a minute);
+    /// connection limits as by default.
+    pub fn generous() -> Self {
+        Limits {
+            envelope: Rate::per_minute(1_000_000),
+            deposit: Rate::per_minute(1_000_000),
+            fetch: Rate::per_minute(1_000_000),
+            ..Limits::default()
+        }
+    }
+}
+
 /// The kinds of request a peer can make of this node, each with a bucket of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

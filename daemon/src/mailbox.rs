@@ -82,11 +82,25 @@ pub async fn ask(
         Target::Local => Ok(host
             .handle_request(&service.network().peer_id().to_bytes(), request)
             .await),
-        Target::Remote(peer, addrs) => service
-            .network()
-            .mailbox(*peer, addrs.clone(), &request)
-            .await
-            .map_err(|e| e.to_string()),
+        Target::Remote(peer, addrs) => {
+            // A host that said "slow down" is left alone for a while, by every loop
+            // (deposits, fetches, handover), so that an honest node never runs into a ban.
+            if service.is_throttled(peer) {
+                return Ok(Response::Refused(mailbox::Refusal::RateLimited));
+            }
+            let response = service
+                .network()
+                .mailbox(*peer, addrs.clone(), &request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if matches!(
+                response,
+                Response::Refused(mailbox::Refusal::RateLimited | mailbox::Refusal::Busy)
+            ) {
+                service.throttle(peer);
+            }
+            Ok(response)
+        }
     }
 }
 

@@ -289,7 +289,7 @@ impl Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             connection_limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
-                    .with_max_established(Some(limits.max_connections))
+                    .with_max_established_incoming(Some(limits.max_connections))
                     .with_max_established_per_peer(Some(limits.max_connections_per_peer))
                     .with_max_pending_incoming(Some(limits.max_pending)),
             ),
@@ -328,14 +328,15 @@ pub fn build_swarm(key: Keypair, traffic: Arc<Traffic>) -> anyhow::Result<Swarm<
     build_swarm_with(key, traffic, &Harness::default(), &Limits::default())
 }
 
-/// Connections opened through a delayed transport so far (each gets its own random draws).
-static LINKS: AtomicU64 = AtomicU64::new(0);
-
 /// A transport as the swarm builder takes it.
 type Stack = libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Noise and yamux over `transport`, every raw connection delayed by `link`.
+///
+/// Each connection draws its delays from a generator seeded by the link's seed, this node's
+/// PeerId and the connection's number at this node, so that a run's draws do not depend on
+/// what other nodes in the same process do.
 fn delayed<T>(transport: T, key: &Keypair, link: LinkModel) -> Result<Stack, BoxError>
 where
     T: libp2p::Transport + Send + Unpin + 'static,
@@ -347,8 +348,20 @@ where
     use libp2p::core::muxing::StreamMuxerBox;
     use libp2p::core::upgrade::Version;
     use libp2p::Transport as _;
+    let salt = key
+        .public()
+        .to_peer_id()
+        .to_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    let links = Arc::new(AtomicU64::new(0));
     Ok(transport
-        .map(move |stream, _| Delayed::new(stream, link, LINKS.fetch_add(1, Ordering::Relaxed)))
+        .map(move |stream, _| {
+            let n = links.fetch_add(1, Ordering::Relaxed);
+            Delayed::new(stream, link, salt ^ n)
+        })
         .upgrade(Version::V1)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
@@ -560,13 +573,20 @@ enum Command {
     },
 }
 
-/// A ban the network made or lifted, for the store to record.
+/// A ban the network made or lifted, for the store to record, in the order they happened.
 #[derive(Clone, Debug)]
 pub enum BanEvent {
-    Banned(Ban),
-    /// The ban ran out.
-    Expired(PeerId),
+    /// A new ban, and whether to announce it to clients (not when very many are in force,
+    /// so that a Sybil flood cannot push everything else out of the event log).
+    Banned(Ban, bool),
+    /// The ban ran out or was lifted.
+    Lifted(PeerId),
 }
+
+/// Bans in force at most; beyond, the one that ends soonest is lifted early.
+pub const MAX_BANS: usize = 10_000;
+/// Bans in force beyond which new ones are recorded but not announced as events.
+pub const ANNOUNCED_BANS: usize = 100;
 
 /// A cloneable handle on the swarm task.
 #[derive(Clone)]
@@ -694,6 +714,8 @@ pub struct Network {
     listen_addrs: Vec<Multiaddr>,
     traffic: Arc<Traffic>,
     limiter: Limiter,
+    /// The limiter's clock: monotonic, so that a clock step cannot starve or flood buckets.
+    clock: std::time::Instant,
     /// Banned peers and when their bans end (ms since the Unix epoch).
     banned: HashMap<PeerId, u64>,
     ban_events: mpsc::Sender<BanEvent>,
@@ -757,6 +779,7 @@ impl Network {
             listen_addrs: Vec::new(),
             traffic: traffic.clone(),
             limiter: Limiter::new(limits.clone()),
+            clock: std::time::Instant::now(),
             banned,
             ban_events,
         };
@@ -842,6 +865,10 @@ impl Network {
             Command::Unban { peer, reply } => {
                 let was = self.banned.remove(&peer).is_some();
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                // After any `Banned` of this peer still queued, so the record goes last.
+                if self.ban_events.try_send(BanEvent::Lifted(peer)).is_err() {
+                    tracing::warn!("cannot record lifting the ban of {peer}: the queue is full");
+                }
                 let _ = reply.send(was);
             }
             Command::Status { reply } => {
@@ -919,7 +946,12 @@ impl Network {
     /// Check `peer`'s request of `kind` against its bucket; ban it if it keeps going.
     /// Returns whether the request may be served.
     fn admit(&mut self, peer: PeerId, kind: Kind) -> bool {
-        match self.limiter.check(&peer, kind, crate::service::now_ms()) {
+        // Requests read before a banned peer's connections closed are not served.
+        if self.banned.contains_key(&peer) {
+            return false;
+        }
+        let now = self.clock.elapsed().as_millis() as u64;
+        match self.limiter.check(&peer, kind, now) {
             Verdict::Allow => true,
             Verdict::Refuse => false,
             Verdict::Ban => {
@@ -933,6 +965,13 @@ impl Network {
     }
 
     fn ban(&mut self, peer: PeerId, reason: String) {
+        if self.banned.len() >= MAX_BANS {
+            if let Some(first) = self.banned.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p) {
+                self.banned.remove(&first);
+                self.swarm.behaviour_mut().blocked.unblock_peer(first);
+                let _ = self.ban_events.try_send(BanEvent::Lifted(first));
+            }
+        }
         let now = crate::service::now_ms();
         let until = now.saturating_add(self.limiter.limits().ban_for.as_millis() as u64);
         tracing::warn!("banned peer {peer} until {until} (ms): {reason}");
@@ -944,7 +983,12 @@ impl Network {
             until_ms: until,
             reason,
         };
-        if self.ban_events.try_send(BanEvent::Banned(ban)).is_err() {
+        let announce = self.banned.len() <= ANNOUNCED_BANS;
+        if self
+            .ban_events
+            .try_send(BanEvent::Banned(ban, announce))
+            .is_err()
+        {
             tracing::warn!("cannot record the ban of {peer}: the queue is full");
         }
     }
@@ -961,7 +1005,7 @@ impl Network {
             self.banned.remove(&peer);
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             tracing::info!("the ban of {peer} ran out");
-            let _ = self.ban_events.try_send(BanEvent::Expired(peer));
+            let _ = self.ban_events.try_send(BanEvent::Lifted(peer));
         }
     }
 

@@ -125,7 +125,9 @@ impl Node {
         let listener = bind_socket(&config.socket).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let bans = store::active_bans(&store, crate::service::now_ms())?;
+        let now = crate::service::now_ms();
+        store::prune_bans(&store, now)?;
+        let bans = store::active_bans(&store, now)?;
         let (network, handle, mut receivers) = Network::new(
             key,
             &config.listen,

@@ -131,7 +131,16 @@ struct Inner {
     fetch_wake: Notify,
     /// The simulator's seeded generator (see [`crate::link::Harness::seed`]).
     seeded: Option<std::sync::Mutex<rand::rngs::StdRng>>,
+    /// Peers that told this node to slow down (`RateLimited`, `Busy`), and until when
+    /// (monotonic): nothing is sent to them before then.
+    throttled: std::sync::Mutex<std::collections::HashMap<PeerId, tokio::time::Instant>>,
 }
+
+/// How long this node leaves a peer alone after it said `RateLimited` or `Busy`: long
+/// enough for its buckets to refill well beyond a burst's worth of refusals.
+pub const THROTTLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Peers remembered as throttled, at most (the oldest are forgotten).
+const MAX_THROTTLED: usize = 4_096;
 
 impl Service {
     /// The service over `store`, loading the account if one exists.
@@ -185,6 +194,7 @@ impl Service {
                 host,
                 outbox_wake: Notify::new(),
                 fetch_wake: Notify::new(),
+                throttled: Default::default(),
                 seeded: harness.seed.map(|seed| {
                     std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
                         seed,
@@ -200,6 +210,35 @@ impl Service {
             Some(rng) => rand::Rng::gen(&mut *rng.lock().unwrap_or_else(|p| p.into_inner())),
             None => rand::random(),
         }
+    }
+
+    /// `peer` said `RateLimited` or `Busy`: leave it alone for [`THROTTLE_FOR`].
+    pub fn throttle(&self, peer: &PeerId) {
+        let now = tokio::time::Instant::now();
+        let mut map = self
+            .inner
+            .throttled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_THROTTLED {
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_THROTTLED {
+                map.clear();
+            }
+        }
+        tracing::debug!("peer {peer} asked this node to slow down");
+        map.insert(*peer, now + THROTTLE_FOR);
+    }
+
+    /// Should this node hold back what it would send to `peer`?
+    pub fn is_throttled(&self, peer: &PeerId) -> bool {
+        let map = self
+            .inner
+            .throttled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(peer)
+            .is_some_and(|until| *until > tokio::time::Instant::now())
     }
 
     /// The dead-drop epoch `now_ms` falls in.

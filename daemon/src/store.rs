@@ -112,6 +112,17 @@ pub fn active_bans(store: &Store, now_ms: u64) -> Result<Vec<crate::limits::Ban>
     Ok(bans)
 }
 
+/// Forget the bans that ran out by `now_ms` (while the node was down, say).
+pub fn prune_bans(store: &Store, now_ms: u64) -> Result<(), StoreError> {
+    let mut batch = Batch::new();
+    store.for_each::<crate::limits::Ban>(Tree::Bans, "ban", |key, ban| {
+        if ban.until_ms <= now_ms {
+            batch.remove(Tree::Bans, key.to_vec());
+        }
+    })?;
+    store.apply(&batch)
+}
+
 /// A contact as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Contact {

@@ -206,9 +206,13 @@ fn a_flooding_peer_is_banned_while_honest_traffic_flows_and_the_ban_survives_a_r
         report.rate_limited > 0,
         "the flooder was told to slow down first: {report:?}"
     );
+    // Served: at most the burst (300) and what refilled while the flood lasted (5 a
+    // second); then refused, then cut off: the rest of its requests failed.
+    let served = report.answered - report.rate_limited;
+    assert!(served <= 300 + 5 * 20, "served {served}: {report:?}");
     assert!(
-        report.answered < report.sent,
-        "the victim stopped answering the flooder: {report:?}"
+        report.failed > 0,
+        "the ban closed the flooder's connection: {report:?}"
     );
     let bans = hub.call("peers.bans", json!({}));
     assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
@@ -239,8 +243,8 @@ fn a_flooding_peer_is_banned_while_honest_traffic_flows_and_the_ban_survives_a_r
     let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
     let refused = rt.block_on(one_request(mallory.clone(), hub_peer, hub_addr.clone()));
     assert!(
-        refused.is_err(),
-        "the banned peer is not served: {refused:?}"
+        matches!(&refused, Err(e) if e != "timed out"),
+        "the banned peer's connection is refused: {refused:?}"
     );
     assert_eq!(
         rt.block_on(one_request(

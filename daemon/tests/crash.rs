@@ -33,8 +33,9 @@ fn sigkill_of_sender_host_and_recipient_during_a_burst_loses_and_repeats_nothing
     let hub = Daemon::start(root.path(), "hub");
     let mut host = Daemon::join(root.path(), "host", &hub, &[]);
     let _other = Daemon::join(root.path(), "other", &hub, &[]);
-    let mut alice = Daemon::join(root.path(), "alice", &hub, &[]);
-    let mut bob = Daemon::join(root.path(), "bob", &hub, &[]);
+    // Mailbox-only: every message goes through hosts, so killing one is felt.
+    let mut alice = Daemon::join(root.path(), "alice", &hub, &["--mailbox-only"]);
+    let mut bob = Daemon::join(root.path(), "bob", &hub, &["--mailbox-only"]);
     alice.init();
     bob.init();
     alice.add(&bob);

@@ -92,8 +92,19 @@ fn a_full_disk_fails_writes_clearly_and_the_node_recovers_when_space_is_freed() 
 
     // Alice cannot store bob's message durably: she refuses it, so it stays in bob's
     // outbox, not delivered…
+    let envelope_in = |d: &Daemon| {
+        d.call("node.status", json!({}))["traffic"]["envelope_in"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = envelope_in(&alice);
     bob.send("alice", "while the disk is full");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        Duration::from_secs(30),
+        "bob's attempt to reach alice",
+        || (envelope_in(&alice) > before).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let waiting = bob.messages("alice");
     let waiting = waiting
         .iter()

@@ -467,6 +467,38 @@ mod tests {
         );
     }
 
+    /// The daemon's rate limiter tells a deposit from a fetch or delete by the byte after
+    /// the version (the variant tag), before decoding: that byte must stay what it is.
+    #[test]
+    fn the_request_kind_is_the_byte_after_the_version() {
+        let s = Secret::from_bytes([1; 32]);
+        let key = s.drop_key(1);
+        let fetch = Fetch {
+            address: key.address(),
+            timestamp: NOW,
+            after: None,
+            proof: key.sign(&Fetch::signed_bytes(NOW, HOST)),
+        };
+        let delete = Delete {
+            address: key.address(),
+            timestamp: NOW,
+            ids: vec![[5; 32]],
+            proof: key.sign(&Delete::signed_bytes(NOW, HOST, &[[5; 32]])),
+        };
+        let tags: Vec<(u8, u8)> = [
+            Request::Deposit(deposit(&s, vec![0; 512])),
+            Request::Fetch(fetch),
+            Request::Delete(delete),
+        ]
+        .iter()
+        .map(|r| {
+            let b = r.to_bytes().unwrap();
+            (b[0], b[1])
+        })
+        .collect();
+        assert_eq!(tags, [(1, 0), (1, 1), (1, 2)]);
+    }
+
     #[test]
     fn fetch_and_delete_need_a_fresh_proof() {
         let policy = Policy::default();

@@ -19,9 +19,13 @@ impl Service {
     pub async fn record_ban(&self, event: BanEvent) -> Result<(), Error> {
         let mut batch = Batch::new();
         match event {
-            BanEvent::Banned(ban) => {
+            BanEvent::Banned(ban, announce) => {
                 let view = Self::view_ban(&ban);
                 batch.put(Tree::Bans, ban.peer.clone(), &ban)?;
+                if !announce {
+                    self.inner.store.commit(batch).await?;
+                    return Ok(());
+                }
                 let order = self.inner.events.order().await;
                 let staged =
                     self.inner
@@ -31,7 +35,7 @@ impl Service {
                 drop(order);
                 self.inner.events.publish(vec![staged]);
             }
-            BanEvent::Expired(peer) => {
+            BanEvent::Lifted(peer) => {
                 batch.remove(Tree::Bans, peer.to_bytes());
                 self.inner.store.commit(batch).await?;
             }

@@ -54,14 +54,6 @@ impl Service {
             })) => return Ok((Response::Refused(Refusal::Malformed), None)),
             Err(e) => return Err(Error::InvalidParams(e.to_string())),
         };
-        // A blocked contact's envelope is taken and dropped: the sender (or the host) is
-        // told it arrived, so nothing retries it, and nothing is stored or answered.
-        if self.is_blocked(&opened.letter.sender)? {
-            let mut batch = Batch::new();
-            batch.put_raw(Tree::Seen, digest.to_vec(), now_ms().to_be_bytes().to_vec());
-            self.inner.store.commit(batch).await?;
-            return Ok((Response::Accepted, None));
-        }
         let attached = opened
             .attached_card()
             .map_err(|e| Error::InvalidParams(e.to_string()))?;
@@ -156,6 +148,13 @@ impl Service {
             &pairwise.pickle(&self.inner.pickle_key),
         )?;
         batch.put_raw(Tree::Seen, digest.to_vec(), now.to_be_bytes().to_vec());
+        // A blocked contact's message is taken and dropped: decrypted, so that the session
+        // keeps step and works again after an unblock, but nothing of it is stored, shown
+        // or answered. The sender (or the host) is told it arrived, so nothing retries it.
+        if self.is_blocked(&key)? {
+            self.inner.store.commit(batch).await?;
+            return Ok((Response::Accepted, None));
+        }
         let duplicate = self
             .inner
             .store

@@ -55,6 +55,7 @@ impl Service {
             batch.remove(Tree::SealIndex, card.body().seal_key.to_vec());
         }
         batch.remove(Tree::Sessions, key.0.to_vec());
+        batch.remove(Tree::Blocked, key.0.to_vec());
         let mut removed = 0u64;
         for (k, m) in store.scan::<store::Message>(Tree::Messages, "message")? {
             if m.contact == key {
