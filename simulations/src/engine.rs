@@ -343,13 +343,25 @@ impl World<'_> {
 
     async fn run(&mut self) -> anyhow::Result<Run> {
         let plan = self.plan();
+        let mut steps = Vec::new();
+        let setup_start = now_ms();
+        // Each step's time: since the setup began, less the steps before it.
+        let step = |name: &str, steps: &mut Vec<(String, u64)>| {
+            let before: u64 = steps.iter().map(|(_, ms)| ms).sum();
+            let since = now_ms().saturating_sub(setup_start);
+            steps.push((name.to_owned(), since.saturating_sub(before)));
+        };
         self.progress.phase("starting nodes");
-        self.start_network(&plan.roles).await?;
+        self.start_network(&plan.roles, &mut steps).await?;
+        step("self-lookups", &mut steps);
         self.progress.phase("accounts and cards");
         let cards = self.create_accounts().await?;
+        step("accounts", &mut steps);
         self.make_conversations(&plan.conversations, &cards).await?;
+        step("contacts", &mut steps);
         self.progress.phase("presence exchange");
         let ready = self.await_presence(&plan.conversations).await;
+        step("presence", &mut steps);
         let setup_done = now_ms();
         // Traffic begins at an epoch boundary: the planned one, or the next one if the
         // setup overran its budget.
@@ -368,6 +380,7 @@ impl World<'_> {
             start_ms: self.start_ms,
             setup_ms: setup_done - self.start_ms,
             setup_overrun_ms: traffic_start - self.epoch_origin_ms,
+            setup_steps: steps,
             ..Default::default()
         };
 
@@ -459,7 +472,12 @@ impl World<'_> {
 
     /// Start the bootstrap nodes one by one, then the rest in batches, then let every node
     /// look itself up once so that routing tables fill.
-    async fn start_network(&mut self, roles: &[Role]) -> anyhow::Result<()> {
+    async fn start_network(
+        &mut self,
+        roles: &[Role],
+        steps: &mut Vec<(String, u64)>,
+    ) -> anyhow::Result<()> {
+        let started = now_ms();
         let b = self.scenario.network.bootstrap_nodes;
         let mut bootstrap: Vec<Multiaddr> = Vec::new();
         for peer in self.peers.iter().take(b) {
@@ -491,6 +509,7 @@ impl World<'_> {
             self.progress.tick();
         }
         let _ = roles;
+        steps.push(("nodes started".to_owned(), now_ms() - started));
         // One self-lookup per node, a few at a time (what Kademlia's bootstrap does).
         for chunk in self.peers.chunks(32) {
             let mut set = JoinSet::new();

@@ -45,6 +45,9 @@ enum Command {
         /// Use this seed instead of the scenario's.
         #[arg(long)]
         seed: Option<u64>,
+        /// Use this many nodes instead of the scenario's `network.nodes`.
+        #[arg(long)]
+        nodes: Option<usize>,
     },
 }
 
@@ -63,7 +66,8 @@ async fn main() -> ExitCode {
             json,
             out,
             seed,
-        } => match run(&scenario, json, out.as_deref(), seed).await {
+            nodes,
+        } => match run(&scenario, json, out.as_deref(), seed, nodes).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sotto-sim: {e:#}");
@@ -99,9 +103,16 @@ async fn run(
     json: bool,
     out: Option<&std::path::Path>,
     seed: Option<u64>,
+    nodes: Option<usize>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let scenario = sotto_sim::scenario::Scenario::load(path)?;
+    let mut scenario = sotto_sim::scenario::Scenario::load(path)?;
+    if let Some(n) = nodes {
+        scenario.network.nodes = n;
+        scenario
+            .check()
+            .with_context(|| format!("{} with --nodes {n}", path.display()))?;
+    }
     let options = sotto_sim::engine::Options {
         seed,
         progress: !json,

@@ -145,6 +145,16 @@ impl Peer {
         if self.node.is_some() {
             bail!("{} is already running", self.name);
         }
+        // libp2p's memory transport never frees a listening port that was not removed
+        // explicitly, and a node that stops drops its swarm without removing its listeners:
+        // a restarted node comes back at a new `/memory/N`, as a real one might come back
+        // at a new IP address. (A TCP port is freed, so TCP nodes keep theirs.)
+        if self.peer_id.is_some() && is_memory(&self.listen) {
+            if let Some(fresh) = memory_addrs(1).pop() {
+                self.listen = fresh.clone();
+                self.config.listen = vec![fresh];
+            }
+        }
         let node = Node::start(&self.config)
             .await
             .with_context(|| format!("cannot start {}", self.name))?;
@@ -212,6 +222,10 @@ impl Peer {
             Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
     }
+}
+
+fn is_memory(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Memory(_)))
 }
 
 /// Does the listen address `reported` stand for `wanted` (TCP port 0 aside, they are equal)?

@@ -127,6 +127,9 @@ pub struct SpamRecord {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timing {
     pub start_ms: u64,
+    /// How long each setup step took, ms: nodes started, self-lookups, accounts, contacts
+    /// added, presence exchanged.
+    pub setup_steps: Vec<(String, u64)>,
     pub setup_ms: u64,
     /// How much later than planned the traffic began (0 when setup fit its budget).
     pub setup_overrun_ms: u64,
