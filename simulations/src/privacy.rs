@@ -14,7 +14,8 @@
 //!    other). Each (first depositor, fetcher) pair of an address is a guessed conversation.
 //!    Requests the colluders made themselves (their own traffic, their handovers) are left
 //!    out.
-//! 2. **By timing and size**, for what is left: a deposit whose address nobody was seen
+//! 2. **By timing**, for what is left (envelope sizes are padded buckets; only whether a
+//!    fetch returned anything is used): a deposit whose address nobody was seen
 //!    fetching is linked to the first node that fetched a non-empty page at any colluder
 //!    within a fetch interval (plus slack) after it; a non-empty fetch whose address nobody
 //!    was seen depositing at is linked to the last node that deposited an envelope at any

@@ -189,7 +189,7 @@ impl Default for Traffic {
 pub struct Adversary {
     /// Shares of colluding nodes to report the privacy figures for (each from the same run).
     pub fractions: Vec<f64>,
-    /// Nodes that deposit junk as fast as they are let.
+    /// Nodes that deposit junk, `spam_rate` a second each.
     pub spammers: usize,
     /// Deposits per second per spammer.
     pub spam_rate: f64,
