@@ -193,11 +193,14 @@ async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> 
                     continue;
                 }
                 Ok(response) => {
-                    if matches!(
-                        response,
-                        wire::Response::Refused(wire::Refusal::RateLimited | wire::Refusal::Busy)
-                    ) {
-                        service.throttle(peer);
+                    match response {
+                        wire::Response::Refused(wire::Refusal::RateLimited) => {
+                            service.throttle(peer, false)
+                        }
+                        wire::Response::Refused(wire::Refusal::Busy) => {
+                            service.throttle(peer, true)
+                        }
+                        _ => {}
                     }
                     tracing::debug!("direct delivery refused: {response:?}")
                 }

@@ -93,11 +93,10 @@ pub async fn ask(
                 .mailbox(*peer, addrs.clone(), &request)
                 .await
                 .map_err(|e| e.to_string())?;
-            if matches!(
-                response,
-                Response::Refused(mailbox::Refusal::RateLimited | mailbox::Refusal::Busy)
-            ) {
-                service.throttle(peer);
+            match response {
+                Response::Refused(mailbox::Refusal::RateLimited) => service.throttle(peer, false),
+                Response::Refused(mailbox::Refusal::Busy) => service.throttle(peer, true),
+                _ => {}
             }
             Ok(response)
         }

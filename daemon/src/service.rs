@@ -136,9 +136,11 @@ struct Inner {
     throttled: std::sync::Mutex<std::collections::HashMap<PeerId, tokio::time::Instant>>,
 }
 
-/// How long this node leaves a peer alone after it said `RateLimited` or `Busy`: long
-/// enough for its buckets to refill well beyond a burst's worth of refusals.
+/// How long this node leaves a peer alone after it said `RateLimited`: long enough for its
+/// buckets to refill well beyond a burst's worth of refusals.
 pub const THROTTLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// … and after it said `Busy` (its queue was full for a moment).
+pub const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// Peers remembered as throttled, at most (the oldest are forgotten).
 const MAX_THROTTLED: usize = 4_096;
 
@@ -212,8 +214,9 @@ impl Service {
         }
     }
 
-    /// `peer` said `RateLimited` or `Busy`: leave it alone for [`THROTTLE_FOR`].
-    pub fn throttle(&self, peer: &PeerId) {
+    /// `peer` said `RateLimited` (or `Busy`): leave it alone for [`THROTTLE_FOR`] (or
+    /// [`BUSY_FOR`]).
+    pub fn throttle(&self, peer: &PeerId, busy: bool) {
         let now = tokio::time::Instant::now();
         let mut map = self
             .inner
@@ -227,7 +230,7 @@ impl Service {
             }
         }
         tracing::debug!("peer {peer} asked this node to slow down");
-        map.insert(*peer, now + THROTTLE_FOR);
+        map.insert(*peer, now + if busy { BUSY_FOR } else { THROTTLE_FOR });
     }
 
     /// Should this node hold back what it would send to `peer`?
