@@ -40,7 +40,8 @@ pub struct Limits {
     pub ban_window: Duration,
     /// How long a ban lasts.
     pub ban_for: Duration,
-    /// Established connections, in all and per peer; connections being set up.
+    /// Established incoming connections in all, connections per peer, incoming
+    /// connections being set up.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     pub max_pending: u32,

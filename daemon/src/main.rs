@@ -76,7 +76,7 @@ struct Args {
     /// Seconds a ban lasts [default: 3600]
     #[arg(long, env = "SOTTO_BAN_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     ban_secs: Option<u64>,
-    /// Connections this node keeps open in all [default: 512]
+    /// Incoming connections this node keeps open in all [default: 512]
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
     /// Connections one peer may hold open to this node [default: 4]
