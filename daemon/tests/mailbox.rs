@@ -457,6 +457,9 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
     net.bob.stop();
     net.alice.send("bob", "for bob only");
     net.alice.wait_for("bob", "for bob only", "on_hosts");
+    // Nobody who may fetch or delete is left running: whatever a host loses from here on is
+    // the stranger's doing, expiry or handover.
+    net.alice.stop();
     let holder = net
         .others()
         .find(|d| Net::stats(d)["envelopes"].as_u64().unwrap() > 0)
@@ -583,10 +586,10 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
         .await;
         assert_eq!(got, Ok(Response::Refused(Refusal::Malformed)));
     });
-    // Each refusal above was checked; nothing was deleted, and whatever the host no longer
-    // holds ran out (the TTL here is 6 s, which a loaded machine can pass during the
-    // requests above) or was handed over; legitimate replication between hosts may have
-    // added copies meanwhile. Nothing is held at the stranger's intro address.
+    // Each refusal above was checked: nothing was deleted, and what the host no longer holds
+    // ran out (the TTL here is 6 s, which a loaded machine can pass during the requests
+    // above) or was handed over (legitimate replication may also add copies). Nothing is
+    // held at the stranger's intro address.
     let after = Net::stats(holder);
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
     assert_eq!(
