@@ -49,11 +49,6 @@ pub struct LinkModel {
 }
 
 impl LinkModel {
-    /// No delay and no loss: the link as it is.
-    pub fn is_transparent(&self) -> bool {
-        self.latency.is_zero() && self.jitter.is_zero() && self.loss <= 0.0
-    }
-
     fn retransmission_timeout(&self) -> Duration {
         (self.latency * 3).max(Duration::from_millis(200))
     }
