@@ -83,6 +83,7 @@ pub struct File {
     pub rate_envelope: Option<u32>,
     pub rate_deposit: Option<u32>,
     pub rate_fetch: Option<u32>,
+    pub rate_dht: Option<u32>,
     pub ban_after: Option<u32>,
     pub ban_secs: Option<u64>,
     pub max_connections: Option<u32>,

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod dht;
 pub mod events;
 pub mod host;
 pub mod limits;

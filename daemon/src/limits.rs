@@ -34,6 +34,8 @@ pub struct Limits {
     pub deposit: Rate,
     /// Fetches and deletes at this node as a mailbox host.
     pub fetch: Rate,
+    /// Kademlia requests (find node, providers, records) this node answers.
+    pub dht: Rate,
     /// Refusals for being over a limit, within [`Limits::ban_window`], after which the peer
     /// is disconnected and banned.
     pub ban_after: u32,
@@ -65,6 +67,10 @@ impl Default for Limits {
                 per_minute: 1_200,
                 burst: 1_200,
             },
+            dht: Rate {
+                per_minute: 1_200,
+                burst: 1_200,
+            },
             ban_after: 300,
             ban_window: Duration::from_secs(60),
             ban_for: Duration::from_secs(3_600),
@@ -84,6 +90,7 @@ impl Limits {
             envelope: Rate::per_minute(1_000_000),
             deposit: Rate::per_minute(1_000_000),
             fetch: Rate::per_minute(1_000_000),
+            dht: Rate::per_minute(1_000_000),
             ..Limits::default()
         }
     }
@@ -95,6 +102,7 @@ pub enum Kind {
     Envelope,
     Deposit,
     Fetch,
+    Dht,
 }
 
 /// A token bucket: `rate` tokens a minute, at most `burst` at once.
@@ -128,7 +136,7 @@ impl Bucket {
 
 #[derive(Clone, Debug)]
 struct PeerState {
-    buckets: [Bucket; 3],
+    buckets: [Bucket; 4],
     /// Refusals in the current window, and when the window started.
     refused: u32,
     window_start_ms: u64,
@@ -169,6 +177,7 @@ impl Limiter {
             Kind::Envelope => self.limits.envelope,
             Kind::Deposit => self.limits.deposit,
             Kind::Fetch => self.limits.fetch,
+            Kind::Dht => self.limits.dht,
         }
     }
 
@@ -177,7 +186,12 @@ impl Limiter {
         if !self.peers.contains_key(peer) && self.peers.len() >= self.limits.max_tracked_peers {
             self.forget_idle();
         }
-        let rates = [self.limits.envelope, self.limits.deposit, self.limits.fetch];
+        let rates = [
+            self.limits.envelope,
+            self.limits.deposit,
+            self.limits.fetch,
+            self.limits.dht,
+        ];
         let rate = self.rate(kind);
         let state = self.peers.entry(*peer).or_insert_with(|| PeerState {
             buckets: rates.map(|r| Bucket::full(r, now_ms)),

@@ -33,6 +33,11 @@ const SEEN_KEEP_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 const SEEN_PRUNE_EVERY_MS: u64 = 60 * 60 * 1000;
 /// The most pages fetched from one host for one dead drop in one round.
 const MAX_PAGES: usize = 64;
+/// The most dead drops whose hosts one maintenance round looks up for handover (each is
+/// one Kademlia lookup). A node hosting more takes several rounds to look at them all,
+/// longest unchecked first, so that its lookups — and the DHT requests they make of every
+/// peer — stay well under the peers' rate limit (docs/robustness.md).
+pub const HANDOVER_LOOKUPS_PER_ROUND: usize = 60;
 
 /// Where a request goes: this node's own host, or a peer.
 #[derive(Clone, Debug)]
@@ -383,7 +388,7 @@ pub async fn maintain(
     period: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut known = HostSets::default();
+    let mut known = Handover::default();
     let mut seen_pruned_at = 0u64;
     loop {
         tokio::select! {
@@ -415,27 +420,43 @@ pub async fn maintain(
     }
 }
 
-/// The hosts last seen for each address this node holds.
-pub type HostSets = std::collections::HashMap<Address, Vec<Vec<u8>>>;
+/// What handover remembers between rounds, for each address this node holds: the hosts
+/// last seen (once every envelope found them) and the round it was last looked up in.
+#[derive(Debug, Default)]
+pub struct Handover {
+    round: u64,
+    hosts: std::collections::HashMap<Address, Vec<Vec<u8>>>,
+    checked: std::collections::HashMap<Address, u64>,
+}
 
-/// For each dead drop this node hosts, look up its hosts. When they changed since the last
-/// look (a node joined or left), copy its envelopes to them, with their original expiry and
+/// For the dead drops this node hosts (at most [`HANDOVER_LOOKUPS_PER_ROUND`] a round, the
+/// longest unchecked first), look up their hosts. When they changed since the last look (a
+/// node joined or left), copy the envelopes to them, with their original expiry and
 /// authorisation; if this node is no longer among them, forget each envelope once another
 /// host has stored it. Returns how many envelopes were handed over and forgotten.
 pub async fn hand_over(
     service: &Service,
     host: &Host,
-    known: &mut HostSets,
+    known: &mut Handover,
 ) -> Result<usize, Error> {
     let me = service.network().peer_id();
     let mut moved = 0;
     let addresses = host.addresses()?;
-    known.retain(|a, _| addresses.contains(a));
-    for address in addresses {
+    let held: std::collections::HashSet<&Address> = addresses.iter().collect();
+    known.hosts.retain(|a, _| held.contains(a));
+    known.checked.retain(|a, _| held.contains(a));
+    known.round += 1;
+    let mut due: Vec<(u64, Address)> = addresses
+        .into_iter()
+        .map(|a| (known.checked.get(&a).copied().unwrap_or(0), a))
+        .collect();
+    due.sort_unstable_by_key(|(round, _)| *round);
+    for (_, address) in due.into_iter().take(HANDOVER_LOOKUPS_PER_ROUND) {
+        known.checked.insert(address, known.round);
         let targets = hosts_for(service, &address).await;
         let ids: Vec<Vec<u8>> = targets.iter().map(|t| t.id_bytes(&me)).collect();
         let still_host = targets.iter().any(|t| matches!(t, Target::Local));
-        if still_host && known.get(&address) == Some(&ids) {
+        if still_host && known.hosts.get(&address) == Some(&ids) {
             continue;
         }
         let mut all_placed = true;
@@ -462,7 +483,7 @@ pub async fn hand_over(
         }
         // Look again next time unless every envelope found its new hosts.
         if all_placed {
-            known.insert(address, ids);
+            known.hosts.insert(address, ids);
         }
     }
     Ok(moved)

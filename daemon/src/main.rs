@@ -69,6 +69,9 @@ struct Args {
     /// Fetches and deletes a minute one peer may make at this node [default: 1200]
     #[arg(long, env = "SOTTO_RATE_FETCH", value_parser = clap::value_parser!(u32).range(1..))]
     rate_fetch: Option<u32>,
+    /// Kademlia requests a minute one peer may make of this node [default: 1200]
+    #[arg(long, env = "SOTTO_RATE_DHT", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_dht: Option<u32>,
     /// Refusals for being over a rate limit, within a minute, after which a peer is
     /// disconnected and banned [default: 300]
     #[arg(long, env = "SOTTO_BAN_AFTER", value_parser = clap::value_parser!(u32).range(1..))]
@@ -178,6 +181,9 @@ impl Args {
         }
         if let Some(r) = positive("rate_fetch", self.rate_fetch.or(file.rate_fetch))? {
             limits.fetch = Rate::per_minute(r);
+        }
+        if let Some(r) = positive("rate_dht", self.rate_dht.or(file.rate_dht))? {
+            limits.dht = Rate::per_minute(r);
         }
         if let Some(n) = positive("ban_after", self.ban_after.or(file.ban_after))? {
             limits.ban_after = n;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dht;
 use crate::limits::{Ban, Kind, Limiter, Limits, Verdict};
 use crate::link::{Delayed, Harness, LinkModel, Transport};
 use futures::future::BoxFuture;
@@ -60,6 +61,8 @@ pub struct Traffic {
     pub lookups: AtomicU64,
     pub lookup_requests: AtomicU64,
     pub lookup_successes: AtomicU64,
+    /// Kademlia requests from peers refused for being over their rate limit.
+    pub dht_refused: AtomicU64,
 }
 
 impl Traffic {
@@ -73,6 +76,7 @@ impl Traffic {
             "lookups": get(&self.lookups),
             "lookup_requests": get(&self.lookup_requests),
             "lookup_successes": get(&self.lookup_successes),
+            "dht_refused": get(&self.dht_refused),
         })
     }
 }
@@ -262,7 +266,8 @@ pub struct Behaviour {
     pub connection_limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Kademlia, with a rate limit per peer on the requests it answers.
+    pub kad: dht::Guarded,
     pub envelope: request_response::Behaviour<Codec>,
     pub mailbox: request_response::Behaviour<MailboxCodec>,
 }
@@ -298,7 +303,7 @@ impl Behaviour {
                 key.public(),
             )),
             ping: ping::Behaviour::default(),
-            kad,
+            kad: dht::Guarded::new(kad, limits, traffic.clone()),
             envelope: request_response::Behaviour::with_codec(
                 Codec::new(traffic.clone()),
                 [(
@@ -903,12 +908,14 @@ impl Network {
             SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => {
                 self.handle_mailbox_event(event)
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id,
-                result: kad::QueryResult::GetClosestPeers(result),
-                step,
-                stats,
-            })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(dht::Event::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: kad::QueryResult::GetClosestPeers(result),
+                    step,
+                    stats,
+                },
+            ))) => {
                 let peers = match result {
                     Ok(ok) => ok.peers,
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
@@ -922,6 +929,11 @@ impl Network {
                         let _ = reply.send(sort_by_distance(&key, peers));
                     }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(dht::Event::Ban(peer)))
+                if !self.banned.contains_key(&peer) =>
+            {
+                self.ban(peer, "over the Dht rate limit, and kept going".to_string());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

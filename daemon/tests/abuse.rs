@@ -16,8 +16,9 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{Event, Message};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{kad, Multiaddr, PeerId};
 use serde_json::json;
+use sotto_daemon::dht;
 use sotto_daemon::network::{build_swarm, BehaviourEvent, Frame};
 use sotto_protocol::wire::{Refusal, Response};
 
@@ -125,6 +126,68 @@ async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Resp
     tokio::time::timeout(Duration::from_secs(20), wait)
         .await
         .map_err(|_| "timed out".to_owned())?
+}
+
+/// What a flood of Kademlia lookups saw.
+#[derive(Debug, Default)]
+struct LookupReport {
+    started: u64,
+    /// Lookups the victim answered.
+    answered: u64,
+    /// Lookups no peer answered.
+    failed: u64,
+    /// Connections to the victim that closed.
+    closed: u64,
+}
+
+/// Run lookups for random keys through `peer` (the only peer this swarm knows), 64 at a
+/// time, for at most `limit` or until `stop` is set: each makes one DHT request of it.
+async fn lookup_flood(
+    key: Keypair,
+    peer: PeerId,
+    addr: Multiaddr,
+    limit: Duration,
+    stop: Option<Arc<AtomicBool>>,
+    lookups: u64,
+) -> LookupReport {
+    let mut swarm = build_swarm(key, Default::default()).unwrap();
+    swarm.behaviour_mut().kad.add_address(&peer, addr);
+    let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut report = LookupReport::default();
+    let mut in_flight = 0u32;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        while in_flight < 64 && report.started < lookups && !stopped() {
+            swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(PeerId::random());
+            in_flight += 1;
+            report.started += 1;
+        }
+        if in_flight == 0 && (stopped() || report.started >= lookups) {
+            break;
+        }
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(dht::Event::Kad(
+                kad::Event::OutboundQueryProgressed { step, stats, .. },
+            ))) if step.last => {
+                in_flight -= 1;
+                if stats.num_successes() > 0 {
+                    report.answered += 1;
+                } else {
+                    report.failed += 1;
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => report.closed += 1,
+            _ => {}
+        }
+    }
+    report
 }
 
 /// Send `text` from `from` to `to` and return how long until `to` stored it.
@@ -327,4 +390,79 @@ fn a_data_dir_open_to_others_is_refused() {
     );
     // Nothing was written into it.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn a_flood_of_dht_requests_is_cut_off_then_banned() {
+    let root = root();
+    // 120 lookups a minute (a burst of 120), banned at the 50th refusal.
+    let hub = Daemon::start_with(
+        root.path(),
+        "hub",
+        &["--rate-dht", "120", "--ban-after", "50"],
+    );
+    let status = hub.call("node.status", json!({}));
+    let hub_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mallory = Keypair::generate_ed25519();
+    let flood_thread = {
+        let (stop, key, addr) = (stop.clone(), mallory.clone(), hub_addr.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(lookup_flood(
+                    key,
+                    hub_peer,
+                    addr,
+                    Duration::from_secs(30),
+                    Some(stop),
+                    u64::MAX,
+                ))
+        })
+    };
+    let banned = wait_until(Duration::from_secs(30), "the DHT flooder's ban", || {
+        let bans = hub.call("peers.bans", json!({}));
+        (bans.as_array().unwrap().len() == 1).then_some(bans)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let report = flood_thread.join().unwrap();
+    let traffic = hub.call("node.status", json!({}))["traffic"].clone();
+    eprintln!("DHT flood: {report:?}; victim's traffic {traffic}; bans {banned}");
+
+    assert_eq!(banned[0]["peer"], mallory.public().to_peer_id().to_string());
+    assert!(
+        banned[0]["reason"].as_str().unwrap().contains("Dht"),
+        "{banned}"
+    );
+    // Answered: the burst and what refilled meanwhile (two a second), no more.
+    assert!(report.answered > 0, "{report:?}");
+    assert!(report.answered <= 120 + 2 * 30, "{report:?}");
+    assert!(
+        report.closed > 0,
+        "refused requests close the connection: {report:?}"
+    );
+    assert!(traffic["dht_refused"].as_u64().unwrap() >= 50, "{traffic}");
+
+    // Another peer's lookups are still answered, and the banned one's are not.
+    let stranger = rt.block_on(lookup_flood(
+        Keypair::generate_ed25519(),
+        hub_peer,
+        hub_addr.clone(),
+        Duration::from_secs(20),
+        None,
+        3,
+    ));
+    assert_eq!(stranger.answered, 3, "{stranger:?}");
+    let again = rt.block_on(lookup_flood(
+        mallory,
+        hub_peer,
+        hub_addr,
+        Duration::from_secs(20),
+        None,
+        3,
+    ));
+    assert_eq!(again.answered, 0, "{again:?}");
 }
