@@ -429,6 +429,28 @@ pub struct Handover {
     checked: std::collections::HashMap<Address, u64>,
 }
 
+impl Handover {
+    /// Of the `addresses` this node holds, those to look up this round: at most
+    /// [`HANDOVER_LOOKUPS_PER_ROUND`], the longest unchecked first (never checked before
+    /// all others). Forgets addresses no longer held.
+    pub fn due(&mut self, addresses: Vec<Address>) -> Vec<Address> {
+        let held: std::collections::HashSet<&Address> = addresses.iter().collect();
+        self.hosts.retain(|a, _| held.contains(a));
+        self.checked.retain(|a, _| held.contains(a));
+        self.round += 1;
+        let mut due: Vec<(u64, Address)> = addresses
+            .iter()
+            .map(|a| (self.checked.get(a).copied().unwrap_or(0), *a))
+            .collect();
+        due.sort_by_key(|(round, _)| *round);
+        due.truncate(HANDOVER_LOOKUPS_PER_ROUND);
+        for (_, a) in &due {
+            self.checked.insert(*a, self.round);
+        }
+        due.into_iter().map(|(_, a)| a).collect()
+    }
+}
+
 /// For the dead drops this node hosts (at most [`HANDOVER_LOOKUPS_PER_ROUND`] a round, the
 /// longest unchecked first), look up their hosts. When they changed since the last look (a
 /// node joined or left), copy the envelopes to them, with their original expiry and
@@ -441,18 +463,7 @@ pub async fn hand_over(
 ) -> Result<usize, Error> {
     let me = service.network().peer_id();
     let mut moved = 0;
-    let addresses = host.addresses()?;
-    let held: std::collections::HashSet<&Address> = addresses.iter().collect();
-    known.hosts.retain(|a, _| held.contains(a));
-    known.checked.retain(|a, _| held.contains(a));
-    known.round += 1;
-    let mut due: Vec<(u64, Address)> = addresses
-        .into_iter()
-        .map(|a| (known.checked.get(&a).copied().unwrap_or(0), a))
-        .collect();
-    due.sort_unstable_by_key(|(round, _)| *round);
-    for (_, address) in due.into_iter().take(HANDOVER_LOOKUPS_PER_ROUND) {
-        known.checked.insert(address, known.round);
+    for address in known.due(host.addresses()?) {
         let targets = hosts_for(service, &address).await;
         let ids: Vec<Vec<u8>> = targets.iter().map(|t| t.id_bytes(&me)).collect();
         let still_host = targets.iter().any(|t| matches!(t, Target::Local));
@@ -487,4 +498,40 @@ pub async fn hand_over(
         }
     }
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handover_looks_at_every_address_in_turn_within_its_budget() {
+        let n = HANDOVER_LOOKUPS_PER_ROUND * 3;
+        let all: Vec<Address> = (0..n).map(|i| Address([i as u8; 32])).collect();
+        let mut h = Handover::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut first = Vec::new();
+        for round in 0..3 {
+            let due = h.due(all.clone());
+            if round == 0 {
+                first = due.clone();
+                first.sort();
+            }
+            assert!(due.len() <= HANDOVER_LOOKUPS_PER_ROUND);
+            for a in due {
+                assert!(seen.insert(a), "an address came twice before all came once");
+            }
+        }
+        assert_eq!(seen.len(), n, "three rounds cover every address");
+        // The fourth round starts again with the longest unchecked: the first round's.
+        let mut fourth = h.due(all.clone());
+        fourth.sort();
+        assert_eq!(fourth, first);
+        // A new address goes first; one no longer held is forgotten.
+        let mut some = all[1..].to_vec();
+        some.push(Address([255; 32]));
+        let due = h.due(some);
+        assert_eq!(due[0], Address([255; 32]));
+        assert!(!h.checked.contains_key(&all[0]));
+    }
 }
