@@ -88,6 +88,7 @@ pub struct File {
     pub ban_secs: Option<u64>,
     pub max_connections: Option<u32>,
     pub max_connections_per_peer: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// Why the configuration could not be read.

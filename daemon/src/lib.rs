@@ -15,6 +15,7 @@ pub mod link;
 pub mod mailbox;
 pub mod network;
 pub mod node;
+pub mod per_ip;
 pub mod rpc;
 pub mod service;
 pub mod store;

@@ -47,6 +47,8 @@ pub struct Limits {
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     pub max_pending: u32,
+    /// Established incoming connections from one IP address (see [`crate::per_ip`]).
+    pub max_connections_per_ip: u32,
     /// Peers whose buckets are kept; beyond that, the longest idle are forgotten (a
     /// forgotten peer starts again with full buckets, which only helps honest peers).
     pub max_tracked_peers: usize,
@@ -77,6 +79,7 @@ impl Default for Limits {
             max_connections: 512,
             max_connections_per_peer: 4,
             max_pending: 128,
+            max_connections_per_ip: 32,
             max_tracked_peers: 10_000,
         }
     }

@@ -85,6 +85,9 @@ struct Args {
     /// Connections one peer may hold open to this node [default: 4]
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_peer: Option<u32>,
+    /// Incoming connections one IP address may hold open to this node [default: 32]
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_ip: Option<u32>,
 }
 
 impl Args {
@@ -204,6 +207,12 @@ impl Args {
                 .or(file.max_connections_per_peer),
         )? {
             limits.max_connections_per_peer = n;
+        }
+        if let Some(n) = positive(
+            "max_connections_per_ip",
+            self.max_connections_per_ip.or(file.max_connections_per_ip),
+        )? {
+            limits.max_connections_per_ip = n;
         }
         Ok(limits)
     }

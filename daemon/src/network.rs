@@ -264,6 +264,8 @@ pub struct Behaviour {
     /// Banned peers: their connections are closed and new ones denied.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub connection_limits: connection_limits::Behaviour,
+    /// A cap on incoming connections per remote IP address.
+    pub per_ip: crate::per_ip::PerIp,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     /// Kademlia, with a rate limit per peer on the requests it answers.
@@ -298,6 +300,7 @@ impl Behaviour {
                     .with_max_established_per_peer(Some(limits.max_connections_per_peer))
                     .with_max_pending_incoming(Some(limits.max_pending)),
             ),
+            per_ip: crate::per_ip::PerIp::new(limits.max_connections_per_ip),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sotto/id/1".into(),
                 key.public(),

@@ -98,6 +98,15 @@ async fn flood(
 /// One request to `peer`; its answer, or why it failed.
 async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Response, String> {
     let mut swarm = build_swarm(key, Default::default()).unwrap();
+    request_on(&mut swarm, peer, addr).await
+}
+
+/// One request to `peer` from `swarm`, which keeps its connection afterwards.
+async fn request_on(
+    swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
+    peer: PeerId,
+    addr: Multiaddr,
+) -> Result<Response, String> {
     let id = swarm.behaviour_mut().envelope.send_request_with_addresses(
         &peer,
         Frame::Bytes(vec![0; 100]),
@@ -465,4 +474,58 @@ fn a_flood_of_dht_requests_is_cut_off_then_banned() {
         3,
     ));
     assert_eq!(again.answered, 0, "{again:?}");
+}
+
+#[test]
+fn one_ip_address_cannot_take_every_connection() {
+    let root = root();
+    let hub = Daemon::start_with(root.path(), "hub", &["--max-connections-per-ip", "3"]);
+    let status = hub.call("node.status", json!({}));
+    let hub_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Five fresh identities on 127.0.0.1, each keeping its connection open.
+        let mut swarms = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let mut swarm = build_swarm(Keypair::generate_ed25519(), Default::default()).unwrap();
+            answers.push(request_on(&mut swarm, hub_peer, hub_addr.clone()).await);
+            swarms.push(swarm);
+        }
+        eprintln!("answers: {answers:?}");
+        let served = answers.iter().filter(|a| a.is_ok()).count();
+        assert_eq!(served, 3, "three connections from one address: {answers:?}");
+        assert!(answers[..3]
+            .iter()
+            .all(|a| *a == Ok(Response::Refused(Refusal::Malformed))));
+        // One leaves; its slot is free again.
+        drop(swarms.remove(0));
+        let again = wait_until_async(Duration::from_secs(10), || {
+            let addr = hub_addr.clone();
+            async move {
+                let mut swarm =
+                    build_swarm(Keypair::generate_ed25519(), Default::default()).unwrap();
+                let answer = request_on(&mut swarm, hub_peer, addr).await;
+                answer.ok().map(|a| (a, swarm))
+            }
+        })
+        .await;
+        assert_eq!(again.0, Response::Refused(Refusal::Malformed));
+    });
+}
+
+/// Retry `f` until it gives something, for at most `limit`.
+async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "still refused after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
