@@ -95,46 +95,19 @@ async fn flood(
     report
 }
 
-/// One request to `peer`; its answer, or why it failed.
+/// One request to `peer` from a fresh swarm; its answer, or why it failed.
 async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Response, String> {
     let mut swarm = build_swarm(key, Default::default()).unwrap();
     request_on(&mut swarm, peer, addr).await
 }
 
-/// One request to `peer` from `swarm`, which keeps its connection afterwards.
+/// One request of 100 zero bytes (not an envelope) to `peer` from `swarm`.
 async fn request_on(
     swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
     peer: PeerId,
     addr: Multiaddr,
 ) -> Result<Response, String> {
-    let id = swarm.behaviour_mut().envelope.send_request_with_addresses(
-        &peer,
-        Frame::Bytes(vec![0; 100]),
-        vec![addr],
-    );
-    let wait = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
-                    message:
-                        Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                })) if request_id == id => return Ok(response),
-                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                })) if request_id == id => return Err(error.to_string()),
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .map_err(|_| "timed out".to_owned())?
+    common::raw::ask(swarm, peer, &addr, Frame::Bytes(vec![0; 100])).await
 }
 
 /// What a flood of Kademlia lookups saw.

@@ -12,13 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::raw::ask;
 use common::{pair, root, Daemon};
-use futures::StreamExt;
-use libp2p::request_response::{Event, Message};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId};
 use serde_json::{json, Value};
-use sotto_daemon::network::{build_swarm, Behaviour, BehaviourEvent, Frame};
+use sotto_daemon::network::{build_swarm, Frame};
 use sotto_protocol::wire::{Refusal, Response};
 
 fn code(reply: &Value) -> i64 {
@@ -255,42 +253,6 @@ fn the_wire_shows_neither_text_nor_account_keys() {
     for name in ["Alice", "Bob\0", "sotto:"] {
         assert!(!contains(name.as_bytes()), "{name:?} on the wire");
     }
-}
-
-async fn ask(
-    swarm: &mut Swarm<Behaviour>,
-    peer: PeerId,
-    addr: &Multiaddr,
-    request: Frame,
-) -> Result<Response, String> {
-    let id = swarm.behaviour_mut().envelope.send_request_with_addresses(
-        &peer,
-        request,
-        vec![addr.clone()],
-    );
-    let wait = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
-                    message:
-                        Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                })) if request_id == id => return Ok(response),
-                SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                })) if request_id == id => return Err(error.to_string()),
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .map_err(|_| "timed out".to_owned())?
 }
 
 #[test]

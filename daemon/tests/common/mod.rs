@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod raw;
+
 /// A temporary root for a scenario's nodes (mode 0700, removed at the end).
 pub fn root() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
