@@ -727,6 +727,10 @@ pub struct Network {
     /// Banned peers and when their bans end (ms since the Unix epoch).
     banned: HashMap<PeerId, u64>,
     ban_events: mpsc::Sender<BanEvent>,
+    /// The listeners opened at start, closed when the task ends (an in-memory transport
+    /// frees its address only then, so that a node restarted in the same process can
+    /// listen on it again).
+    listeners: Vec<libp2p::core::transport::ListenerId>,
 }
 
 impl Network {
@@ -750,11 +754,14 @@ impl Network {
                 banned.insert(peer, ban.until_ms);
             }
         }
+        let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
             ensure_port_free(addr)?;
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            listeners.push(
+                swarm
+                    .listen_on(addr.clone())
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            );
         }
         for addr in bootstrap {
             let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
@@ -785,6 +792,7 @@ impl Network {
             answers: FuturesUnordered::new(),
             mailbox_answers: FuturesUnordered::new(),
             listen_addrs: Vec::new(),
+            listeners,
             traffic: traffic.clone(),
             limiter: Limiter::new(limits.clone()),
             clock: std::time::Instant::now(),
@@ -831,6 +839,9 @@ impl Network {
                     }
                 }
             }
+        }
+        for id in self.listeners.drain(..) {
+            self.swarm.remove_listener(id);
         }
     }
 
@@ -1125,6 +1136,48 @@ impl Network {
                     .envelope
                     .send_response(channel, Response::Refused(Refusal::Busy));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node stopped and started again in the same process (as the simulator does) gets
+    /// its in-memory address back.
+    #[tokio::test]
+    async fn a_stopped_node_frees_its_in_memory_address() {
+        let addr: Multiaddr = format!("/memory/{}", rand::random::<u32>() as u64 + (1 << 33))
+            .parse()
+            .unwrap();
+        let harness = Harness {
+            transport: Transport::Memory,
+            ..Harness::default()
+        };
+        for run in 0..2 {
+            let (net, handle, _receivers) = Network::new(
+                Keypair::generate_ed25519(),
+                std::slice::from_ref(&addr),
+                &[],
+                &harness,
+                &Limits::default(),
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("start {run}: {e}"));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(net.run(stopped));
+            let mut listening = false;
+            for _ in 0..100 {
+                listening = handle.status().await.unwrap().listen_addrs.contains(&addr);
+                if listening {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(listening, "run {run} listens on {addr}");
+            stop.send(true).unwrap();
+            task.await.unwrap();
         }
     }
 }

@@ -145,10 +145,10 @@ impl Peer {
         if self.node.is_some() {
             bail!("{} is already running", self.name);
         }
-        // libp2p's memory transport never frees a listening port that was not removed
-        // explicitly, and a node that stops drops its swarm without removing its listeners:
-        // a restarted node comes back at a new `/memory/N`, as a real one might come back
-        // at a new IP address. (A TCP port is freed, so TCP nodes keep theirs.)
+        // A restarted node comes back at a new `/memory/N`, as a real one might come back at
+        // a new IP address (the figures in docs/simulations.md were measured so; a stopped
+        // node frees its old address, so keeping it would also work). TCP nodes keep their
+        // port.
         if self.peer_id.is_some() && is_memory(&self.listen) {
             if let Some(fresh) = memory_addrs(1).pop() {
                 self.listen = fresh.clone();
