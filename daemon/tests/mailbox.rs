@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::ask_mailbox;
 use common::{root, wait_until, Daemon};
 use serde_json::{json, Value};
 
@@ -402,46 +403,6 @@ fn a_rejected_stranger_is_forgotten() {
         .try_call("requests.accept", json!({"contact": "alice"}))
         .unwrap_err();
     assert_eq!(err["code"], -32003);
-}
-
-async fn ask_mailbox(
-    swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
-    peer: libp2p::PeerId,
-    addr: &libp2p::Multiaddr,
-    frame: sotto_daemon::network::Frame,
-) -> Result<sotto_protocol::mailbox::Response, String> {
-    use futures::StreamExt;
-    use libp2p::request_response::{Event, Message};
-    use libp2p::swarm::SwarmEvent;
-    use sotto_daemon::network::BehaviourEvent;
-    let id =
-        swarm
-            .behaviour_mut()
-            .mailbox
-            .send_request_with_addresses(&peer, frame, vec![addr.clone()]);
-    let wait = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(Event::Message {
-                    message:
-                        Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                })) if request_id == id => return Ok(response),
-                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                })) if request_id == id => return Err(error.to_string()),
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .map_err(|_| "timed out".to_owned())?
 }
 
 #[test]
