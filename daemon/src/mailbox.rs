@@ -55,6 +55,10 @@ impl Target {
     }
 }
 
+fn address_hex(address: &Address) -> String {
+    address.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The hosts of `address`, closest first.
 pub async fn hosts_for(service: &Service, address: &Address) -> Vec<Target> {
     let net = service.network();
@@ -467,6 +471,17 @@ pub async fn hand_over(
         let targets = hosts_for(service, &address).await;
         let ids: Vec<Vec<u8>> = targets.iter().map(|t| t.id_bytes(&me)).collect();
         let still_host = targets.iter().any(|t| matches!(t, Target::Local));
+        tracing::debug!(
+            "handover: {} hosts {:?} (this node among them: {still_host})",
+            address_hex(&address),
+            targets
+                .iter()
+                .map(|t| match t {
+                    Target::Local => "self".to_owned(),
+                    Target::Remote(p, _) => p.to_string(),
+                })
+                .collect::<Vec<_>>()
+        );
         if still_host && known.hosts.get(&address) == Some(&ids) {
             continue;
         }
