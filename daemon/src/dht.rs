@@ -10,9 +10,11 @@
 //! (`kad::Event::InboundRequest` has no peer), so the guard looks at the events the
 //! connection handlers send to the behaviour, which carry the peer. Their type is private
 //! to libp2p-kad; the guard tells requests from answers to this node's own queries by the
-//! event's variant name, as its `Debug` form begins with it ([`is_request`]). A test pins
-//! that reading for the libp2p version in `Cargo.lock` (`a_flood_of_dht_requests_is_banned`
-//! in daemon/tests/abuse.rs), so an upgrade that changes it fails loudly.
+//! event's variant name, as its `Debug` form begins with it ([`request_kind`]). A test pins
+//! that reading for each of the five kinds with the libp2p version in `Cargo.lock`
+//! (`every_kind_of_dht_request_is_seen_by_the_guard` in daemon/tests/abuse.rs), so an
+//! upgrade that changes it fails loudly. The guard keeps its own buckets and refusal
+//! counts: DHT refusals and refusals on the other protocols do not add up to one ban.
 
 use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
@@ -41,8 +43,9 @@ type Kademlia = kad::Behaviour<kad::store::MemoryStore>;
 /// again).
 const QUEUED: usize = 1_024;
 
-/// The Kademlia handler events that are requests from the remote peer, by variant name.
-const REQUESTS: [&str; 5] = [
+/// The Kademlia handler events that are requests from the remote peer, by variant name;
+/// [`Traffic::dht_requests`] counts them in this order.
+pub const REQUESTS: [&str; 5] = [
     "FindNodeReq",
     "GetProvidersReq",
     "AddProvider",
@@ -98,11 +101,16 @@ impl DerefMut for Guarded {
 /// Is this handler event (by its `Debug` form) a request from the remote peer, as opposed
 /// to an answer to one of this node's queries or news about the protocol?
 pub fn is_request(event: &dyn fmt::Debug) -> bool {
+    request_kind(event).is_some()
+}
+
+/// Which of [`REQUESTS`] this handler event is, if any.
+pub fn request_kind(event: &dyn fmt::Debug) -> Option<usize> {
     let mut name = VariantName::default();
     // Writing stops with an error once the name is complete: only the first few bytes of
     // the event are ever formatted, however large it is.
     let _ = write!(name, "{event:?}");
-    REQUESTS.contains(&name.as_str())
+    REQUESTS.iter().position(|r| *r == name.as_str())
 }
 
 /// The leading identifier of a `Debug` form, collected until the first other character.
@@ -201,7 +209,8 @@ impl NetworkBehaviour for Guarded {
         connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        if is_request(&event) {
+        if let Some(kind) = request_kind(&event) {
+            self.traffic.dht_requests[kind].fetch_add(1, Ordering::Relaxed);
             let now = self.clock.elapsed().as_millis() as u64;
             match self.limiter.check(&peer_id, Kind::Dht, now) {
                 Verdict::Allow => {}

@@ -36,6 +36,9 @@ pub struct Limits {
     pub fetch: Rate,
     /// Kademlia requests (find node, providers, records) this node answers.
     pub dht: Rate,
+    /// Kademlia lookups this node starts itself: kept below its peers' `dht` limit (a
+    /// lookup asks each peer at most once), so that an honest node never trips it.
+    pub own_lookups: Rate,
     /// Refusals for being over a limit, within [`Limits::ban_window`], after which the peer
     /// is disconnected and banned.
     pub ban_after: u32,
@@ -73,6 +76,10 @@ impl Default for Limits {
                 per_minute: 1_200,
                 burst: 1_200,
             },
+            own_lookups: Rate {
+                per_minute: 1_000,
+                burst: 1_000,
+            },
             ban_after: 300,
             ban_window: Duration::from_secs(60),
             ban_for: Duration::from_secs(3_600),
@@ -94,6 +101,7 @@ impl Limits {
             deposit: Rate::per_minute(1_000_000),
             fetch: Rate::per_minute(1_000_000),
             dht: Rate::per_minute(1_000_000),
+            own_lookups: Rate::per_minute(1_000_000),
             ..Limits::default()
         }
     }
@@ -133,6 +141,39 @@ impl Bucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// A token bucket for something this node does itself, at `rate`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    rate: Rate,
+    bucket: Bucket,
+}
+
+impl Pacer {
+    pub fn new(rate: Rate, now_ms: u64) -> Self {
+        Pacer {
+            rate,
+            bucket: Bucket::full(rate, now_ms),
+        }
+    }
+
+    /// Take a token if one is there.
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        self.bucket.take(self.rate, now_ms)
+    }
+
+    /// Milliseconds from `now_ms` until a token is there (0 if one is).
+    pub fn wait_ms(&self, now_ms: u64) -> u64 {
+        let elapsed = now_ms.saturating_sub(self.bucket.at_ms) as f64;
+        let per_ms = f64::from(self.rate.per_minute) / 60_000.0;
+        let tokens = self.bucket.tokens + elapsed * per_ms;
+        if tokens >= 1.0 || per_ms <= 0.0 {
+            0
+        } else {
+            ((1.0 - tokens) / per_ms).ceil() as u64
         }
     }
 }
@@ -347,6 +388,25 @@ mod tests {
             let bound = u64::from(burst) + (elapsed * u64::from(per_minute)).div_ceil(60_000);
             proptest::prop_assert!(allowed <= bound, "{allowed} > {bound}");
         }
+    }
+
+    #[test]
+    fn a_pacer_gives_its_burst_then_one_token_per_interval() {
+        let mut p = Pacer::new(
+            Rate {
+                per_minute: 60,
+                burst: 3,
+            },
+            0,
+        );
+        assert!((0..3).all(|_| p.take(0)));
+        assert!(!p.take(0));
+        assert_eq!(p.wait_ms(0), 1_000);
+        assert!((600..=601).contains(&p.wait_ms(400)));
+        assert!(!p.take(990));
+        assert!((10..=11).contains(&p.wait_ms(990)));
+        assert!(p.take(1_001));
+        assert!(!p.take(1_001));
     }
 
     #[test]

@@ -34,9 +34,9 @@ const SEEN_PRUNE_EVERY_MS: u64 = 60 * 60 * 1000;
 /// The most pages fetched from one host for one dead drop in one round.
 const MAX_PAGES: usize = 64;
 /// The most dead drops whose hosts one maintenance round looks up for handover (each is
-/// one Kademlia lookup). A node hosting more takes several rounds to look at them all,
-/// longest unchecked first, so that its lookups — and the DHT requests they make of every
-/// peer — stay well under the peers' rate limit (docs/robustness.md).
+/// one Kademlia lookup). A node hosting more takes several rounds to look at them all, in
+/// turn, so that handover does not take every lookup the node's pace allows
+/// ([`crate::limits::Limits::own_lookups`], docs/robustness.md).
 pub const HANDOVER_LOOKUPS_PER_ROUND: usize = 60;
 
 /// Where a request goes: this node's own host, or a peer.
@@ -425,31 +425,39 @@ pub async fn maintain(
 }
 
 /// What handover remembers between rounds, for each address this node holds: the hosts
-/// last seen (once every envelope found them) and the round it was last looked up in.
+/// last seen (once every envelope found them) and its place in the queue of addresses to
+/// look up (a round-robin: looked up, or first seen, means to the back).
 #[derive(Debug, Default)]
 pub struct Handover {
-    round: u64,
+    seq: u64,
     hosts: std::collections::HashMap<Address, Vec<Vec<u8>>>,
     checked: std::collections::HashMap<Address, u64>,
 }
 
 impl Handover {
     /// Of the `addresses` this node holds, those to look up this round: at most
-    /// [`HANDOVER_LOOKUPS_PER_ROUND`], the longest unchecked first (never checked before
-    /// all others). Forgets addresses no longer held.
+    /// [`HANDOVER_LOOKUPS_PER_ROUND`], from the front of the queue. An address seen for
+    /// the first time joins the back, so that new dead drops (a spammer can make many)
+    /// never keep the others from their turn. Forgets addresses no longer held.
     pub fn due(&mut self, addresses: Vec<Address>) -> Vec<Address> {
         let held: std::collections::HashSet<&Address> = addresses.iter().collect();
         self.hosts.retain(|a, _| held.contains(a));
         self.checked.retain(|a, _| held.contains(a));
-        self.round += 1;
+        for a in &addresses {
+            if !self.checked.contains_key(a) {
+                self.seq += 1;
+                self.checked.insert(*a, self.seq);
+            }
+        }
         let mut due: Vec<(u64, Address)> = addresses
             .iter()
             .map(|a| (self.checked.get(a).copied().unwrap_or(0), *a))
             .collect();
-        due.sort_by_key(|(round, _)| *round);
+        due.sort_unstable_by_key(|(place, _)| *place);
         due.truncate(HANDOVER_LOOKUPS_PER_ROUND);
         for (_, a) in &due {
-            self.checked.insert(*a, self.round);
+            self.seq += 1;
+            self.checked.insert(*a, self.seq);
         }
         due.into_iter().map(|(_, a)| a).collect()
     }
@@ -507,7 +515,7 @@ pub async fn hand_over(
                 moved += 1;
             }
         }
-        // Look again next time unless every envelope found its new hosts.
+        // Look again at its next turn unless every envelope found its new hosts.
         if all_placed {
             known.hosts.insert(address, ids);
         }
@@ -542,11 +550,14 @@ mod tests {
         let mut fourth = h.due(all.clone());
         fourth.sort();
         assert_eq!(fourth, first);
-        // A new address goes first; one no longer held is forgotten.
+        // A new address waits for its turn behind those held before it; one no longer
+        // held is forgotten.
         let mut some = all[1..].to_vec();
         some.push(Address([255; 32]));
-        let due = h.due(some);
-        assert_eq!(due[0], Address([255; 32]));
+        for _ in 0..2 {
+            assert!(!h.due(some.clone()).contains(&Address([255; 32])));
+        }
+        assert!(h.due(some).contains(&Address([255; 32])));
         assert!(!h.checked.contains_key(&all[0]));
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dht;
-use crate::limits::{Ban, Kind, Limiter, Limits, Verdict};
+use crate::limits::{Ban, Kind, Limiter, Limits, Pacer, Verdict};
 use crate::link::{Delayed, Harness, LinkModel, Transport};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -37,6 +37,9 @@ pub const INBOUND_QUEUE: usize = 256;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent request streams per connection.
 pub const MAX_STREAMS: usize = 64;
+/// Lookups waiting for the node's own lookup pace, at most; beyond that a lookup finds no
+/// peers at once (its caller tries again next round).
+pub const WAITING_LOOKUPS: usize = 1_024;
 
 /// A request on either sotto protocol, as read off a stream: the bytes of one frame, or —
 /// when its header claims more than the protocol's limit — only that header, so that the
@@ -61,6 +64,8 @@ pub struct Traffic {
     pub lookups: AtomicU64,
     pub lookup_requests: AtomicU64,
     pub lookup_successes: AtomicU64,
+    /// Kademlia requests from peers, by kind (as [`dht::REQUESTS`]), answered or refused.
+    pub dht_requests: [AtomicU64; 5],
     /// Kademlia requests from peers refused for being over their rate limit.
     pub dht_refused: AtomicU64,
 }
@@ -76,6 +81,13 @@ impl Traffic {
             "lookups": get(&self.lookups),
             "lookup_requests": get(&self.lookup_requests),
             "lookup_successes": get(&self.lookup_successes),
+            "dht_requests": {
+                "find_node": get(&self.dht_requests[0]),
+                "get_providers": get(&self.dht_requests[1]),
+                "add_provider": get(&self.dht_requests[2]),
+                "get_record": get(&self.dht_requests[3]),
+                "put_record": get(&self.dht_requests[4]),
+            },
             "dht_refused": get(&self.dht_refused),
         })
     }
@@ -722,6 +734,9 @@ pub struct Network {
     listen_addrs: Vec<Multiaddr>,
     traffic: Arc<Traffic>,
     limiter: Limiter,
+    /// This node's own lookups, paced (see [`Limits::own_lookups`]), and those waiting.
+    lookup_pacer: Pacer,
+    waiting_lookups: std::collections::VecDeque<(Vec<u8>, oneshot::Sender<Vec<PeerAddrs>>)>,
     /// The limiter's clock: monotonic, so that a clock step cannot starve or flood buckets.
     clock: std::time::Instant,
     /// Banned peers and when their bans end (ms since the Unix epoch).
@@ -795,6 +810,8 @@ impl Network {
             listeners,
             traffic: traffic.clone(),
             limiter: Limiter::new(limits.clone()),
+            lookup_pacer: Pacer::new(limits.own_lookups, 0),
+            waiting_lookups: Default::default(),
             clock: std::time::Instant::now(),
             banned,
             ban_events,
@@ -823,6 +840,9 @@ impl Network {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => self.lift_expired_bans(),
+                _ = tokio::time::sleep(self.lookup_wait()), if !self.waiting_lookups.is_empty() => {
+                    self.start_waiting_lookups()
+                }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.handle_command(c),
@@ -874,12 +894,13 @@ impl Network {
                 self.pending_mailbox.insert(id, (peer, reply));
             }
             Command::Closest { key, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .get_closest_peers(key.clone());
-                self.pending_closest.insert(id, (key, reply));
+                if self.waiting_lookups.len() >= WAITING_LOOKUPS {
+                    tracing::debug!("too many lookups waiting; one finds no peers");
+                    let _ = reply.send(Vec::new());
+                } else {
+                    self.waiting_lookups.push_back((key, reply));
+                    self.start_waiting_lookups();
+                }
             }
             Command::Unban { peer, reply } => {
                 let was = self.banned.remove(&peer).is_some();
@@ -966,6 +987,40 @@ impl Network {
                 tracing::debug!("incoming connection from {send_back_addr} failed: {error}");
             }
             _ => {}
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// How long until the next waiting lookup may start.
+    fn lookup_wait(&self) -> Duration {
+        Duration::from_millis(self.lookup_pacer.wait_ms(self.now_ms()).max(1))
+    }
+
+    /// Start the waiting lookups the pace allows now.
+    fn start_waiting_lookups(&mut self) {
+        loop {
+            // Callers that gave up (stopped nodes) cost no lookup.
+            while self
+                .waiting_lookups
+                .front()
+                .is_some_and(|(_, reply)| reply.is_closed())
+            {
+                self.waiting_lookups.pop_front();
+            }
+            if self.waiting_lookups.is_empty() || !self.lookup_pacer.take(self.now_ms()) {
+                return;
+            }
+            if let Some((key, reply)) = self.waiting_lookups.pop_front() {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(key.clone());
+                self.pending_closest.insert(id, (key, reply));
+            }
         }
     }
 
@@ -1168,7 +1223,7 @@ mod tests {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(net.run(stopped));
             let mut listening = false;
-            for _ in 0..100 {
+            for _ in 0..1_000 {
                 listening = handle.status().await.unwrap().listen_addrs.contains(&addr);
                 if listening {
                     break;

@@ -156,7 +156,12 @@ async fn lookup_flood(
         };
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(dht::Event::Kad(
-                kad::Event::OutboundQueryProgressed { step, stats, .. },
+                kad::Event::OutboundQueryProgressed {
+                    step,
+                    stats,
+                    result: kad::QueryResult::GetClosestPeers(_),
+                    ..
+                },
             ))) if step.last => {
                 in_flight -= 1;
                 if stats.num_successes() > 0 {
@@ -501,4 +506,74 @@ async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
         assert!(Instant::now() < deadline, "still refused after {limit:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Pins how the DHT guard tells requests apart (daemon/src/dht.rs reads the variant names
+/// of libp2p-kad's private handler events): each of the five kinds of Kademlia request a
+/// peer can make is seen, and counted as its own kind.
+#[test]
+fn every_kind_of_dht_request_is_seen_by_the_guard() {
+    let root = root();
+    let hub = Daemon::start(root.path(), "hub");
+    let status = hub.call("node.status", json!({}));
+    let hub_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut swarm = build_swarm(Keypair::generate_ed25519(), Default::default()).unwrap();
+    let swarm = rt.block_on(async move {
+        let kad = &mut swarm.behaviour_mut().kad;
+        kad.add_address(&hub_peer, hub_addr);
+        let key = kad::RecordKey::new(b"a key");
+        let mut queries = vec![
+            kad.get_closest_peers(PeerId::random()),
+            kad.get_providers(key.clone()),
+            kad.get_record(key.clone()),
+            kad.put_record_to(
+                kad::Record::new(key.clone(), b"a value".to_vec()),
+                std::iter::once(hub_peer),
+                kad::Quorum::One,
+            ),
+        ];
+        queries.push(kad.start_providing(key).unwrap());
+        let wait = async {
+            while !queries.is_empty() {
+                if let SwarmEvent::Behaviour(BehaviourEvent::Kad(dht::Event::Kad(
+                    kad::Event::OutboundQueryProgressed { id, step, .. },
+                ))) = swarm.select_next_some().await
+                {
+                    if step.last {
+                        queries.retain(|q| *q != id);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("every query finished within 30 s");
+        swarm
+    });
+    // `ADD_PROVIDER` has no answer: the query ends once it is sent. Keep the connection
+    // going until the hub has read it.
+    let driver = rt.spawn(async move {
+        let mut swarm = swarm;
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let kinds = [
+        "find_node",
+        "get_providers",
+        "add_provider",
+        "get_record",
+        "put_record",
+    ];
+    let traffic = wait_until(Duration::from_secs(20), "every kind counted", || {
+        let traffic = hub.call("node.status", json!({}))["traffic"].clone();
+        kinds
+            .iter()
+            .all(|k| traffic["dht_requests"][k].as_u64().unwrap() >= 1)
+            .then_some(traffic)
+    });
+    driver.abort();
+    assert_eq!(traffic["dht_refused"], 0, "{traffic}");
 }
