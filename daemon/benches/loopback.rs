@@ -30,12 +30,12 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sotto_daemon::config::Config;
-use sotto_daemon::network::{Codec, Frame};
+use sotto_daemon::net::{Codec, Frame};
 use sotto_daemon::node::Node;
 use sotto_daemon::service::Service;
-use sotto_daemon::store::{Batch, Tree, MAX_EVENTS};
+use sotto_daemon::store::{Batch, MAX_EVENTS};
 use sotto_protocol::card::Card;
 use sotto_protocol::wire::{Response, ENVELOPE_PROTOCOL};
 use tempfile::TempDir;
@@ -257,14 +257,14 @@ impl Pair {
 /// Fill a node's event log to its limit, as months of use would.
 async fn fill_event_log(service: &Service) {
     let store = service.store();
-    let mut missing = MAX_EVENTS.saturating_sub(store.len(Tree::Events));
+    let mut missing = MAX_EVENTS.saturating_sub(store.event_count());
     while missing > 0 {
         let n = missing.min(1_000);
         let mut batch = Batch::new();
         for _ in 0..n {
             service
                 .events()
-                .stage(&mut batch, "filler", "note", json!("old event"))
+                .stage(&mut batch, "filler", "note", &"old event")
                 .expect("stage");
         }
         store.commit(batch).await.expect("commit");
@@ -482,8 +482,8 @@ async fn baseline_figures(client: &mut Client) {
 fn events_line(pair: &Pair) -> String {
     format!(
         "event log: alice {} events, bob {} events",
-        pair.alice().store().len(Tree::Events),
-        pair.bob().store().len(Tree::Events)
+        pair.alice().store().event_count(),
+        pair.bob().store().event_count()
     )
 }
 

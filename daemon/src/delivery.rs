@@ -1,275 +1,357 @@
-//! The outbox worker: sends queued envelopes to their recipients' nodes until each is
-//! acknowledged, backing off between attempts (see `sotto_protocol::outbox`), in order per
-//! contact, and across restarts (the outbox lives in the store).
+//! The outbox worker: the shell around [`sotto_protocol::outbox::Queue`]. It loads the
+//! outbox from the store at start, feeds the queue what the service queued and whom it
+//! heard from, turns the queue's actions into direct sends and mailbox deposits (many at
+//! once) and store writes, and feeds their results back. Store writes of one turn of the
+//! loop go in one flushed transaction.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use libp2p::{Multiaddr, PeerId};
+use serde_json::Value;
 use sotto_protocol::card::Card;
 use sotto_protocol::identity::AccountKey;
-use sotto_protocol::outbox;
-use sotto_protocol::wire;
-use tokio::sync::watch;
+use sotto_protocol::outbox::{self, Action, DirectOutcome, Queue};
+use tokio::sync::{mpsc, watch};
 
-use crate::mailbox;
-use crate::network::Frame;
-use crate::service::{now_ms, Error, Service};
-use crate::store::{self, Batch, State, Tree};
+use crate::clock::unix_ms;
+use crate::mailbox::{self, deposit::HostCache};
+use crate::net::{Envelopes, Frame, Protocol};
+use crate::service::{Service, Signal};
+use crate::store::{self, Batch, Seq, State, StoreError};
 
-/// Contacts whose queues are being worked on at once, at most.
-pub const MAX_PARALLEL_CONTACTS: usize = 32;
-/// The longest the worker sleeps without looking at the outbox.
-const IDLE_MS: u64 = 30_000;
+/// The longest the worker sleeps without looking at the queue.
+const IDLE: Duration = Duration::from_secs(30);
+/// How long the worker waits after a store failure (a full disk, say) before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Run the outbox worker until `shutdown` turns true.
-pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
-    let busy: Arc<Mutex<HashSet<AccountKey>>> = Arc::default();
+/// What came back from the network for one entry.
+enum Outcome {
+    Direct(AccountKey, Seq, DirectOutcome),
+    Deposit(AccountKey, Seq, Result<Vec<Vec<u8>>, mailbox::Error>),
+}
+
+/// The worker's state.
+struct Worker {
+    service: Service,
+    mailbox: mailbox::Client,
+    queue: Queue<AccountKey>,
+    /// Where each recipient with entries can be reached directly, if it can.
+    routes: HashMap<AccountKey, (PeerId, Vec<Multiaddr>)>,
+    /// Recipients by their node's PeerId, to hear of them when that node connects.
+    by_peer: HashMap<PeerId, AccountKey>,
+    hosts: HostCache,
+    flying: FuturesUnordered<BoxFuture<'static, Outcome>>,
+    /// The hosts that hold a deposited entry, until the queue says what to do with it.
+    pending_hosts: HashMap<Seq, Vec<Vec<u8>>>,
+}
+
+/// A change to the store that one of the queue's actions asks for.
+enum Change {
+    Delivered(Seq),
+    OnHosts(Seq, outbox::Entry, bool),
+    Retry(Seq, outbox::Entry),
+}
+
+/// Run the outbox worker until `shutdown` turns true: `signals` come from the service,
+/// `connected` names peers this node just connected to.
+pub async fn run(
+    mailbox: mailbox::Client,
+    mut signals: mpsc::Receiver<Signal>,
+    mut connected: mpsc::Receiver<PeerId>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = mailbox.service().clone();
+    let config = outbox::Config {
+        direct: !service.mailbox_config().mailbox_only,
+        replicas: service.mailbox_config().replicas,
+        ..outbox::Config::default()
+    };
+    let mut worker = Worker {
+        service,
+        mailbox,
+        queue: Queue::new(config),
+        routes: HashMap::new(),
+        by_peer: HashMap::new(),
+        hosts: HostCache::default(),
+        flying: FuturesUnordered::new(),
+        pending_hosts: HashMap::new(),
+    };
+    if let Err(e) = worker.load() {
+        tracing::error!("outbox: cannot load the outbox: {e}");
+    }
     loop {
-        let next = match round(&service, &busy) {
-            Ok(next) => next,
+        let wait = match worker.turn().await {
+            Ok(()) => worker
+                .queue
+                .next_wake(unix_ms())
+                .map_or(IDLE, |t| Duration::from_millis(t.saturating_sub(unix_ms())))
+                .min(IDLE),
             Err(e) => {
                 tracing::warn!("outbox: {e}");
-                now_ms() + 5_000
+                STORE_RETRY
             }
         };
-        let wait = std::time::Duration::from_millis(next.saturating_sub(now_ms()).min(IDLE_MS));
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = service.outbox_wake().notified() => {}
             _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
-}
-
-/// Start a worker for every contact with a due entry; return when to look again.
-fn round(service: &Service, busy: &Arc<Mutex<HashSet<AccountKey>>>) -> Result<u64, Error> {
-    let now = now_ms();
-    let mut next = now + IDLE_MS;
-    let mut due: BTreeMap<AccountKey, ()> = BTreeMap::new();
-    // Per contact, entries not yet on any host go in order: only the first of them counts.
-    let mut waiting: HashSet<AccountKey> = HashSet::new();
-    for (_, e) in service
-        .store()
-        .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
-    {
-        if e.hosts.is_empty() && !waiting.insert(e.to) {
-            continue;
-        }
-        if e.next_attempt_at <= now {
-            due.insert(e.to, ());
-        } else {
-            next = next.min(e.next_attempt_at);
-        }
-    }
-    let mut busy_set = busy
-        .lock()
-        .map_err(|_| Error::Internal("outbox lock poisoned".into()))?;
-    for key in due.into_keys() {
-        if busy_set.len() >= MAX_PARALLEL_CONTACTS {
-            next = now + 200;
-            break;
-        }
-        if !busy_set.insert(key) {
-            continue;
-        }
-        let service = service.clone();
-        let guard = BusyGuard {
-            busy: busy.clone(),
-            key,
-            service: service.clone(),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = drain_contact(&service, key).await {
-                tracing::warn!("outbox: {e}");
-                // Whatever failed (a full disk, say) will not be fixed at once: keep this
-                // contact's queue out of the next rounds for a moment rather than spin.
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            drop(guard);
-        });
-    }
-    Ok(next)
-}
-
-/// Attempts to reach the remaining hosts once an envelope is on at least one.
-const MAX_HOST_RETRIES: u32 = 4;
-
-/// Frees a contact's queue for the next round when its worker ends, however it ends.
-struct BusyGuard {
-    busy: Arc<Mutex<HashSet<AccountKey>>>,
-    key: AccountKey,
-    service: Service,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        if let Ok(mut b) = self.busy.lock() {
-            b.remove(&self.key);
-        }
-        self.service.outbox_wake().notify_one();
-    }
-}
-
-/// Where a contact's node can be reached: from its last presence, else from its card.
-fn route(service: &Service, key: &AccountKey) -> Result<Option<(PeerId, Vec<Multiaddr>)>, Error> {
-    let Some(contact) = service
-        .store()
-        .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
-    else {
-        return Ok(None);
-    };
-    if let Some((peer, addrs)) = &contact.route {
-        if let Ok(peer) = PeerId::from_bytes(peer) {
-            return Ok(Some((
-                peer,
-                addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-            )));
-        }
-    }
-    let card = Card::from_bytes(&contact.card)?;
-    let hints = &card.body().hints;
-    let Some(peer) = hints
-        .peer_id
-        .as_deref()
-        .and_then(|p| PeerId::from_bytes(p).ok())
-    else {
-        return Ok(None);
-    };
-    let addrs = hints.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-    Ok(Some((peer, addrs)))
-}
-
-/// Send a contact's due entries in order, stopping at the first failure.
-async fn drain_contact(service: &Service, key: AccountKey) -> Result<(), Error> {
-    let entries: Vec<store::OutboxEntry> = service
-        .store()
-        .scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")?
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.to == key)
-        .collect();
-    let direct = if service.mailbox_config().mailbox_only {
-        None
-    } else {
-        route(service, &key)?
-    };
-    let mut direct_failed = false;
-    let mut hosts = mailbox::HostCache::new();
-    let mut hold_until: Option<u64> = None;
-    for mut entry in entries {
-        if let Some(until) = hold_until {
-            // An earlier message failed: later ones wait until it is tried again, so that
-            // they cannot overtake it.
-            if entry.hosts.is_empty() && entry.next_attempt_at < until {
-                entry.next_attempt_at = until;
-                let mut batch = Batch::new();
-                batch.put(Tree::Outbox, entry.seq.to_be_bytes().to_vec(), &entry)?;
-                service.store().apply(&batch)?;
-            }
-            continue;
-        }
-        if entry.next_attempt_at > now_ms() {
-            if entry.hosts.is_empty() {
-                // Not due yet, and nothing after it may go first.
-                break;
-            }
-            continue;
-        }
-        // Direct first (also for an envelope already on some mailbox hosts: whichever copy
-        // arrives second is a duplicate), unless the contact's node did not answer a moment
-        // ago.
-        let throttled = direct
-            .as_ref()
-            .is_some_and(|(p, _)| service.is_throttled(p));
-        if let (Some((peer, addrs)), false, false) = (&direct, direct_failed, throttled) {
-            let request = Frame::Bytes(entry.envelope.clone());
-            match service.network().send(*peer, addrs.clone(), request).await {
-                Ok(response) if response.is_delivered() => {
-                    delivered(service, entry).await?;
-                    continue;
+            _ = tokio::time::sleep(wait) => {}
+            Some(signal) = signals.recv() => worker.on_signal(signal),
+            Some(peer) = connected.recv() => {
+                worker.service.fetch_wake().notify_one();
+                if let Some(key) = worker.by_peer.get(&peer).copied() {
+                    worker.queue.heard(&key, unix_ms());
                 }
-                Ok(response) => {
-                    match response {
-                        wire::Response::Refused(wire::Refusal::RateLimited) => {
-                            service.throttle(peer, false)
+            }
+            Some(outcome) = worker.flying.next(), if !worker.flying.is_empty() => {
+                worker.on_outcome(outcome);
+            }
+        }
+        // Take in whatever else is ready before the next turn, so that one turn's store
+        // writes cover as many results as possible.
+        while let Some(Some(outcome)) = worker.flying.next().now_or_never() {
+            worker.on_outcome(outcome);
+        }
+        while let Ok(signal) = signals.try_recv() {
+            worker.on_signal(signal);
+        }
+    }
+}
+
+/// The queue's view of a stored entry.
+fn queued(e: &store::OutboxEntry) -> outbox::Entry {
+    outbox::Entry {
+        seq: e.seq.0,
+        failures: e.failures,
+        next_attempt_at: e.next_attempt_at,
+        hosts: e.hosts.len(),
+        host_retries: e.host_retries,
+    }
+}
+
+impl Worker {
+    /// Carry out what the queue wants done now: start sends and deposits, and write what
+    /// came of earlier ones to the store (one transaction, flushed).
+    async fn turn(&mut self) -> Result<(), StoreError> {
+        let now = unix_ms();
+        let mut changes = Vec::new();
+        while let Some(action) = self.queue.poll(now) {
+            match action {
+                Action::Send { to, seq } => self.send(to, Seq(seq))?,
+                Action::Deposit { to, seq } => self.deposit(to, Seq(seq))?,
+                Action::Delivered { seq, .. } => changes.push(Change::Delivered(Seq(seq))),
+                Action::OnHosts { entry, done, .. } => {
+                    changes.push(Change::OnHosts(Seq(entry.seq), entry, done))
+                }
+                Action::Retry { entry, .. } => changes.push(Change::Retry(Seq(entry.seq), entry)),
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let service = &self.service;
+        let store = service.store();
+        let order = service.events().order().await;
+        let mut batch = Batch::new();
+        let mut events: Vec<Value> = Vec::new();
+        for change in changes {
+            match change {
+                Change::Delivered(seq) => {
+                    batch.remove_outbox(seq);
+                    events.extend(service.stage_message_state(
+                        &mut batch,
+                        seq,
+                        State::Delivered,
+                    )?);
+                }
+                Change::OnHosts(seq, entry, done) => {
+                    let hosts = self.pending_hosts.remove(&seq);
+                    events.extend(service.stage_message_state(&mut batch, seq, State::OnHosts)?);
+                    if done {
+                        batch.remove_outbox(seq);
+                    } else if let Some(mut stored) = store.outbox_entry(seq)? {
+                        if let Some(hosts) = hosts {
+                            stored.hosts = hosts;
                         }
-                        wire::Response::Refused(wire::Refusal::Busy) => {
-                            service.throttle(peer, true)
-                        }
-                        _ => {}
+                        stored.host_retries = entry.host_retries;
+                        stored.next_attempt_at = entry.next_attempt_at;
+                        batch.put_outbox(&stored)?;
                     }
-                    tracing::debug!("direct delivery refused: {response:?}")
                 }
-                Err(e) => tracing::debug!("direct delivery failed: {e}"),
+                Change::Retry(seq, entry) => {
+                    tracing::debug!("message {seq:?} not delivered (attempt {})", entry.failures);
+                    if let Some(mut stored) = store.outbox_entry(seq)? {
+                        stored.failures = entry.failures;
+                        stored.next_attempt_at = entry.next_attempt_at;
+                        batch.put_outbox(&stored)?;
+                    }
+                }
             }
-            direct_failed = true;
         }
-        match mailbox::deposit_entry(service, service.host(), &entry, &mut hosts).await {
-            Ok(hosts) if !hosts.is_empty() => on_hosts(service, entry, hosts).await?,
-            Ok(_) => {
-                hold_until = Some(reschedule(service, entry, "no mailbox host took it").await?)
+        store.commit(batch).await?;
+        service.events().publish(events);
+        drop(order);
+        Ok(())
+    }
+
+    /// Start sending the entry `seq` straight to `to`'s node.
+    fn send(&mut self, to: AccountKey, seq: Seq) -> Result<(), StoreError> {
+        let entry = self.service.store().outbox_entry(seq)?;
+        let route = self.routes.get(&to).cloned();
+        let net = self.service.network().clone();
+        self.flying.push(
+            async move {
+                let outcome = match (entry, route) {
+                    (Some(entry), Some((peer, addrs))) => {
+                        match net.send(peer, addrs, Frame::Bytes(entry.envelope)).await {
+                            Ok(answer) if answer.is_delivered() => DirectOutcome::Delivered,
+                            Ok(answer) => match Envelopes::slow_down(&answer) {
+                                Some(pause) => DirectOutcome::SlowDown {
+                                    retry_after_ms: pause.as_millis() as u64,
+                                },
+                                None => {
+                                    tracing::debug!("direct delivery refused: {answer:?}");
+                                    DirectOutcome::Unreachable
+                                }
+                            },
+                            Err(e) => {
+                                tracing::debug!("direct delivery failed: {e}");
+                                DirectOutcome::Unreachable
+                            }
+                        }
+                    }
+                    _ => DirectOutcome::Unreachable,
+                };
+                Outcome::Direct(to, seq, outcome)
             }
-            Err(e) => hold_until = Some(reschedule(service, entry, &e.to_string()).await?),
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    /// Start depositing the entry `seq` at the mailbox hosts that do not hold it yet.
+    fn deposit(&mut self, to: AccountKey, seq: Seq) -> Result<(), StoreError> {
+        let entry = self.service.store().outbox_entry(seq)?;
+        let client = self.mailbox.clone();
+        let hosts = self.hosts.clone();
+        self.flying.push(
+            async move {
+                let result = match entry {
+                    Some(entry) => client.deposit_entry(&entry, &hosts).await,
+                    None => Ok(Vec::new()),
+                };
+                Outcome::Deposit(to, seq, result)
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    /// Queue everything the store holds.
+    fn load(&mut self) -> Result<(), StoreError> {
+        for e in self.service.store().outbox()? {
+            self.insert(&e)?;
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, e: &store::OutboxEntry) -> Result<(), StoreError> {
+        let new_line = !self.queue.has(&e.to);
+        self.queue.insert(e.to, queued(e));
+        if new_line {
+            self.refresh_route(e.to)?;
+        }
+        Ok(())
+    }
+
+    /// Look up where `key`'s node is: from its last presence, else from its card.
+    fn refresh_route(&mut self, key: AccountKey) -> Result<(), StoreError> {
+        let route = match self.service.store().contact(&key)? {
+            Some(contact) => route_of(&contact),
+            None => None,
+        };
+        if let Some((old, _)) = self.routes.remove(&key) {
+            self.by_peer.remove(&old);
+        }
+        self.queue.set_route(key, route.is_some());
+        if let Some((peer, addrs)) = route {
+            self.by_peer.insert(peer, key);
+            self.routes.insert(key, (peer, addrs));
+        }
+        Ok(())
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        let now = unix_ms();
+        let result = match signal {
+            Signal::Queued(seq) => match self.service.store().outbox_entry(seq) {
+                Ok(Some(e)) => {
+                    let to = e.to;
+                    // A new message tries the whole queue for its contact again, in order.
+                    self.queue.heard(&to, now);
+                    self.insert(&e)
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Signal::Heard(key) => {
+                self.queue.heard(&key, now);
+                if self.queue.has(&key) {
+                    self.refresh_route(key)
+                } else {
+                    Ok(())
+                }
+            }
+            Signal::Forgotten(key) => {
+                self.queue.forget(&key);
+                if let Some((peer, _)) = self.routes.remove(&key) {
+                    self.by_peer.remove(&peer);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("outbox: {e}");
         }
     }
-    Ok(())
-}
 
-/// An envelope is on `hosts`: the message is `on_hosts`; the entry stays in the outbox
-/// (to reach the remaining hosts) until enough hosts hold it or it was tried enough.
-async fn on_hosts(
-    service: &Service,
-    mut entry: store::OutboxEntry,
-    hosts: Vec<Vec<u8>>,
-) -> Result<(), Error> {
-    let _order = service.events().order().await;
-    let seq_key = entry.seq.to_be_bytes().to_vec();
-    let mut batch = Batch::new();
-    let events = service.stage_message_state(&mut batch, &seq_key, State::OnHosts)?;
-    if hosts.len() >= service.mailbox_config().replicas || entry.host_retries >= MAX_HOST_RETRIES {
-        batch.remove(Tree::Outbox, seq_key);
-    } else {
-        entry.hosts = hosts;
-        entry.host_retries = entry.host_retries.saturating_add(1);
-        entry.next_attempt_at =
-            outbox::next_attempt(entry.host_retries, now_ms(), rand::random::<f64>());
-        batch.put(Tree::Outbox, seq_key, &entry)?;
+    fn on_outcome(&mut self, outcome: Outcome) {
+        let now = unix_ms();
+        match outcome {
+            Outcome::Direct(to, seq, result) => self.queue.direct_result(to, seq.0, result, now),
+            Outcome::Deposit(to, seq, result) => {
+                let hosts = match result {
+                    Ok(hosts) => hosts,
+                    Err(e) => {
+                        tracing::debug!("message {seq:?} not deposited: {e}");
+                        Vec::new()
+                    }
+                };
+                // The store keeps which hosts hold it; the queue, how many.
+                if !hosts.is_empty() {
+                    self.pending_hosts.insert(seq, hosts.clone());
+                }
+                self.queue
+                    .deposit_result(to, seq.0, hosts.len(), now, rand::random::<f64>());
+            }
+        }
     }
-    service.store().commit(batch).await?;
-    service.events().publish(events);
-    Ok(())
 }
 
-async fn delivered(service: &Service, entry: store::OutboxEntry) -> Result<(), Error> {
-    let _order = service.events().order().await;
-    let seq_key = entry.seq.to_be_bytes().to_vec();
-    let mut batch = Batch::new();
-    batch.remove(Tree::Outbox, seq_key.clone());
-    let events = service.stage_message_state(&mut batch, &seq_key, State::Delivered)?;
-    service.store().commit(batch).await?;
-    service.events().publish(events);
-    tracing::debug!("delivered message {}", entry.message);
-    Ok(())
-}
-
-async fn reschedule(
-    service: &Service,
-    mut entry: store::OutboxEntry,
-    why: &str,
-) -> Result<u64, Error> {
-    entry.failures = entry.failures.saturating_add(1);
-    entry.next_attempt_at = outbox::next_attempt(entry.failures, now_ms(), rand::random::<f64>());
-    tracing::debug!(
-        "message {} not delivered (attempt {}): {why}",
-        entry.message,
-        entry.failures
-    );
-    let mut batch = Batch::new();
-    batch.put(Tree::Outbox, entry.seq.to_be_bytes().to_vec(), &entry)?;
-    service.store().apply(&batch)?;
-    Ok(entry.next_attempt_at)
+/// Where `contact`'s node can be reached: from its last presence, else from its card.
+fn route_of(contact: &store::Contact) -> Option<(PeerId, Vec<Multiaddr>)> {
+    if let Some(route) = &contact.route {
+        if let Some(peer) = route.peer_id() {
+            return Some((peer, route.multiaddrs()));
+        }
+    }
+    let card = Card::from_bytes(&contact.card).ok()?;
+    let hints = &card.body().hints;
+    let peer = PeerId::from_bytes(hints.peer_id.as_deref()?).ok()?;
+    Some((
+        peer,
+        hints.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+    ))
 }

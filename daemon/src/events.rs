@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::store::{Batch, Store, StoreError, Tree};
+use crate::store::{Batch, Store, StoreError, MAX_EVENTS};
 
 /// Live events buffered per subscriber before it is told it overflowed.
 pub const LIVE_BUFFER: usize = 1024;
@@ -31,20 +31,15 @@ pub struct Events {
     store: Store,
     live: broadcast::Sender<Value>,
     order: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// How many events are stored (sled's own count walks the whole tree).
-    stored: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Events {
     pub fn new(store: Store) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let stored =
-            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(store.len(Tree::Events)));
         Events {
             store,
             live,
             order: Default::default(),
-            stored,
         }
     }
 
@@ -55,48 +50,41 @@ impl Events {
         self.order.lock().await
     }
 
-    /// Add an event to `batch`; publish it with [`Events::publish`] once the batch is
-    /// committed.
+    /// Add an event of `kind`, whose payload is `value` under `key`, to `batch`; publish it
+    /// with [`Events::publish`] once the batch is committed.
     pub fn stage(
         &self,
         batch: &mut Batch,
         kind: &'static str,
         key: &str,
-        value: Value,
+        value: &impl Serialize,
     ) -> Result<Value, StoreError> {
         let cursor = self.store.next_id()?;
         let mut payload = serde_json::Map::new();
-        payload.insert(key.to_owned(), value);
+        payload.insert(
+            key.to_owned(),
+            serde_json::to_value(value).map_err(|e| StoreError::Corrupt {
+                what: "event",
+                detail: e.to_string(),
+            })?,
+        );
         let event = Event {
             cursor,
             kind,
             payload,
         }
         .to_value();
-        batch.put_raw(
-            Tree::Events,
-            cursor.to_be_bytes().to_vec(),
-            serde_json::to_vec(&event).unwrap_or_default(),
-        );
+        batch.put_event(cursor, serde_json::to_vec(&event).unwrap_or_default());
         Ok(event)
     }
 
     pub fn publish(&self, events: Vec<Value>) {
-        use std::sync::atomic::Ordering;
-        let added = events.len();
         for e in events {
             let _ = self.live.send(e);
         }
-        let count = self.stored.fetch_add(added, Ordering::Relaxed) + added;
-        if count > crate::store::MAX_EVENTS {
-            match self
-                .store
-                .drop_oldest_events(count - crate::store::MAX_EVENTS)
-            {
-                Ok(dropped) => {
-                    self.stored.fetch_sub(dropped, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!("cannot prune old events: {e}"),
+        if self.store.event_count() > MAX_EVENTS {
+            if let Err(e) = self.store.trim_events(MAX_EVENTS) {
+                tracing::warn!("cannot prune old events: {e}");
             }
         }
     }
@@ -108,9 +96,9 @@ impl Events {
     /// Stored events after `since`, oldest first, at most `limit`.
     pub fn since(&self, since: u64, limit: usize) -> Result<Vec<Value>, StoreError> {
         self.store
-            .range_after(Tree::Events, &since.to_be_bytes(), limit)?
+            .events_after(since, limit)?
             .into_iter()
-            .map(|(_, v)| {
+            .map(|v| {
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                     what: "event",
                     detail: e.to_string(),
@@ -121,12 +109,7 @@ impl Events {
 
     /// The newest cursor, or 0.
     pub fn latest(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .store
-            .last_key(Tree::Events)?
-            .and_then(|k| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        self.store.last_event_cursor()
     }
 }
 
@@ -145,16 +128,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let events = Events::new(store.clone());
         let mut cursors = Vec::new();
-        for i in 0..crate::store::MAX_EVENTS + 10 {
+        for i in 0..MAX_EVENTS + 10 {
             let mut batch = Batch::new();
             let e = events
-                .stage(&mut batch, "message.received", "n", Value::from(i))
+                .stage(&mut batch, "message.received", "n", &i)
                 .unwrap();
             store.apply(&batch).unwrap();
             cursors.push(cursor_of(&e));
             events.publish(vec![e]);
         }
-        assert_eq!(store.len(Tree::Events), crate::store::MAX_EVENTS);
+        assert_eq!(store.event_count(), MAX_EVENTS);
         let oldest = events.since(0, 1).unwrap();
         assert_eq!(
             cursor_of(&oldest[0]),
@@ -167,10 +150,22 @@ mod tests {
         let again = Events::new(store.clone());
         let mut batch = Batch::new();
         let e = again
-            .stage(&mut batch, "message.received", "n", Value::from(0))
+            .stage(&mut batch, "message.received", "n", &0)
             .unwrap();
         store.apply(&batch).unwrap();
         again.publish(vec![e]);
-        assert_eq!(store.len(Tree::Events), crate::store::MAX_EVENTS);
+        assert_eq!(store.event_count(), MAX_EVENTS);
+        drop(again);
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.event_count(),
+            MAX_EVENTS,
+            "the count survives a reopen"
+        );
+        assert_eq!(
+            reopened.events_after(0, usize::MAX).unwrap().len(),
+            MAX_EVENTS
+        );
     }
 }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 
 /// A sustained rate and the burst allowed above it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,16 +274,6 @@ impl Limiter {
     pub fn tracked(&self) -> usize {
         self.peers.len()
     }
-}
-
-/// A ban as the store keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ban {
-    /// PeerId bytes.
-    pub peer: Vec<u8>,
-    pub since_ms: u64,
-    pub until_ms: u64,
-    pub reason: String,
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! A whole node: the store, the swarm, the service, the outbox worker and the control
-//! socket, started together and stopped together.
+//! A whole node, wired together: the store, the swarm task, the service, the mailbox host,
+//! the outbox worker, the mailbox fetcher and maintenance, and the control socket — started
+//! together and stopped together. The node owns what it wires: each task gets the handles
+//! it needs and nothing else.
 
 use std::fs::{self, File, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -12,15 +15,18 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::network::Network;
+use crate::mailbox::{self, Host};
+use crate::net::{self, Network};
 use crate::service::Service;
-use crate::store::{self, Batch, Store, Tree};
-use crate::{delivery, mailbox, rpc};
+use crate::store::{Batch, Store};
+use crate::{delivery, rpc};
 
 /// A running node.
 pub struct Node {
     service: Service,
+    host: Arc<Host>,
     socket: PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -52,7 +58,7 @@ fn private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 fn transport_key(store: &Store, seed: Option<u64>) -> anyhow::Result<Keypair> {
-    if let Some(bytes) = store.get_raw(Tree::Meta, store::META_TRANSPORT_KEY)? {
+    if let Some(bytes) = store.transport_key()? {
         return Keypair::from_protobuf_encoding(&bytes)
             .context("the stored transport key is unreadable");
     }
@@ -66,11 +72,7 @@ fn transport_key(store: &Store, seed: Option<u64>) -> anyhow::Result<Keypair> {
         None => Keypair::generate_ed25519(),
     };
     let mut batch = Batch::new();
-    batch.put_raw(
-        Tree::Meta,
-        store::META_TRANSPORT_KEY.to_vec(),
-        key.to_protobuf_encoding()?,
-    );
+    batch.put_transport_key(key.to_protobuf_encoding()?);
     store.apply(&batch)?;
     Ok(key)
 }
@@ -125,10 +127,10 @@ impl Node {
         let listener = bind_socket(&config.socket).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let now = crate::service::now_ms();
-        store::prune_bans(&store, now)?;
-        let bans = store::active_bans(&store, now)?;
-        let (network, handle, mut receivers) = Network::new(
+        let now = unix_ms();
+        store.prune_bans(now)?;
+        let bans = store.active_bans(now)?;
+        let (network, handle, receivers) = Network::new(
             key,
             &config.listen,
             &config.bootstrap,
@@ -137,69 +139,71 @@ impl Node {
             &bans,
         )?;
         tracing::info!("peer id {}", handle.peer_id());
-        let service = Service::new(
-            store,
-            handle,
+        let (service, signals) = Service::new(
+            store.clone(),
+            handle.clone(),
             config.announce.clone(),
             config.mailbox.clone(),
-            &config.harness,
+            config.harness.seed,
         )?;
+        let host = Arc::new(
+            Host::new(store, config.mailbox.policy.clone(), &handle.peer_id())
+                .with_observer(config.harness.observer.clone()),
+        );
+        let client = mailbox::Client::new(service.clone(), host.clone());
+        let host_for_node = host.clone();
+        let net::Receivers {
+            mut envelopes,
+            mailbox: mut requests,
+            connected,
+            mut bans,
+        } = receivers;
 
         let mut tasks = vec![tokio::spawn(network.run(shutdown_rx.clone()))];
         let s = service.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some(inbound) = receivers.inbound.recv().await {
-                let response = s
-                    .receive(&inbound.peer.to_string(), &inbound.envelope)
-                    .await;
-                let _ = inbound.reply.send(response);
+            while let Some(inbound) = envelopes.recv().await {
+                let answer = s.receive(&inbound.peer.to_string(), &inbound.request).await;
+                let _ = inbound.reply.send(answer);
+            }
+        }));
+        let h = host.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(inbound) = requests.recv().await {
+                let answer = h.handle(&inbound.peer, inbound.request).await;
+                let _ = inbound.reply.send(answer);
             }
         }));
         let s = service.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some(peer) = receivers.connected.recv().await {
-                s.fetch_wake().notify_one();
-                s.retry_peer(&peer).await;
-            }
-        }));
-        let s = service.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(event) = receivers.bans.recv().await {
+            while let Some(event) = bans.recv().await {
                 if let Err(e) = s.record_ban(event).await {
                     tracing::error!("cannot record a ban: {e}");
                 }
             }
         }));
-        let host = service.host().clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = receivers.mailbox.recv().await {
-                let response = host.handle(&m.peer.to_bytes(), &m.request).await;
-                let _ = m.reply.send(response);
-            }
-        }));
-        tasks.push(tokio::spawn(mailbox::run(
-            service.clone(),
-            service.host().clone(),
-            shutdown_rx.clone(),
-        )));
-        let period = Duration::from_millis(config.mailbox.fetch_interval_ms.min(60_000));
-        tasks.push(tokio::spawn(mailbox::maintain(
-            service.clone(),
-            service.host().clone(),
-            period,
-            shutdown_rx.clone(),
-        )));
         tasks.push(tokio::spawn(delivery::run(
-            service.clone(),
+            client.clone(),
+            signals,
+            connected,
             shutdown_rx.clone(),
         )));
+        tasks.push(tokio::spawn(
+            client.clone().run_fetcher(shutdown_rx.clone()),
+        ));
+        let period = Duration::from_millis(config.mailbox.fetch_interval_ms.min(60_000));
+        tasks.push(tokio::spawn(
+            client.run_maintenance(period, shutdown_rx.clone()),
+        ));
         tasks.push(tokio::spawn(rpc::serve(
             listener,
             service.clone(),
+            host,
             shutdown_rx,
         )));
         Ok(Node {
             service,
+            host: host_for_node,
             socket: config.socket.clone(),
             shutdown,
             tasks,
@@ -209,6 +213,11 @@ impl Node {
 
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// The node's mailbox host.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
     }
 
     pub fn socket(&self) -> &Path {

@@ -18,8 +18,8 @@ use libp2p::request_response::{Event, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{kad, Multiaddr, PeerId};
 use serde_json::json;
-use sotto_daemon::dht;
-use sotto_daemon::network::{build_swarm, BehaviourEvent, Frame};
+use sotto_daemon::net::dht;
+use sotto_daemon::net::{build_swarm, BehaviourEvent, Frame};
 use sotto_protocol::wire::{Refusal, Response};
 
 /// What a flood saw.
@@ -103,7 +103,7 @@ async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Resp
 
 /// One request of 100 zero bytes (not an envelope) to `peer` from `swarm`.
 async fn request_on(
-    swarm: &mut libp2p::Swarm<sotto_daemon::network::Behaviour>,
+    swarm: &mut libp2p::Swarm<sotto_daemon::net::Behaviour>,
     peer: PeerId,
     addr: Multiaddr,
 ) -> Result<Response, String> {

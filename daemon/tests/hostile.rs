@@ -16,7 +16,7 @@ use common::raw::ask;
 use common::{pair, root, Daemon};
 use libp2p::{Multiaddr, PeerId};
 use serde_json::{json, Value};
-use sotto_daemon::network::{build_swarm, Frame};
+use sotto_daemon::net::{build_swarm, Frame};
 use sotto_protocol::wire::{Refusal, Response};
 
 fn code(reply: &Value) -> i64 {

@@ -276,15 +276,14 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
     assert!(net.alice.stop().success());
     let store = sotto_daemon::store::Store::open(&net.alice.data_dir.join("store")).unwrap();
     let bob_key = &keys[1];
-    let contact: sotto_daemon::store::Contact = store
-        .get(sotto_daemon::store::Tree::Contacts, bob_key, "contact")
-        .unwrap()
-        .unwrap();
+    let bob_key = sotto_protocol::identity::AccountKey(bob_key.as_slice().try_into().unwrap());
+    let contact = store.contact(&bob_key).unwrap().unwrap();
     let pair_secrets = [
-        contact.inbox,
-        contact
+        *contact.inbox.bytes(),
+        *contact
             .their_inbox
-            .expect("bob told alice his inbox secret"),
+            .expect("bob told alice his inbox secret")
+            .bytes(),
     ];
     for d in net.others() {
         let raw = d.raw_store();
@@ -407,7 +406,7 @@ fn a_rejected_stranger_is_forgotten() {
 
 #[test]
 fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() {
-    use sotto_daemon::network::Frame;
+    use sotto_daemon::net::Frame;
     use sotto_protocol::deaddrop::{Address, Secret};
     use sotto_protocol::mailbox::{
         Delete, Deposit, DepositAuth, Fetch, Refusal, Request, Response,
@@ -444,7 +443,7 @@ fn only_the_drop_key_may_fetch_or_delete_and_deposits_need_a_proof_or_a_stamp() 
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut mallory = sotto_daemon::network::build_swarm(
+        let mut mallory = sotto_daemon::net::build_swarm(
             libp2p::identity::Keypair::generate_ed25519(),
             Default::default(),
         )
@@ -618,7 +617,7 @@ fn a_sender_killed_right_after_send_still_delivers_through_mailboxes() {
 #[test]
 #[ignore = "handover is intermittent under full-suite load; see the doc comment"]
 fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
-    use sotto_daemon::store::{Batch, Store, Tree, META_TRANSPORT_KEY};
+    use sotto_daemon::store::{Batch, Store};
     use std::os::unix::fs::PermissionsExt;
 
     let mut net = Net::new(1, &["--replicas", "2"]);
@@ -661,18 +660,18 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
     // Bob's dead drop for alice in this epoch, derived from bob's own store (he is
     // stopped): a host may also hold other addresses, such as leftovers at an intro drop.
     let address: Vec<u8> = {
-        use sotto_daemon::store::{Contact, Store, Tree};
-        use sotto_protocol::deaddrop::{epoch_at, Secret, DEFAULT_EPOCH_MS};
+        use sotto_protocol::deaddrop::{epoch_at, DEFAULT_EPOCH_MS};
         let store = Store::open(&net.bob.data_dir.join("store")).unwrap();
-        let contact: Contact = store
-            .get(Tree::Contacts, &alice_key, "contact")
-            .unwrap()
-            .unwrap();
+        let alice_key =
+            sotto_protocol::identity::AccountKey(alice_key.as_slice().try_into().unwrap());
+        let contact = store.contact(&alice_key).unwrap().unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        Secret::from_bytes(contact.inbox)
+        contact
+            .inbox
+            .secret()
             .drop_key(epoch_at(now, DEFAULT_EPOCH_MS))
             .address()
             .0
@@ -687,7 +686,7 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
             let id = k.public().to_peer_id();
             peers
                 .iter()
-                .all(|p| sotto_daemon::network::closer(&address, &id, p))
+                .all(|p| sotto_daemon::net::closer(&address, &id, p))
         })
         .expect("a closer key within 100,000 tries");
     peers.push(key.public().to_peer_id());
@@ -697,11 +696,7 @@ fn envelopes_move_to_a_closer_newcomer_and_survive_their_old_hosts() {
     {
         let store = Store::open(&dir.join("store")).unwrap();
         let mut batch = Batch::new();
-        batch.put_raw(
-            Tree::Meta,
-            META_TRANSPORT_KEY.to_vec(),
-            key.to_protobuf_encoding().unwrap(),
-        );
+        batch.put_transport_key(key.to_protobuf_encoding().unwrap());
         store.apply(&batch).unwrap();
     }
     let newcomer = Daemon::join(net.root.path(), "newcomer", &net.hub, &["--replicas", "2"]);

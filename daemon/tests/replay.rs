@@ -10,7 +10,7 @@ use std::time::Duration;
 use sotto_daemon::config::Config;
 use sotto_daemon::node::Node;
 use sotto_daemon::service::Service;
-use sotto_daemon::store::{OutboxEntry, Tree};
+use sotto_daemon::store::OutboxEntry;
 use sotto_protocol::wire::Response;
 use tempfile::TempDir;
 
@@ -108,16 +108,8 @@ async fn a_replayed_envelope_is_a_duplicate_and_the_session_survives() {
     alice.service().send("bob", "once only").await.unwrap();
     let mut envelope = None;
     for _ in 0..100 {
-        let entries = alice
-            .service()
-            .store()
-            .scan::<OutboxEntry>(Tree::Outbox, "outbox")
-            .unwrap();
-        envelope = entries
-            .into_iter()
-            .map(|(_, e)| e)
-            .find(|e| !e.control)
-            .map(|e| e.envelope);
+        let entries: Vec<OutboxEntry> = alice.service().store().outbox().unwrap();
+        envelope = entries.into_iter().find(|e| !e.control).map(|e| e.envelope);
         if envelope.is_some() {
             break;
         }

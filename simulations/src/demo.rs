@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use serde::Serialize;
-use serde_json::Value;
-use sotto_daemon::service::{now_ms, MessageView, Service};
+use sotto_daemon::clock::unix_ms as now_ms;
+use sotto_daemon::service::{MessageView, Service};
 use sotto_daemon::store::MAX_EVENTS;
 
 use crate::node::{free_ports, SimNode};
@@ -257,8 +257,8 @@ impl Story<'_> {
             4,
             "Comparing safety numbers (what two people check to rule out a man in the middle)",
         );
-        let seen_by_alice = safety_number(self.service(ALICE)?.verify("bob").await?)?;
-        let seen_by_bob = safety_number(self.service(BOB)?.verify("alice").await?)?;
+        let seen_by_alice = self.service(ALICE)?.verify("bob").await?.safety_number;
+        let seen_by_bob = self.service(BOB)?.verify("alice").await?.safety_number;
         self.say
             .line(format!("      alice's number for bob:  {seen_by_alice}"));
         self.say
@@ -326,9 +326,7 @@ impl Story<'_> {
             state == "queued" || state == "on_hosts",
             "alice's message to the stopped bob should wait (queued, or sealed on a mailbox host), but its state is {state}"
         );
-        let outbox = self.service(ALICE)?.status().await?["outbox"]
-            .as_u64()
-            .unwrap_or(0);
+        let outbox = self.service(ALICE)?.status().await?.outbox;
         self.say.line(format!(
             "      alice → bob    {:<9}  {text:?}\n{INDENT}{} s later it is {state}: sealed and padded, it waits \
              on a mailbox host for bob to fetch it (alice's outbox: {outbox})",
@@ -614,13 +612,6 @@ fn index(name: &str) -> anyhow::Result<usize> {
         .iter()
         .position(|n| *n == name)
         .ok_or_else(|| anyhow!("no node named {name}"))
-}
-
-fn safety_number(verify: Value) -> anyhow::Result<String> {
-    verify["safety_number"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("contact.verify gave no safety number: {verify}"))
 }
 
 /// The first `n` and last `n` characters of `s`.

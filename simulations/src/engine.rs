@@ -13,8 +13,9 @@ use libp2p::Multiaddr;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng, SeedableRng};
+use sotto_daemon::clock::unix_ms as now_ms;
 use sotto_daemon::link::{Harness, LinkModel, Transport};
-use sotto_daemon::service::{now_ms, Service};
+use sotto_daemon::service::Service;
 use sotto_protocol::deaddrop::DropKey;
 use sotto_protocol::mailbox::{Deposit, DepositAuth, Request, Response};
 use tokio::sync::Mutex;
@@ -826,10 +827,10 @@ impl World<'_> {
                         }
                     }
                 }
-                let stats = service.host().stats_json()?;
-                record.hosted_envelopes = stats["envelopes"].as_u64().unwrap_or(0);
-                record.hosted_bytes = stats["bytes"].as_u64().unwrap_or(0);
-                record.rejections = stats["rejections"].as_u64().unwrap_or(0);
+                let stats = p.host()?.stats()?;
+                record.hosted_envelopes = stats.envelopes;
+                record.hosted_bytes = stats.bytes;
+                record.rejections = stats.rejections;
                 record.hosted_bytes_max = record.hosted_bytes_max.max(record.hosted_bytes);
             }
             nodes.push(record);
@@ -875,15 +876,15 @@ async fn sample(peers: &[Shared], start: u64, hosted_max: &Arc<StdMutex<Vec<u64>
         let Ok(p) = tokio::time::timeout(Duration::from_millis(200), peer.lock()).await else {
             continue;
         };
-        let Ok(service) = p.service() else {
+        let Ok(host) = p.host() else {
             continue;
         };
         drop(p);
         s.online += 1;
-        if let Ok(stats) = service.host().stats_json() {
-            let bytes = stats["bytes"].as_u64().unwrap_or(0);
+        if let Ok(stats) = host.stats() {
+            let bytes = stats.bytes;
             s.hosted_bytes += bytes;
-            s.hosted_envelopes += stats["envelopes"].as_u64().unwrap_or(0);
+            s.hosted_envelopes += stats.envelopes;
             s.hosted_bytes_max = s.hosted_bytes_max.max(bytes);
             if let Ok(mut m) = hosted_max.lock() {
                 if let Some(v) = m.get_mut(i) {

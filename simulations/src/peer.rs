@@ -30,7 +30,7 @@ pub fn memory_addrs(n: usize) -> Vec<Multiaddr> {
         .collect()
 }
 
-/// A node's traffic counters (see `sotto_daemon::network::Traffic`), summed over restarts.
+/// A node's traffic counters (see `sotto_daemon::net::Traffic`), summed over restarts.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Totals {
     pub envelope_in: u64,
@@ -43,7 +43,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn read(t: &sotto_daemon::network::Traffic) -> Totals {
+    pub fn read(t: &sotto_daemon::net::Traffic) -> Totals {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Totals {
             envelope_in: get(&t.envelope_in),
@@ -200,6 +200,14 @@ impl Peer {
         self.node
             .as_ref()
             .map(|n| n.service().clone())
+            .ok_or_else(|| anyhow!("{} is not running", self.name))
+    }
+
+    /// The running node's mailbox host.
+    pub fn host(&self) -> anyhow::Result<std::sync::Arc<sotto_daemon::mailbox::Host>> {
+        self.node
+            .as_ref()
+            .map(|n| n.host().clone())
             .ok_or_else(|| anyhow!("{} is not running", self.name))
     }
 

@@ -1,42 +1,36 @@
 //! What the user decides about others: peers the network banned (listed, lifted) and
 //! contacts the user blocked, whose messages are then dropped without a reply.
 
-use super::*;
-use crate::limits::Ban;
-use crate::network::BanEvent;
+use libp2p::PeerId;
 
-/// A ban as clients see it.
-#[derive(Clone, Debug, Serialize)]
-pub struct BanView {
-    pub peer: String,
-    pub since_ms: u64,
-    pub until_ms: u64,
-    pub reason: String,
-}
+use super::{BanView, BlockState, ContactError, PeerError, Service, Unbanned};
+use crate::clock::unix_ms;
+use crate::net::BanEvent;
+use crate::store::{Ban, Batch, StoreError};
 
 impl Service {
     /// Record a ban the network made, or forget one that ran out.
-    pub async fn record_ban(&self, event: BanEvent) -> Result<(), Error> {
+    pub async fn record_ban(&self, event: BanEvent) -> Result<(), StoreError> {
         let mut batch = Batch::new();
         match event {
             BanEvent::Banned(ban, announce) => {
-                let view = Self::view_ban(&ban);
-                batch.put(Tree::Bans, ban.peer.clone(), &ban)?;
+                batch.put_ban(&ban)?;
                 if !announce {
-                    self.inner.store.commit(batch).await?;
-                    return Ok(());
+                    return self.inner.store.commit(batch).await;
                 }
                 let order = self.inner.events.order().await;
-                let staged =
-                    self.inner
-                        .events
-                        .stage(&mut batch, "peer.banned", "ban", json!(view))?;
+                let staged = self.inner.events.stage(
+                    &mut batch,
+                    "peer.banned",
+                    "ban",
+                    &Self::view_ban(&ban),
+                )?;
                 self.inner.store.commit(batch).await?;
-                drop(order);
                 self.inner.events.publish(vec![staged]);
+                drop(order);
             }
             BanEvent::Lifted(peer) => {
-                batch.remove(Tree::Bans, peer.to_bytes());
+                batch.remove_ban(&peer.to_bytes());
                 self.inner.store.commit(batch).await?;
             }
         }
@@ -45,9 +39,10 @@ impl Service {
 
     fn view_ban(ban: &Ban) -> BanView {
         BanView {
-            peer: PeerId::from_bytes(&ban.peer)
+            peer: ban
+                .peer_id()
                 .map(|p| p.to_string())
-                .unwrap_or_else(|_| "(unreadable peer id)".into()),
+                .unwrap_or_else(|| "(unreadable peer id)".into()),
             since_ms: ban.since_ms,
             until_ms: ban.until_ms,
             reason: ban.reason.clone(),
@@ -55,68 +50,56 @@ impl Service {
     }
 
     /// `peers.bans`: the bans in force, soonest to end first.
-    pub fn bans(&self) -> Result<Vec<BanView>, Error> {
-        let mut bans = store::active_bans(&self.inner.store, now_ms())?;
+    pub fn bans(&self) -> Result<Vec<BanView>, PeerError> {
+        let mut bans = self.inner.store.active_bans(unix_ms())?;
         bans.sort_by_key(|b| b.until_ms);
         Ok(bans.iter().map(Self::view_ban).collect())
     }
 
     /// `peers.unban`: lift the ban on a peer (its PeerId).
-    pub async fn unban(&self, peer: &str) -> Result<Value, Error> {
+    pub async fn unban(&self, peer: &str) -> Result<Unbanned, PeerError> {
         let id: PeerId = peer
             .parse()
-            .map_err(|_| Error::InvalidParams(format!("{peer:?} is not a PeerId")))?;
-        let stored = self
-            .inner
-            .store
-            .get_raw(Tree::Bans, &id.to_bytes())?
-            .is_some();
-        let live = self
-            .inner
-            .net
-            .unban(id)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|_| PeerError::NotAPeerId(peer.to_owned()))?;
+        let stored = self.inner.store.is_banned(&id.to_bytes())?;
+        let live = self.inner.net.unban(id).await?;
         if !stored && !live {
-            return Err(Error::InvalidParams(format!("peer {peer} is not banned")));
+            return Err(PeerError::NotBanned(peer.to_owned()));
         }
         let mut batch = Batch::new();
-        batch.remove(Tree::Bans, id.to_bytes());
+        batch.remove_ban(&id.to_bytes());
         self.inner.store.commit(batch).await?;
-        Ok(json!({ "peer": peer, "unbanned": true }))
-    }
-
-    /// Is the contact with account key `key` blocked?
-    pub fn is_blocked(&self, key: &AccountKey) -> Result<bool, Error> {
-        Ok(self.inner.store.get_raw(Tree::Blocked, &key.0)?.is_some())
+        Ok(Unbanned {
+            peer: peer.to_owned(),
+            unbanned: true,
+        })
     }
 
     /// `contact.block`: drop the contact's messages from now on, without a reply (no
     /// receipt, no presence). The contact and the history stay.
-    pub async fn block(&self, who: &str) -> Result<Value, Error> {
+    pub async fn block(&self, who: &str) -> Result<BlockState, ContactError> {
         let (key, contact) = self.resolve(who)?;
         let mut batch = Batch::new();
-        batch.put_raw(
-            Tree::Blocked,
-            key.0.to_vec(),
-            now_ms().to_be_bytes().to_vec(),
-        );
+        batch.block(&key, unix_ms());
         self.inner.store.commit(batch).await?;
-        Ok(json!({ "contact": contact.name, "blocked": true }))
+        Ok(BlockState {
+            contact: contact.name,
+            blocked: true,
+        })
     }
 
     /// `contact.unblock`
-    pub async fn unblock(&self, who: &str) -> Result<Value, Error> {
+    pub async fn unblock(&self, who: &str) -> Result<BlockState, ContactError> {
         let (key, contact) = self.resolve(who)?;
-        if !self.is_blocked(&key)? {
-            return Err(Error::InvalidParams(format!(
-                "{:?} is not blocked",
-                contact.name
-            )));
+        if !self.inner.store.is_blocked(&key)? {
+            return Err(ContactError::NotBlocked(contact.name));
         }
         let mut batch = Batch::new();
-        batch.remove(Tree::Blocked, key.0.to_vec());
+        batch.unblock(&key);
         self.inner.store.commit(batch).await?;
-        Ok(json!({ "contact": contact.name, "blocked": false }))
+        Ok(BlockState {
+            contact: contact.name,
+            blocked: false,
+        })
     }
 }

@@ -1,264 +1,290 @@
 //! Receiving: an envelope that came directly or from a mailbox is opened, its sender
-//! checked, decrypted, deduplicated, and stored together with the session state it
+//! identified, decrypted, deduplicated, and stored together with the session state it
 //! advanced — all in one transaction, before the sender or host is told it was taken.
 
-use super::*;
+use serde_json::Value;
+use sotto_protocol::card::Card;
+use sotto_protocol::chat::{self, ChatError, OpenedEnvelope};
+use sotto_protocol::content::{Body, Content, MessageId};
+use sotto_protocol::envelope::{self, EnvelopeError};
+use sotto_protocol::identity::AccountKey;
+use sotto_protocol::padding;
+use sotto_protocol::wire::{Refusal, Response};
+
+use super::{ReceiveError, Service, Signal, MAX_CONTACTS, MAX_REQUESTS};
+use crate::clock::unix_ms;
+use crate::store::{self, Batch, Direction, State};
+
+/// What became of an envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The answer for whoever handed the envelope over.
+    pub response: Response,
+    /// The user message it carried, if one was stored: its sender and id.
+    pub message: Option<(AccountKey, MessageId)>,
+}
+
+impl Received {
+    fn answer(response: Response) -> Self {
+        Received {
+            response,
+            message: None,
+        }
+    }
+}
+
+/// The sender of an opened envelope, as this node knows it now.
+struct Sender {
+    key: AccountKey,
+    contact: store::Contact,
+    card: Card,
+}
+
+/// An event to stage: its kind, the payload's key, the payload.
+type Pending = (&'static str, &'static str, Value);
 
 impl Service {
     /// Answer an envelope that arrived from `origin` (a peer, or a mailbox host).
     pub async fn receive(&self, origin: &str, bytes: &[u8]) -> Response {
-        self.receive_detailed(origin, bytes).await.0
+        self.receive_detailed(origin, bytes).await.response
     }
 
-    /// As [`Service::receive`], also naming the contact and message id of a user message
-    /// that was stored.
-    pub async fn receive_detailed(
-        &self,
-        origin: &str,
-        bytes: &[u8],
-    ) -> (Response, Option<(AccountKey, MessageId)>) {
+    /// As [`Service::receive`], also naming the user message that was stored.
+    pub async fn receive_detailed(&self, origin: &str, bytes: &[u8]) -> Received {
         match self.try_receive(bytes).await {
-            Ok(response) => response,
-            Err(Error::Store(e)) => {
+            Ok(received) => received,
+            Err(e @ ReceiveError::Store(_)) => {
                 tracing::error!("cannot store a message from {origin}: {e}");
-                (Response::Refused(Refusal::Internal), None)
+                Received::answer(Response::Refused(e.refusal()))
             }
             Err(e) => {
                 tracing::debug!("refused an envelope from {origin}: {e}");
-                (Response::Refused(Refusal::Unopenable), None)
+                Received::answer(Response::Refused(e.refusal()))
             }
         }
     }
 
-    async fn try_receive(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(Response, Option<(AccountKey, MessageId)>), Error> {
+    async fn try_receive(&self, bytes: &[u8]) -> Result<Received, ReceiveError> {
         if !padding::is_bucket(bytes.len()) {
-            return Ok((Response::Refused(Refusal::Malformed), None));
+            return Ok(Received::answer(Response::Refused(Refusal::Malformed)));
         }
+        let store = &self.inner.store;
         let digest = envelope::digest(bytes);
-        if self.inner.store.get_raw(Tree::Seen, &digest)?.is_some() {
-            return Ok((Response::Duplicate, None));
+        if store.is_seen(&digest)? {
+            return Ok(Received::answer(Response::Duplicate));
         }
         let mut guard = self.inner.account.lock().await;
-        let account = guard.as_mut().ok_or(Error::NoAccount)?;
+        let account = guard.as_mut().ok_or(ReceiveError::NoAccount)?;
         // Checked again under the lock: the same envelope may arrive on two paths at once.
-        if self.inner.store.get_raw(Tree::Seen, &digest)?.is_some() {
-            return Ok((Response::Duplicate, None));
+        if store.is_seen(&digest)? {
+            return Ok(Received::answer(Response::Duplicate));
         }
         let opened = match chat::open_envelope(account, bytes) {
             Ok(o) => o,
-            Err(chat::ChatError::Envelope(envelope::EnvelopeError::UnsupportedVersion {
-                ..
-            })) => return Ok((Response::Refused(Refusal::Malformed), None)),
-            Err(e) => return Err(Error::InvalidParams(e.to_string())),
+            Err(ChatError::Envelope(EnvelopeError::UnsupportedVersion { .. })) => {
+                return Ok(Received::answer(Response::Refused(Refusal::Malformed)))
+            }
+            Err(e) => return Err(ReceiveError::Open(e)),
         };
-        let attached = opened
-            .attached_card()
-            .map_err(|e| Error::InvalidParams(e.to_string()))?;
-        let known = self
-            .inner
-            .store
-            .get_raw(Tree::SealIndex, &opened.sender_seal_key)?
-            .and_then(|k| <[u8; 32]>::try_from(k.as_ref()).ok())
-            .map(AccountKey);
-        let now = now_ms();
+        let now = unix_ms();
         let mut batch = Batch::new();
-        let mut events = Vec::new();
-        let (key, mut contact, card) = match known {
-            Some(key) => {
-                if key != opened.letter.sender {
-                    return Err(Error::InvalidParams(
-                        "sender does not match the seal key".into(),
-                    ));
-                }
-                let mut contact = self
-                    .inner
-                    .store
-                    .get::<store::Contact>(Tree::Contacts, &key.0, "contact")?
-                    .ok_or_else(|| Error::UnknownContact(key.address()))?;
-                let mut card = Card::from_bytes(&contact.card)?;
-                if let Some(newer) = attached.filter(|a| a.body().issued_at > card.body().issued_at)
-                {
-                    contact.card = newer.to_bytes();
-                    card = newer;
-                }
-                (key, contact, card)
-            }
-            None => {
-                let card = attached.ok_or_else(|| {
-                    Error::InvalidParams("envelope from an unknown sender without a card".into())
-                })?;
-                let key = card.account();
-                let contact = match self.inner.store.get::<store::Contact>(
-                    Tree::Contacts,
-                    &key.0,
-                    "contact",
-                )? {
-                    // A contact whose card (and seal key) changed; an older card never
-                    // replaces a newer one.
-                    Some(mut c) => {
-                        if let Ok(old) = Card::from_bytes(&c.card) {
-                            if old.body().issued_at >= card.body().issued_at {
-                                return Err(Error::InvalidParams(
-                                    "a card older than the one known".into(),
-                                ));
-                            }
-                            batch.remove(Tree::SealIndex, old.body().seal_key.to_vec());
-                        }
-                        c.card = card.to_bytes();
-                        c
-                    }
-                    None => {
-                        if self.inner.store.len(Tree::Contacts) >= MAX_CONTACTS {
-                            return Err(Error::InvalidParams("contact list full".into()));
-                        }
-                        // A stranger's name is marked as a request, so that it can never be
-                        // taken for a contact's ("bob" stays free for the real Bob).
-                        if self.requests()?.len() >= MAX_REQUESTS {
-                            return Err(Error::InvalidParams(
-                                "too many message requests waiting".into(),
-                            ));
-                        }
-                        let name = self.default_name(&format!("request {}", card.body().name))?;
-                        let c =
-                            store::Contact::new(name, card.to_bytes(), true, self.random_secret());
-                        events.push((
-                            "contact.added",
-                            "contact",
-                            json!(Self::view_contact(&key, &c)),
-                        ));
-                        c
-                    }
-                };
-                (key, contact, card)
-            }
-        };
-        let mut pairwise = self.load_pairwise(&key)?;
-        let content = chat::open_message(account, &mut pairwise, &card, &opened)
-            .map_err(|e| Error::InvalidParams(e.to_string()))?;
+        let mut events: Vec<Pending> = Vec::new();
+        let mut sender = self.identify(&opened, &mut batch, &mut events)?;
+        let mut pairwise = self.load_pairwise(&sender.key)?;
+        let content = chat::open_message(account, &mut pairwise, &sender.card, &opened)
+            .map_err(ReceiveError::Decrypt)?;
         // Only a pre-key message can change the device (a new inbound session).
         if opened.letter.ciphertext.is_pre_key() {
-            self.account_batch(&mut batch, account)?;
+            self.stage_account(&mut batch, account)?;
         }
-        batch.put(
-            Tree::Sessions,
-            key.0.to_vec(),
-            &pairwise.pickle(&self.inner.pickle_key),
-        )?;
-        batch.put_raw(Tree::Seen, digest.to_vec(), now.to_be_bytes().to_vec());
+        batch.put_sessions(&sender.key, &pairwise.pickle(&self.inner.pickle_key))?;
+        batch.mark_seen(&digest, now);
         // A blocked contact's message is taken and dropped: decrypted, so that the session
         // keeps step and works again after an unblock, but nothing of it is stored, shown
         // or answered. The sender (or the host) is told it arrived, so nothing retries it.
-        if self.is_blocked(&key)? {
-            self.inner.store.commit(batch).await?;
-            return Ok((Response::Accepted, None));
+        if store.is_blocked(&sender.key)? {
+            store.commit(batch).await?;
+            return Ok(Received::answer(Response::Accepted));
         }
-        let duplicate = self
-            .inner
-            .store
-            .get_raw(Tree::MessageIds, &content.id.0)?
-            .is_some();
+        let duplicate = store.message_seq(&content.id)?.is_some();
         let mut stored = None;
-        let mut delivered = Vec::new();
         if !duplicate {
-            match &content.body {
-                Body::Receipt(ids) => {
-                    batch.put_raw(
-                        Tree::MessageIds,
-                        content.id.0.to_vec(),
-                        0u64.to_be_bytes().to_vec(),
-                    );
-                    for id in ids {
-                        let Some(seq) = self.inner.store.get_raw(Tree::MessageIds, &id.0)? else {
-                            continue;
-                        };
-                        let Some(mut m) = self.inner.store.get::<store::Message>(
-                            Tree::Messages,
-                            &seq,
-                            "message",
-                        )?
-                        else {
-                            continue;
-                        };
-                        // Only the recipient's own receipts count.
-                        if m.contact != key
-                            || m.direction != Direction::Out
-                            || m.state == State::Delivered
-                        {
-                            continue;
-                        }
-                        m.state = State::Delivered;
-                        batch.put(Tree::Messages, seq.to_vec(), &m)?;
-                        delivered.push(json!(self.view_message(&m, &contact.name)));
-                    }
-                }
-                Body::Presence(presence) => {
-                    contact.their_inbox = Some(presence.inbox);
-                    contact.route = presence
-                        .peer_id
-                        .clone()
-                        .map(|id| (id, presence.addrs.clone()));
-                    // Presence ids are remembered for deduplication only.
-                    batch.put_raw(
-                        Tree::MessageIds,
-                        content.id.0.to_vec(),
-                        0u64.to_be_bytes().to_vec(),
-                    );
-                }
-                _ => {
-                    let seq = self.inner.store.next_id()?;
-                    let message = store::Message {
-                        id: content.id,
-                        contact: key,
-                        direction: Direction::In,
-                        text: content.as_text().unwrap_or_default().to_owned(),
-                        sent_at: content.sent_at,
-                        received_at: Some(now),
-                        state: State::Received,
-                    };
-                    batch.put(Tree::Messages, seq.to_be_bytes().to_vec(), &message)?;
-                    batch.put_raw(
-                        Tree::MessageIds,
-                        content.id.0.to_vec(),
-                        seq.to_be_bytes().to_vec(),
-                    );
-                    events.push((
-                        "message.received",
-                        "message",
-                        json!(self.view_message(&message, &contact.name)),
-                    ));
-                    stored = Some((key, content.id));
-                }
-            }
+            stored = self.stage_content(&mut sender, &content, now, &mut batch, &mut events)?;
         }
+        let mut queued = Vec::new();
         // A contact (not a mere request) learns this node's presence once.
-        if !contact.request && !contact.presence_sent {
-            self.stage_presence(account, &key, &mut contact, &mut batch)
-                .await?;
+        if !sender.contact.request && !sender.contact.presence_sent {
+            queued.push(
+                self.stage_presence(account, &sender.key, &mut sender.contact, &mut batch)
+                    .await?,
+            );
         }
-        self.stage_contact(&mut batch, &key, &contact, &card)?;
-        events.extend(
-            delivered
-                .into_iter()
-                .map(|v| ("message.delivered", "message", v)),
-        );
+        batch.put_contact(&sender.key, &sender.contact, &sender.card.body().seal_key)?;
         let order = self.inner.events.order().await;
         let staged = events
             .into_iter()
-            .map(|(kind, k, v)| self.inner.events.stage(&mut batch, kind, k, v))
+            .map(|(kind, k, v)| self.inner.events.stage(&mut batch, kind, k, &v))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner.store.commit(batch).await?;
+        store.commit(batch).await?;
         drop(guard);
         self.inner.events.publish(staged);
         drop(order);
-        self.retry_contact(&key).await;
-        let response = if duplicate {
-            Response::Duplicate
-        } else {
-            Response::Accepted
+        for seq in queued {
+            self.signal(Signal::Queued(seq)).await;
+        }
+        self.signal(Signal::Heard(sender.key)).await;
+        Ok(Received {
+            response: if duplicate {
+                Response::Duplicate
+            } else {
+                Response::Accepted
+            },
+            message: stored,
+        })
+    }
+
+    /// Who sent `opened`: a contact known by its seal key (its card replaced by a newer one
+    /// that rode along), or someone whose card rode along — a contact whose card changed,
+    /// or a stranger, who becomes a message request.
+    fn identify(
+        &self,
+        opened: &OpenedEnvelope,
+        batch: &mut Batch,
+        events: &mut Vec<Pending>,
+    ) -> Result<Sender, ReceiveError> {
+        let store = &self.inner.store;
+        let attached = opened.attached_card().map_err(ReceiveError::AttachedCard)?;
+        if let Some(key) = store.contact_sealing_with(&opened.sender_seal_key)? {
+            if key != opened.letter.sender {
+                return Err(ReceiveError::SenderMismatch);
+            }
+            let mut contact = store.contact(&key)?.ok_or(ReceiveError::UnknownSender)?;
+            let mut card = Card::from_bytes(&contact.card)?;
+            if let Some(newer) = attached.filter(|a| a.body().issued_at > card.body().issued_at) {
+                contact.card = newer.to_bytes();
+                card = newer;
+            }
+            return Ok(Sender { key, contact, card });
+        }
+        let card = attached.ok_or(ReceiveError::UnknownSender)?;
+        let key = card.account();
+        let contact = match store.contact(&key)? {
+            // A contact whose card (and seal key) changed; an older card never replaces a
+            // newer one.
+            Some(mut c) => {
+                if let Ok(old) = Card::from_bytes(&c.card) {
+                    if old.body().issued_at >= card.body().issued_at {
+                        return Err(ReceiveError::OlderCard);
+                    }
+                    batch.remove_seal_key(&old.body().seal_key);
+                }
+                c.card = card.to_bytes();
+                c
+            }
+            None => {
+                if store.contact_count() >= MAX_CONTACTS {
+                    return Err(ReceiveError::ContactsFull {
+                        limit: MAX_CONTACTS,
+                    });
+                }
+                if self.request_count()? >= MAX_REQUESTS {
+                    return Err(ReceiveError::RequestsFull {
+                        limit: MAX_REQUESTS,
+                    });
+                }
+                // A stranger's name is marked as a request, so that it can never be taken
+                // for a contact's ("bob" stays free for the real Bob).
+                let name = self.default_name(&format!("request {}", card.body().name))?;
+                let c = store::Contact::new(
+                    name,
+                    card.to_bytes(),
+                    true,
+                    self.random_secret(),
+                    unix_ms(),
+                );
+                events.push((
+                    "contact.added",
+                    "contact",
+                    serde_json::to_value(Self::view_contact(&key, &c)).unwrap_or_default(),
+                ));
+                c
+            }
         };
-        Ok((response, stored))
+        Ok(Sender { key, contact, card })
+    }
+
+    /// Stage what `content` says: a receipt moves messages to `delivered`, a presence
+    /// updates what this node knows of the sender's node and dead drops, and anything else
+    /// is a message for the user. Returns the user message stored, if any.
+    fn stage_content(
+        &self,
+        sender: &mut Sender,
+        content: &Content,
+        now: u64,
+        batch: &mut Batch,
+        events: &mut Vec<Pending>,
+    ) -> Result<Option<(AccountKey, MessageId)>, ReceiveError> {
+        let store = &self.inner.store;
+        match &content.body {
+            Body::Receipt(ids) => {
+                batch.index_message(&content.id, None);
+                for id in ids {
+                    let Some(Some(seq)) = store.message_seq(id)? else {
+                        continue;
+                    };
+                    let Some(mut m) = store.message(seq)? else {
+                        continue;
+                    };
+                    // Only the recipient's own receipts count.
+                    if m.contact != sender.key
+                        || m.direction != Direction::Out
+                        || m.state == State::Delivered
+                    {
+                        continue;
+                    }
+                    m.state = State::Delivered;
+                    batch.put_message(seq, &m)?;
+                    events.push((
+                        "message.delivered",
+                        "message",
+                        serde_json::to_value(self.view_message(&m, &sender.contact.name))
+                            .unwrap_or_default(),
+                    ));
+                }
+                Ok(None)
+            }
+            Body::Presence(presence) => {
+                let contact = &mut sender.contact;
+                contact.their_inbox = Some(store::InboxSecret::new(presence.inbox));
+                contact.route = presence.peer_id.clone().map(|peer| store::Route {
+                    peer,
+                    addrs: presence.addrs.clone(),
+                });
+                // Presence ids are remembered for deduplication only.
+                batch.index_message(&content.id, None);
+                Ok(None)
+            }
+            _ => {
+                let seq = store.next_seq()?;
+                let message = store::Message {
+                    id: content.id,
+                    contact: sender.key,
+                    direction: Direction::In,
+                    text: content.as_text().unwrap_or_default().to_owned(),
+                    sent_at: content.sent_at,
+                    received_at: Some(now),
+                    state: State::Received,
+                };
+                batch.put_message(seq, &message)?;
+                batch.index_message(&content.id, Some(seq));
+                events.push((
+                    "message.received",
+                    "message",
+                    serde_json::to_value(self.view_message(&message, &sender.contact.name))
+                        .unwrap_or_default(),
+                ));
+                Ok(Some((sender.key, content.id)))
+            }
+        }
     }
 }

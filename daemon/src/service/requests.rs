@@ -2,73 +2,91 @@
 //! Their messages are kept and listed, but this node tells them nothing about itself (no
 //! presence: no inbox secret, no address) until the user accepts; rejecting forgets them.
 
-use super::*;
+use sotto_protocol::card::Card;
+use sotto_protocol::identity::AccountKey;
+
+use super::{ContactError, ContactView, Rejected, Service, Signal};
+use crate::store::{self, Batch, StoreError};
 
 impl Service {
     /// `requests.list`
-    pub fn requests(&self) -> Result<Vec<ContactView>, Error> {
+    pub fn requests(&self) -> Result<Vec<ContactView>, ContactError> {
         Ok(self.contacts()?.into_iter().filter(|c| c.request).collect())
     }
 
-    fn resolve_request(&self, who: &str) -> Result<(AccountKey, store::Contact), Error> {
+    /// How many message requests wait for the user's answer.
+    pub(super) fn request_count(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .contacts()?
+            .iter()
+            .filter(|(_, c)| c.request)
+            .count())
+    }
+
+    fn resolve_request(&self, who: &str) -> Result<(AccountKey, store::Contact), ContactError> {
         let (key, contact) = self.resolve(who)?;
         if !contact.request {
-            return Err(Error::InvalidParams(format!(
-                "{who:?} is a contact, not a message request"
-            )));
+            return Err(ContactError::NotARequest(who.to_owned()));
         }
         Ok((key, contact))
     }
 
     /// `requests.accept`: the writer becomes a contact and learns this node's presence.
-    pub async fn accept(&self, who: &str) -> Result<ContactView, Error> {
+    pub async fn accept(&self, who: &str) -> Result<ContactView, ContactError> {
         let guard = self.inner.account.lock().await;
-        let account = guard.as_ref().ok_or(Error::NoAccount)?;
+        let account = guard.as_ref().ok_or(ContactError::NoAccount)?;
         let (key, mut contact) = self.resolve_request(who)?;
         let card = Card::from_bytes(&contact.card)?;
         let mut batch = Batch::new();
         contact.request = false;
         if contact.name.starts_with("request-") {
-            batch.remove(Tree::Names, contact.name.as_bytes().to_vec());
+            batch.remove_name(&contact.name);
             contact.name = self.default_name(&card.body().name)?;
         }
+        let mut queued = None;
         if !contact.presence_sent {
-            self.stage_presence(account, &key, &mut contact, &mut batch)
-                .await?;
+            queued = Some(
+                self.stage_presence(account, &key, &mut contact, &mut batch)
+                    .await?,
+            );
         }
-        self.stage_contact(&mut batch, &key, &contact, &card)?;
+        batch.put_contact(&key, &contact, &card.body().seal_key)?;
         self.inner.store.commit(batch).await?;
         drop(guard);
-        self.inner.outbox_wake.notify_one();
+        if let Some(seq) = queued {
+            self.signal(Signal::Queued(seq)).await;
+        }
         Ok(Self::view_contact(&key, &contact))
     }
 
-    /// `requests.reject`: forget the writer, its messages and its session.
-    pub async fn reject(&self, who: &str) -> Result<Value, Error> {
+    /// `requests.reject`: forget the writer, its messages, its session and what waits in
+    /// the outbox for it.
+    pub async fn reject(&self, who: &str) -> Result<Rejected, ContactError> {
         let _guard = self.inner.account.lock().await;
         let (key, contact) = self.resolve_request(who)?;
         let store = &self.inner.store;
         let mut batch = Batch::new();
-        batch.remove(Tree::Contacts, key.0.to_vec());
-        batch.remove(Tree::Names, contact.name.as_bytes().to_vec());
+        batch.remove_contact(&key);
+        batch.remove_name(&contact.name);
         if let Ok(card) = Card::from_bytes(&contact.card) {
-            batch.remove(Tree::SealIndex, card.body().seal_key.to_vec());
+            batch.remove_seal_key(&card.body().seal_key);
         }
-        batch.remove(Tree::Sessions, key.0.to_vec());
-        batch.remove(Tree::Blocked, key.0.to_vec());
-        let mut removed = 0u64;
-        for (k, m) in store.scan::<store::Message>(Tree::Messages, "message")? {
-            if m.contact == key {
-                batch.remove(Tree::Messages, k.to_vec());
-                removed += 1;
-            }
+        let messages = store.messages_with(&key)?;
+        for seq in &messages {
+            batch.remove_message(*seq);
         }
-        for (k, e) in store.scan::<store::OutboxEntry>(Tree::Outbox, "outbox entry")? {
+        for e in store.outbox()? {
             if e.to == key {
-                batch.remove(Tree::Outbox, k.to_vec());
+                batch.remove_outbox(e.seq);
             }
         }
         store.commit(batch).await?;
-        Ok(json!({ "contact": contact.name, "messages_removed": removed }))
+        self.signal(Signal::Forgotten(key)).await;
+        Ok(Rejected {
+            contact: contact.name,
+            messages_removed: messages.len() as u64,
+        })
     }
 }

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use libp2p::request_response::{Event, Message, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use sotto_daemon::network::{Behaviour, BehaviourEvent, Frame};
+use sotto_daemon::net::{Behaviour, BehaviourEvent, Frame};
 use sotto_protocol::{mailbox, wire};
 
 /// Send `request` to `peer` at `addr` on `/sotto/envelope/1` and wait (at most 30 s) for

@@ -9,7 +9,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::events::cursor_of;
-use crate::service::{Error, Service};
+use crate::mailbox::Host;
+use crate::service::Service;
+
+mod methods;
+
+use methods::{dispatch, opt_u64_param};
 
 /// The longest request line, in bytes.
 pub const MAX_LINE: usize = 256 * 1024;
@@ -30,6 +35,13 @@ pub const BAD_CARD: i64 = -32004;
 pub const NAME_TAKEN: i64 = -32005;
 pub const OWN_CARD: i64 = -32006;
 
+/// What the control server serves: the service, and the mailbox host (for its figures).
+#[derive(Clone)]
+struct Node {
+    service: Service,
+    host: Arc<Host>,
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct RpcError {
@@ -38,7 +50,7 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: i64, message: impl Into<String>) -> Self {
         RpcError {
             code,
             message: message.into(),
@@ -46,24 +58,14 @@ impl RpcError {
     }
 }
 
-impl From<Error> for RpcError {
-    fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::NoAccount => NO_ACCOUNT,
-            Error::AccountExists => ACCOUNT_EXISTS,
-            Error::UnknownContact(_) => UNKNOWN_CONTACT,
-            Error::BadCard(_) => BAD_CARD,
-            Error::NameTaken(_) => NAME_TAKEN,
-            Error::OwnCard => OWN_CARD,
-            Error::InvalidParams(_) => INVALID_PARAMS,
-            _ => INTERNAL_ERROR,
-        };
-        RpcError::new(code, e.to_string())
-    }
-}
-
 /// Accept control connections until `shutdown` turns true.
-pub async fn serve(listener: UnixListener, service: Service, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    service: Service,
+    host: Arc<Host>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let node = Node { service, host };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
@@ -76,10 +78,10 @@ pub async fn serve(listener: UnixListener, service: Service, mut shutdown: watch
                         let _ = stream.write_all(line.as_bytes()).await;
                         continue;
                     };
-                    let service = service.clone();
+                    let node = node.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        connection(stream, service, shutdown).await;
+                        connection(stream, node, shutdown).await;
                         drop(permit);
                     });
                 }
@@ -145,7 +147,7 @@ pub async fn read_line<R: AsyncBufReadExt + Unpin>(
     }
 }
 
-async fn connection(stream: UnixStream, service: Service, mut shutdown: watch::Receiver<bool>) {
+async fn connection(stream: UnixStream, node: Node, mut shutdown: watch::Receiver<bool>) {
     let (read, mut write) = stream.into_split();
     let (out, mut out_rx) = mpsc::channel::<String>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -178,7 +180,7 @@ async fn connection(stream: UnixStream, service: Service, mut shutdown: watch::R
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if let Some(reply) = handle_line(&buf, &service, &out, &mut subscription).await {
+                if let Some(reply) = handle_line(&buf, &node, &out, &mut subscription).await {
                     if out.send(reply).await.is_err() {
                         break;
                     }
@@ -195,7 +197,7 @@ async fn connection(stream: UnixStream, service: Service, mut shutdown: watch::R
 
 async fn handle_line(
     line: &[u8],
-    service: &Service,
+    node: &Node,
     out: &mpsc::Sender<String>,
     subscription: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> Option<String> {
@@ -239,95 +241,19 @@ async fn handle_line(
     }
     let params = obj.get("params").cloned().unwrap_or(json!({}));
     let result = match method {
-        "events.subscribe" => subscribe(service, &params, out, subscription),
+        "events.subscribe" => subscribe(&node.service, &params, out, subscription),
         "events.unsubscribe" => {
             if let Some(s) = subscription.take() {
                 s.abort();
             }
             Ok(json!({}))
         }
-        _ => dispatch(service, method, &params).await,
+        _ => dispatch(node, method, &params).await,
     };
     id.as_ref()?;
     Some(match result {
         Ok(v) => result_line(reply_id, v),
         Err(e) => error_line(reply_id, &e),
-    })
-}
-
-fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
-    params
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("missing string parameter {name:?}")))
-}
-
-fn opt_str_param<'a>(params: &'a Value, name: &str) -> Result<Option<&'a str>, RpcError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(RpcError::new(
-            INVALID_PARAMS,
-            format!("parameter {name:?} must be a string"),
-        )),
-    }
-}
-
-fn opt_u64_param(params: &Value, name: &str) -> Result<Option<u64>, RpcError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            RpcError::new(
-                INVALID_PARAMS,
-                format!("parameter {name:?} must be a non-negative integer"),
-            )
-        }),
-    }
-}
-
-async fn dispatch(service: &Service, method: &str, params: &Value) -> Result<Value, RpcError> {
-    if !(params.is_object()) {
-        return Err(RpcError::new(INVALID_PARAMS, "params must be an object"));
-    }
-    match method {
-        "account.create" => to_value(service.create_account(str_param(params, "name")?).await),
-        "account.get" => to_value(service.account().await),
-        "node.status" => to_value(service.status().await),
-        "contact.add" => to_value(
-            service
-                .add_contact(str_param(params, "card")?, opt_str_param(params, "name")?)
-                .await,
-        ),
-        "contact.list" => to_value(service.contacts()),
-        "contact.verify" => to_value(service.verify(str_param(params, "contact")?).await),
-        "contact.block" => to_value(service.block(str_param(params, "contact")?).await),
-        "contact.unblock" => to_value(service.unblock(str_param(params, "contact")?).await),
-        "peers.bans" => to_value(service.bans()),
-        "peers.unban" => to_value(service.unban(str_param(params, "peer")?).await),
-        "message.send" => to_value(
-            service
-                .send(str_param(params, "to")?, str_param(params, "text")?)
-                .await,
-        ),
-        "message.list" => {
-            let limit =
-                opt_u64_param(params, "limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-            to_value(service.messages(opt_str_param(params, "contact")?, limit))
-        }
-        "requests.list" => to_value(service.requests()),
-        "requests.accept" => to_value(service.accept(str_param(params, "contact")?).await),
-        "requests.reject" => to_value(service.reject(str_param(params, "contact")?).await),
-        "mailbox.stats" => to_value(service.host().stats_json().map_err(Error::from)),
-        _ => Err(RpcError::new(
-            METHOD_NOT_FOUND,
-            format!("no method {method:?}; see docs/api.md"),
-        )),
-    }
-}
-
-fn to_value<T: serde::Serialize>(v: Result<T, Error>) -> Result<Value, RpcError> {
-    v.map_err(RpcError::from).and_then(|v| {
-        serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
     })
 }
 

@@ -1,39 +1,63 @@
 //! Mailbox hosting: this node keeps sealed envelopes for others at dead-drop addresses,
 //! within quotas per depositor, per dead drop and in all, for at most the policy's TTL.
 //!
-//! Hosted envelopes live in the store (tree `hosted`, keyed by address ‖ envelope id) and
-//! are flushed before a deposit is confirmed. What the host can see: the address, the
-//! envelope's size (a padding bucket), the depositing peer, and when. What it cannot: who
-//! wrote it, for whom, or what it says.
+//! Hosted envelopes live in the store (see [`crate::store::hosting`]) and are flushed
+//! before a deposit is confirmed. What the host can see: the address, the envelope's size
+//! (a padding bucket), the depositing peer, and when. What it cannot: who wrote it, for
+//! whom, or what it says.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use libp2p::PeerId;
+use serde::Serialize;
 use sotto_protocol::deaddrop::Address;
 use sotto_protocol::envelope;
 use sotto_protocol::mailbox::{self, Delete, Deposit, Fetch, Policy, Refusal, Request, Response};
 use tokio::sync::Mutex;
 
+use crate::clock::unix_ms;
 use crate::link::{HostAction, HostEvent, Observer};
-use crate::service::now_ms;
-use crate::store::{self, Batch, HostStats, Hosted, Store, StoreError, Tree, Usage};
+use crate::store::hosting::UsageOf;
+use crate::store::{Batch, HostStats, Hosted, Seq, Store, StoreError, Usage};
 
 /// Changes to usage records, summed per record before they are written.
 #[derive(Default)]
 struct UsageDelta {
-    per_key: std::collections::HashMap<Vec<u8>, (i64, i64)>,
+    per_record: HashMap<UsageOf, (i64, i64)>,
     bytes: i64,
 }
 
 impl UsageDelta {
     fn add(&mut self, address: &Address, depositor: &[u8], count: i64, bytes: i64) {
-        for key in [drop_usage_key(address), depositor_usage_key(depositor)] {
-            let e = self.per_key.entry(key).or_default();
+        for of in [
+            UsageOf::Drop(*address),
+            UsageOf::Depositor(depositor.to_vec()),
+        ] {
+            let e = self.per_record.entry(of).or_default();
             e.0 += count;
             e.1 += bytes;
         }
         self.bytes += bytes;
     }
+}
+
+/// `mailbox.stats`: what this node hosts, and what it did as a host.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostingStats {
+    pub dead_drops: usize,
+    /// The dead drops' addresses, in hex.
+    pub addresses: Vec<String>,
+    pub envelopes: u64,
+    pub bytes: u64,
+    /// Envelopes by size in bytes.
+    pub sizes: BTreeMap<String, u64>,
+    pub envelopes_by_address: BTreeMap<String, u64>,
+    pub deposits: u64,
+    pub rejections: u64,
+    pub deleted: u64,
+    pub expired: u64,
+    pub handed_over: u64,
 }
 
 /// The host.
@@ -48,36 +72,17 @@ pub struct Host {
     observer: Option<Arc<dyn Observer>>,
 }
 
-fn id_key(address: &Address, id: &[u8; 32]) -> Vec<u8> {
-    let mut k = address.0.to_vec();
-    k.extend_from_slice(id);
-    k
-}
-
-fn seq_key(address: &Address, seq: &[u8]) -> Vec<u8> {
-    let mut k = address.0.to_vec();
-    k.extend_from_slice(seq);
-    k
-}
-
-fn drop_usage_key(address: &Address) -> Vec<u8> {
-    let mut k = b"d".to_vec();
-    k.extend_from_slice(&address.0);
-    k
-}
-
-fn depositor_usage_key(depositor: &[u8]) -> Vec<u8> {
-    let mut k = b"p".to_vec();
-    k.extend_from_slice(depositor);
-    k
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Host {
-    pub fn new(store: Store, policy: Policy, me: Vec<u8>) -> Self {
+    /// The host of the node `me`, keeping its envelopes in `store` under `policy`.
+    pub fn new(store: Store, policy: Policy, me: &PeerId) -> Self {
         Host {
             store,
             policy,
-            me,
+            me: me.to_bytes(),
             lock: Mutex::new(()),
             observer: None,
         }
@@ -93,26 +98,12 @@ impl Host {
         &self.policy
     }
 
-    /// Answer a request from the peer `depositor` (PeerId bytes).
-    pub async fn handle(&self, depositor: &[u8], bytes: &[u8]) -> Response {
-        let request = match Request::from_bytes(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!("malformed mailbox request: {e}");
-                return Response::Refused(Refusal::Malformed);
-            }
-        };
-        self.handle_request(depositor, request).await
-    }
-
-    pub async fn handle_request(&self, depositor: &[u8], request: Request) -> Response {
-        let seen = self.observer.as_ref().map(|_| match &request {
-            Request::Deposit(d) => (d.address, d.envelope.len(), 0),
-            Request::Fetch(f) => (f.address, 0, 1),
-            Request::Delete(d) => (d.address, 0, 2),
-        });
+    /// Answer `request` from the peer `from`.
+    pub async fn handle(&self, from: &PeerId, request: Request) -> Response {
+        let from = from.to_bytes();
+        let seen = self.observer.as_ref().map(|_| observed(&request));
         let result = match request {
-            Request::Deposit(d) => self.deposit(depositor, d).await,
+            Request::Deposit(d) => self.deposit(&from, d).await,
             Request::Fetch(f) => self.fetch(&f),
             Request::Delete(d) => self.delete(&d).await,
         };
@@ -120,60 +111,15 @@ impl Host {
             tracing::error!("mailbox host: {e}");
             Response::Refused(Refusal::Internal)
         });
-        if let (Some(observer), Some((address, size, kind))) = (&self.observer, seen) {
-            let action = match (kind, &response) {
-                (0, r) => HostAction::Deposit {
-                    address: address.0,
-                    size,
-                    stored: matches!(r, Response::Stored | Response::AlreadyStored),
-                },
-                (1, r) => HostAction::Fetch {
-                    address: address.0,
-                    envelopes: match r {
-                        Response::Envelopes { envelopes, .. } => envelopes.len(),
-                        _ => 0,
-                    },
-                },
-                (_, r) => HostAction::Delete {
-                    address: address.0,
-                    count: match r {
-                        Response::Deleted(n) => *n as usize,
-                        _ => 0,
-                    },
-                },
-            };
+        if let (Some(observer), Some(action)) = (&self.observer, seen) {
             observer.host_event(HostEvent {
-                at_ms: now_ms(),
+                at_ms: unix_ms(),
                 host: self.me.clone(),
-                peer: depositor.to_vec(),
-                action,
+                peer: from,
+                action: action(&response),
             });
         }
         response
-    }
-
-    fn usage(&self, key: &[u8]) -> Result<Usage, StoreError> {
-        Ok(self
-            .store
-            .get::<Usage>(Tree::HostUsage, key, "host usage")?
-            .unwrap_or_default())
-    }
-
-    fn host_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .store
-            .get_raw(Tree::Meta, store::META_HOST_BYTES)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Hosting counters.
-    pub fn stats(&self) -> Result<HostStats, StoreError> {
-        Ok(self
-            .store
-            .get::<HostStats>(Tree::Meta, store::META_HOST_STATS, "host stats")?
-            .unwrap_or_default())
     }
 
     fn stage_stats(
@@ -181,31 +127,23 @@ impl Host {
         batch: &mut Batch,
         f: impl FnOnce(&mut HostStats),
     ) -> Result<(), StoreError> {
-        let mut stats = self.stats()?;
+        let mut stats = self.store.host_stats()?;
         f(&mut stats);
-        batch.put(Tree::Meta, store::META_HOST_STATS.to_vec(), &stats)
+        batch.put_host_stats(&stats)
     }
 
     /// Write `delta` into `batch` on top of the stored usage records.
     fn stage_delta(&self, batch: &mut Batch, delta: UsageDelta) -> Result<(), StoreError> {
-        for (key, (count, bytes)) in delta.per_key {
-            let u = self.usage(&key)?;
+        for (of, (count, bytes)) in delta.per_record {
+            let u = self.store.host_usage(&of)?;
             let u = Usage {
                 count: u.count.saturating_add_signed(count),
                 bytes: u.bytes.saturating_add_signed(bytes),
             };
-            if u.count == 0 {
-                batch.remove(Tree::HostUsage, key);
-            } else {
-                batch.put(Tree::HostUsage, key, &u)?;
-            }
+            batch.put_host_usage(&of, u)?;
         }
-        let total = self.host_bytes()?.saturating_add_signed(delta.bytes);
-        batch.put_raw(
-            Tree::Meta,
-            store::META_HOST_BYTES.to_vec(),
-            total.to_be_bytes().to_vec(),
-        );
+        let total = self.store.host_bytes()?.saturating_add_signed(delta.bytes);
+        batch.put_host_bytes(total);
         Ok(())
     }
 
@@ -215,36 +153,30 @@ impl Host {
         batch: &mut Batch,
         delta: &mut UsageDelta,
         address: &Address,
-        seq: &[u8],
+        seq: Seq,
         h: &Hosted,
     ) {
-        batch.remove(Tree::Hosted, seq_key(address, seq));
-        batch.remove(
-            Tree::HostedIds,
-            id_key(address, &envelope::digest(&h.envelope)),
-        );
+        batch.remove_hosted(address, seq, &envelope::digest(&h.envelope));
         delta.add(address, &h.depositor, -1, -(h.envelope.len() as i64));
     }
 
     async fn deposit(&self, depositor: &[u8], d: Deposit) -> Result<Response, StoreError> {
         let _g = self.lock.lock().await;
-        let now = now_ms();
+        let now = unix_ms();
         let id = envelope::digest(&d.envelope);
-        if self
-            .store
-            .get_raw(Tree::HostedIds, &id_key(&d.address, &id))?
-            .is_some()
-        {
+        if self.store.hosted_seq(&d.address, &id)?.is_some() {
             return Ok(Response::AlreadyStored);
         }
-        let drop_usage = self.usage(&drop_usage_key(&d.address))?;
-        let depositor_usage = self.usage(&depositor_usage_key(depositor))?;
+        let drop_usage = self.store.host_usage(&UsageOf::Drop(d.address))?;
+        let depositor_usage = self
+            .store
+            .host_usage(&UsageOf::Depositor(depositor.to_vec()))?;
         let usage = mailbox::Usage {
             drop_count: drop_usage.count,
             drop_bytes: drop_usage.bytes,
             depositor_count: depositor_usage.count,
             depositor_bytes: depositor_usage.bytes,
-            host_bytes: self.host_bytes()?,
+            host_bytes: self.store.host_bytes()?,
         };
         let expires_at = match self.policy.admit_deposit(&d, &usage, now) {
             Ok(t) => t,
@@ -257,12 +189,12 @@ impl Host {
             }
         };
         let size = d.envelope.len() as i64;
-        let seq = self.store.next_id()?.to_be_bytes();
+        let seq = self.store.next_seq()?;
         let mut batch = Batch::new();
-        batch.put_raw(Tree::HostedIds, id_key(&d.address, &id), seq.to_vec());
-        batch.put(
-            Tree::Hosted,
-            seq_key(&d.address, &seq),
+        batch.put_hosted(
+            &d.address,
+            seq,
+            &id,
             &Hosted {
                 expires_at,
                 deposit_expires_at: d.expires_at,
@@ -281,67 +213,52 @@ impl Host {
     }
 
     fn fetch(&self, f: &Fetch) -> Result<Response, StoreError> {
-        let now = now_ms();
+        let now = unix_ms();
         if let Err(refusal) = self.policy.admit_fetch(f, &self.me, now) {
             return Ok(Response::Refused(refusal));
         }
         let after = match &f.after {
-            Some(id) => self
-                .store
-                .get_raw(Tree::HostedIds, &id_key(&f.address, id))?
-                .map(|s| s.to_vec()),
+            Some(id) => self.store.hosted_seq(&f.address, id)?,
             None => None,
         };
         let mut envelopes = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
-        for (k, h) in
-            self.store
-                .scan_prefix::<Hosted>(Tree::Hosted, &f.address.0, "hosted envelope")?
-        {
-            if after.as_deref().is_some_and(|a| k.as_ref()[32..] <= *a) {
-                continue;
-            }
+        self.store.walk_hosted_at(&f.address, after, |_, h| {
             if h.expires_at <= now {
-                continue;
+                return true;
             }
             // Budget by encoded size: each envelope also costs its length prefix.
             let cost = h.envelope.len() + 9;
             if !envelopes.is_empty() && bytes + cost > self.policy.page_bytes {
                 more = true;
-                break;
+                return false;
             }
             bytes += cost;
             envelopes.push(h.envelope);
-        }
+            true
+        })?;
         Ok(Response::Envelopes { envelopes, more })
     }
 
     async fn delete(&self, d: &Delete) -> Result<Response, StoreError> {
         let _g = self.lock.lock().await;
-        if let Err(refusal) = self.policy.admit_delete(d, &self.me, now_ms()) {
+        if let Err(refusal) = self.policy.admit_delete(d, &self.me, unix_ms()) {
             return Ok(Response::Refused(refusal));
         }
         let mut deleted = 0u32;
         let mut batch = Batch::new();
         let mut delta = UsageDelta::default();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for id in &d.ids {
             if !seen.insert(*id) {
                 continue;
             }
-            let Some(seq) = self
-                .store
-                .get_raw(Tree::HostedIds, &id_key(&d.address, id))?
-            else {
+            let Some(seq) = self.store.hosted_seq(&d.address, id)? else {
                 continue;
             };
-            if let Some(h) = self.store.get::<Hosted>(
-                Tree::Hosted,
-                &seq_key(&d.address, &seq),
-                "hosted envelope",
-            )? {
-                self.stage_removal(&mut batch, &mut delta, &d.address, &seq, &h);
+            if let Some(h) = self.store.hosted(&d.address, seq)? {
+                self.stage_removal(&mut batch, &mut delta, &d.address, seq, &h);
                 deleted += 1;
             }
         }
@@ -354,20 +271,17 @@ impl Host {
     /// Drop expired envelopes; returns how many.
     pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
         let _g = self.lock.lock().await;
-        let now = now_ms();
+        let now = unix_ms();
         let mut expired = 0u64;
         let mut batch = Batch::new();
         let mut delta = UsageDelta::default();
-        for (k, h) in self.store.scan::<Hosted>(Tree::Hosted, "hosted envelope")? {
-            if h.expires_at > now {
-                continue;
+        self.store.walk_hosted(|address, seq, h| {
+            if h.expires_at <= now {
+                self.stage_removal(&mut batch, &mut delta, &address, seq, &h);
+                expired += 1;
             }
-            let Ok(address) = <[u8; 32]>::try_from(&k.as_ref()[..32]).map(Address) else {
-                continue;
-            };
-            self.stage_removal(&mut batch, &mut delta, &address, &k.as_ref()[32..], &h);
-            expired += 1;
-        }
+            true
+        })?;
         if expired > 0 {
             self.stage_delta(&mut batch, delta)?;
             self.stage_stats(&mut batch, |s| s.expired += expired)?;
@@ -378,70 +292,97 @@ impl Host {
 
     /// The addresses of the dead drops this node hosts.
     pub fn addresses(&self) -> Result<Vec<Address>, StoreError> {
-        Ok(self
-            .store
-            .keys_with_prefix(Tree::HostUsage, b"d")?
-            .iter()
-            .filter_map(|k| <[u8; 32]>::try_from(&k.as_ref()[1..]).ok().map(Address))
-            .collect())
+        self.store.hosted_addresses()
     }
 
     /// The envelopes hosted at `address`, in deposit order (at most the per-drop quota).
     pub fn hosted_at(&self, address: &Address) -> Result<Vec<Hosted>, StoreError> {
-        Ok(self
-            .store
-            .scan_prefix::<Hosted>(Tree::Hosted, &address.0, "hosted envelope")?
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect())
+        let mut out = Vec::new();
+        self.store.walk_hosted_at(address, None, |_, h| {
+            out.push(h);
+            true
+        })?;
+        Ok(out)
     }
 
     /// Forget an envelope that was handed over to closer hosts.
     pub async fn forget(&self, address: &Address, hosted: &Hosted) -> Result<(), StoreError> {
         let _g = self.lock.lock().await;
-        let Some(seq) = self.store.get_raw(
-            Tree::HostedIds,
-            &id_key(address, &envelope::digest(&hosted.envelope)),
-        )?
+        let Some(seq) = self
+            .store
+            .hosted_seq(address, &envelope::digest(&hosted.envelope))?
         else {
             return Ok(());
         };
         let mut batch = Batch::new();
         let mut delta = UsageDelta::default();
-        self.stage_removal(&mut batch, &mut delta, address, &seq, hosted);
+        self.stage_removal(&mut batch, &mut delta, address, seq, hosted);
         self.stage_delta(&mut batch, delta)?;
         self.stage_stats(&mut batch, |s| s.handed_over += 1)?;
         self.store.commit(batch).await
     }
 
     /// `mailbox.stats`
-    pub fn stats_json(&self) -> Result<Value, StoreError> {
+    pub fn stats(&self) -> Result<HostingStats, StoreError> {
         let addresses = self.addresses()?;
         let mut envelopes = 0u64;
-        let mut sizes = std::collections::BTreeMap::<String, u64>::new();
-        let mut by_address = std::collections::BTreeMap::<String, u64>::new();
+        let mut sizes = BTreeMap::<String, u64>::new();
+        let mut by_address = BTreeMap::<String, u64>::new();
         // One envelope at a time: a host may hold up to its quota in all.
-        self.store
-            .for_each::<Hosted>(Tree::Hosted, "hosted envelope", |k, h| {
-                envelopes += 1;
-                *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
-                let hex: String = k.iter().take(32).map(|b| format!("{b:02x}")).collect();
-                *by_address.entry(hex).or_default() += 1;
-            })?;
-        let stats = self.stats()?;
-        Ok(json!({
-            "dead_drops": addresses.len(),
-            "addresses": addresses.iter().map(|a| a.0.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
-            "envelopes": envelopes,
-            "bytes": self.host_bytes()?,
-            "sizes": sizes,
-            "envelopes_by_address": by_address,
-            "deposits": stats.deposits,
-            "rejections": stats.rejections,
-            "deleted": stats.deleted,
-            "expired": stats.expired,
-            "handed_over": stats.handed_over,
-        }))
+        self.store.walk_hosted(|address, _, h| {
+            envelopes += 1;
+            *sizes.entry(h.envelope.len().to_string()).or_default() += 1;
+            *by_address.entry(hex(&address.0)).or_default() += 1;
+            true
+        })?;
+        let stats = self.store.host_stats()?;
+        Ok(HostingStats {
+            dead_drops: addresses.len(),
+            addresses: addresses.iter().map(|a| hex(&a.0)).collect(),
+            envelopes,
+            bytes: self.store.host_bytes()?,
+            sizes,
+            envelopes_by_address: by_address,
+            deposits: stats.deposits,
+            rejections: stats.rejections,
+            deleted: stats.deleted,
+            expired: stats.expired,
+            handed_over: stats.handed_over,
+        })
+    }
+}
+
+/// What the observer is told of `request`, once its answer is known.
+fn observed(request: &Request) -> Box<dyn Fn(&Response) -> HostAction + Send> {
+    match request {
+        Request::Deposit(d) => {
+            let (address, size) = (d.address.0, d.envelope.len());
+            Box::new(move |r| HostAction::Deposit {
+                address,
+                size,
+                stored: matches!(r, Response::Stored | Response::AlreadyStored),
+            })
+        }
+        Request::Fetch(f) => {
+            let address = f.address.0;
+            Box::new(move |r| HostAction::Fetch {
+                address,
+                envelopes: match r {
+                    Response::Envelopes { envelopes, .. } => envelopes.len(),
+                    _ => 0,
+                },
+            })
+        }
+        Request::Delete(d) => {
+            let address = d.address.0;
+            Box::new(move |r| HostAction::Delete {
+                address,
+                count: match r {
+                    Response::Deleted(n) => *n as usize,
+                    _ => 0,
+                },
+            })
+        }
     }
 }
 
@@ -451,12 +392,19 @@ mod tests {
     use sotto_protocol::deaddrop::Secret;
     use sotto_protocol::mailbox::DepositAuth;
 
-    const ME: &[u8] = b"this host";
+    fn me() -> PeerId {
+        PeerId::from_bytes(&[0, 4, 1, 2, 3, 4]).unwrap()
+    }
+
+    /// A fixed peer, told by `n`.
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_bytes(&[0, 4, n, n, n, n]).unwrap()
+    }
 
     fn host(policy: Policy) -> (tempfile::TempDir, Host) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, Host::new(store, policy, ME.to_vec()))
+        (dir, Host::new(store, policy, &me()))
     }
 
     fn deposit(secret: &Secret, fill: u8, expires_at: u64) -> Request {
@@ -473,12 +421,12 @@ mod tests {
 
     fn fetch(secret: &Secret) -> Request {
         let key = secret.drop_key(1);
-        let now = now_ms();
+        let now = unix_ms();
         Request::Fetch(Fetch {
             address: key.address(),
             timestamp: now,
             after: None,
-            proof: key.sign(&Fetch::signed_bytes(now, ME)),
+            proof: key.sign(&Fetch::signed_bytes(now, &me().to_bytes())),
         })
     }
 
@@ -486,24 +434,24 @@ mod tests {
     async fn usage_is_exact_through_deposit_delete_and_expiry() {
         let (_dir, host) = host(Policy::default());
         let s = Secret::from_bytes([1; 32]);
-        let far = now_ms() + 3_600_000;
+        let far = unix_ms() + 3_600_000;
         for fill in 0..3 {
             assert_eq!(
-                host.handle_request(b"peer-a", deposit(&s, fill, far)).await,
+                host.handle(&peer(70), deposit(&s, fill, far)).await,
                 Response::Stored
             );
         }
         assert_eq!(
-            host.handle_request(b"peer-b", deposit(&s, 0, far)).await,
+            host.handle(&peer(71), deposit(&s, 0, far)).await,
             Response::AlreadyStored
         );
-        assert_eq!(host.host_bytes().unwrap(), 3 * 512);
+        assert_eq!(host.store.host_bytes().unwrap(), 3 * 512);
 
         // Served in deposit order.
         let Response::Envelopes {
             envelopes,
             more: false,
-        } = host.handle_request(b"x", fetch(&s)).await
+        } = host.handle(&peer(120), fetch(&s)).await
         else {
             panic!()
         };
@@ -519,49 +467,54 @@ mod tests {
             envelope::digest(&envelopes[0]),
             envelope::digest(&envelopes[2]),
         ];
-        let now = now_ms();
+        let now = unix_ms();
         let delete = Request::Delete(Delete {
             address: key.address(),
             timestamp: now,
             ids: ids.clone(),
-            proof: key.sign(&Delete::signed_bytes(now, ME, &ids)),
+            proof: key.sign(&Delete::signed_bytes(now, &me().to_bytes(), &ids)),
         });
+        assert_eq!(host.handle(&peer(120), delete).await, Response::Deleted(2));
+        assert_eq!(host.store.host_bytes().unwrap(), 512);
         assert_eq!(
-            host.handle_request(b"x", delete).await,
-            Response::Deleted(2)
-        );
-        assert_eq!(host.host_bytes().unwrap(), 512);
-        assert_eq!(
-            host.usage(&depositor_usage_key(b"peer-a")).unwrap().count,
+            host.store
+                .host_usage(&UsageOf::Depositor(peer(70).to_bytes()))
+                .unwrap()
+                .count,
             1
         );
 
         // An envelope that expires is collected, and the books are back at zero.
         assert_eq!(
-            host.handle_request(b"peer-a", deposit(&s, 9, now_ms() + 100))
+            host.handle(&peer(70), deposit(&s, 9, unix_ms() + 100))
                 .await,
             Response::Stored
         );
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         assert_eq!(host.collect_garbage().await.unwrap(), 1);
-        let Response::Envelopes { envelopes, .. } = host.handle_request(b"x", fetch(&s)).await
-        else {
+        let Response::Envelopes { envelopes, .. } = host.handle(&peer(120), fetch(&s)).await else {
             panic!()
         };
         assert_eq!(envelopes.len(), 1);
         let address = host.addresses().unwrap()[0];
         let hosted = host.hosted_at(&address).unwrap();
         host.forget(&address, &hosted[0]).await.unwrap();
-        assert_eq!(host.host_bytes().unwrap(), 0);
+        assert_eq!(host.store.host_bytes().unwrap(), 0);
         assert_eq!(
-            host.usage(&depositor_usage_key(b"peer-a")).unwrap().count,
+            host.store
+                .host_usage(&UsageOf::Depositor(peer(70).to_bytes()))
+                .unwrap()
+                .count,
             0
         );
         assert_eq!(
-            host.usage(&drop_usage_key(&key.address())).unwrap().count,
+            host.store
+                .host_usage(&UsageOf::Drop(key.address()))
+                .unwrap()
+                .count,
             0
         );
-        let stats = host.stats().unwrap();
+        let stats = host.store.host_stats().unwrap();
         assert_eq!(
             (
                 stats.deposits,
@@ -578,7 +531,7 @@ mod tests {
         let (_dir, host) = host(Policy::default());
         let s = Secret::from_bytes([1; 32]);
         let key = s.drop_key(1);
-        let far = now_ms() + 3_600_000;
+        let far = unix_ms() + 3_600_000;
         for fill in 0..20u8 {
             let envelope = vec![fill; 65535];
             let digest = envelope::digest(&envelope);
@@ -589,21 +542,21 @@ mod tests {
                 expires_at: far,
             };
             assert_eq!(
-                host.handle_request(b"a", Request::Deposit(d)).await,
+                host.handle(&peer(97), Request::Deposit(d)).await,
                 Response::Stored
             );
         }
         let mut after = None;
         let mut seen = 0;
         for _ in 0..5 {
-            let now = now_ms();
+            let now = unix_ms();
             let f = Fetch {
                 address: key.address(),
                 timestamp: now,
                 after,
-                proof: key.sign(&Fetch::signed_bytes(now, ME)),
+                proof: key.sign(&Fetch::signed_bytes(now, &me().to_bytes())),
             };
-            let page = host.handle_request(b"x", Request::Fetch(f)).await;
+            let page = host.handle(&peer(120), Request::Fetch(f)).await;
             assert!(page.to_bytes().is_ok(), "a page fits the response limit");
             let Response::Envelopes { envelopes, more } = page else {
                 panic!()
@@ -624,23 +577,19 @@ mod tests {
             ..Policy::default()
         });
         let s = Secret::from_bytes([1; 32]);
-        let far = now_ms() + 3_600_000;
+        let far = unix_ms() + 3_600_000;
         assert_eq!(
-            host.handle_request(b"a", deposit(&s, 1, far)).await,
+            host.handle(&peer(97), deposit(&s, 1, far)).await,
             Response::Stored
         );
         assert_eq!(
-            host.handle_request(b"b", deposit(&s, 2, far)).await,
+            host.handle(&peer(98), deposit(&s, 2, far)).await,
             Response::Stored
         );
         assert_eq!(
-            host.handle_request(b"c", deposit(&s, 3, far)).await,
+            host.handle(&peer(99), deposit(&s, 3, far)).await,
             Response::Refused(Refusal::DropQuota)
         );
-        assert_eq!(host.stats().unwrap().rejections, 1);
-        assert_eq!(
-            host.handle(b"a", b"garbage").await,
-            Response::Refused(Refusal::Malformed)
-        );
+        assert_eq!(host.store.host_stats().unwrap().rejections, 1);
     }
 }

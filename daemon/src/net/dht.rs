@@ -33,8 +33,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use super::traffic::Traffic;
 use crate::limits::{Kind, Limiter, Limits, Verdict};
-use crate::network::Traffic;
 
 type Kademlia = kad::Behaviour<kad::store::MemoryStore>;
 

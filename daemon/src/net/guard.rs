@@ -1,0 +1,297 @@
+//! How the node defends itself on every protocol: [`Guard`] checks each request a peer
+//! makes against that peer's token bucket for its kind ([`Limiter`]), and bans a peer that
+//! keeps going over — it keeps the ban table, closes and refuses the banned peer's
+//! connections (through libp2p's block list, which it wraps), lifts bans when they run out,
+//! and reports every ban made or lifted as an event for the store to record. The request-
+//! response protocols ask it through [`Guard::admit`]; Kademlia has its own limiter in
+//! [`super::dht::Guarded`] and asks the guard only to ban.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::swarm::{
+    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{allow_block_list, Multiaddr, PeerId};
+
+use crate::clock::{self, Monotonic};
+use crate::limits::{Kind, Limiter, Limits, Verdict};
+use crate::store::Ban;
+
+/// Bans in force at most; beyond, the one that ends soonest is lifted early.
+pub const MAX_BANS: usize = 10_000;
+/// Bans in force beyond which new ones are recorded but not announced as events.
+pub const ANNOUNCED_BANS: usize = 100;
+/// Ban events waiting for the swarm task, at most.
+const QUEUED: usize = 1_024;
+
+/// A ban the guard made or lifted, for the store to record, in the order they happened.
+#[derive(Clone, Debug)]
+pub enum BanEvent {
+    /// A new ban, and whether to announce it to clients (not when very many are in force,
+    /// so that a Sybil flood cannot push everything else out of the event log).
+    Banned(Ban, bool),
+    /// The ban ran out or was lifted.
+    Lifted(PeerId),
+}
+
+/// The guard: rate limits, the ban table and the block list.
+pub struct Guard {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limiter: Limiter,
+    /// The limiter's clock: monotonic, so that a clock step cannot starve or flood buckets.
+    clock: Monotonic,
+    /// Banned peers and when their bans end (ms since the Unix epoch).
+    banned: HashMap<PeerId, u64>,
+    events: VecDeque<BanEvent>,
+}
+
+impl Guard {
+    /// A guard applying `limits`, with the `bans` still in force from an earlier run.
+    pub fn new(limits: &Limits, bans: &[Ban]) -> Self {
+        let mut guard = Guard {
+            blocked: Default::default(),
+            limiter: Limiter::new(limits.clone()),
+            clock: Monotonic::start(),
+            banned: HashMap::new(),
+            events: VecDeque::new(),
+        };
+        for ban in bans {
+            if let Some(peer) = ban.peer_id() {
+                guard.blocked.block_peer(peer);
+                guard.banned.insert(peer, ban.until_ms);
+            }
+        }
+        guard
+    }
+
+    /// May `peer` make a request of `kind` now? A banned peer may not (requests read
+    /// before its connections closed are not served); one that keeps going over its limit
+    /// is banned here.
+    pub fn admit(&mut self, peer: PeerId, kind: Kind) -> bool {
+        if self.banned.contains_key(&peer) {
+            return false;
+        }
+        match self.limiter.check(&peer, kind, self.clock.ms()) {
+            Verdict::Allow => true,
+            Verdict::Refuse => false,
+            Verdict::Ban => {
+                self.ban(
+                    peer,
+                    format!("over the {kind:?} rate limit, and kept going"),
+                );
+                false
+            }
+        }
+    }
+
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.contains_key(peer)
+    }
+
+    /// Ban `peer` for the configured time: close its connections and refuse new ones.
+    pub fn ban(&mut self, peer: PeerId, reason: String) {
+        if self.banned.contains_key(&peer) {
+            return;
+        }
+        if self.banned.len() >= MAX_BANS {
+            if let Some(first) = self.banned.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p) {
+                self.lift(first);
+            }
+        }
+        let now = clock::unix_ms();
+        let until = now.saturating_add(self.limiter.limits().ban_for.as_millis() as u64);
+        tracing::warn!("banned peer {peer} until {until} (ms): {reason}");
+        self.blocked.block_peer(peer);
+        self.banned.insert(peer, until);
+        let announce = self.banned.len() <= ANNOUNCED_BANS;
+        self.report(BanEvent::Banned(
+            Ban {
+                peer: peer.to_bytes(),
+                since_ms: now,
+                until_ms: until,
+                reason,
+            },
+            announce,
+        ));
+    }
+
+    /// Lift the ban on `peer`; false if it was not banned.
+    pub fn lift(&mut self, peer: PeerId) -> bool {
+        let was = self.banned.remove(&peer).is_some();
+        self.blocked.unblock_peer(peer);
+        // Reported even if not banned here: the store may hold a ban from an earlier run.
+        self.report(BanEvent::Lifted(peer));
+        was
+    }
+
+    /// Lift the bans that ran out by now.
+    pub fn lift_expired(&mut self) {
+        let now = clock::unix_ms();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            tracing::info!("the ban of {peer} ran out");
+            self.lift(peer);
+        }
+    }
+
+    fn report(&mut self, event: BanEvent) {
+        if self.events.len() >= QUEUED {
+            tracing::warn!("cannot record a ban: the queue is full");
+            return;
+        }
+        self.events.push_back(event);
+    }
+}
+
+impl NetworkBehaviour for Guard {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = BanEvent;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.blocked
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.blocked.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.blocked.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.blocked.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.blocked.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.blocked
+            .on_connection_handler_event(peer_id, connection_id, event)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<BanEvent, THandlerInEvent<Self>>> {
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ToSwarm::GenerateEvent(event));
+        }
+        self.blocked
+            .poll(cx)
+            .map(|e| e.map_out(|never: Infallible| match never {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Rate;
+
+    #[test]
+    fn a_peer_that_keeps_going_is_banned_once_and_reported_in_order() {
+        let mut guard = Guard::new(
+            &Limits {
+                envelope: Rate {
+                    per_minute: 60,
+                    burst: 2,
+                },
+                ban_after: 3,
+                ..Limits::default()
+            },
+            &[],
+        );
+        let p = PeerId::random();
+        let admitted: Vec<bool> = (0..6).map(|_| guard.admit(p, Kind::Envelope)).collect();
+        assert_eq!(admitted, [true, true, false, false, false, false]);
+        assert!(guard.is_banned(&p));
+        assert!(guard.lift(p));
+        assert!(!guard.lift(p), "lifted once");
+        let kinds: Vec<&str> = guard
+            .events
+            .iter()
+            .map(|e| match e {
+                BanEvent::Banned(..) => "banned",
+                BanEvent::Lifted(_) => "lifted",
+            })
+            .collect();
+        assert_eq!(kinds, ["banned", "lifted", "lifted"]);
+    }
+
+    #[test]
+    fn bans_from_an_earlier_run_hold_until_they_run_out() {
+        let p = PeerId::random();
+        let q = PeerId::random();
+        let now = clock::unix_ms();
+        let ban = |peer: PeerId, until_ms| Ban {
+            peer: peer.to_bytes(),
+            since_ms: 0,
+            until_ms,
+            reason: String::new(),
+        };
+        let mut guard = Guard::new(
+            &Limits::default(),
+            &[ban(p, now + 3_600_000), ban(q, now.saturating_sub(1))],
+        );
+        assert!(!guard.admit(p, Kind::Fetch));
+        guard.lift_expired();
+        assert!(guard.is_banned(&p));
+        assert!(!guard.is_banned(&q));
+        assert!(guard.admit(q, Kind::Fetch));
+    }
+}

@@ -1,0 +1,155 @@
+//! The control API's methods: their parameters, the service call each makes, and the error
+//! code each failure maps to. docs/api.md is the contract.
+
+use serde_json::Value;
+
+use super::*;
+use crate::service::{AccountError, ContactError, MessageError, PeerError};
+use crate::store::StoreError;
+
+impl From<AccountError> for RpcError {
+    fn from(e: AccountError) -> Self {
+        let code = match &e {
+            AccountError::NoAccount => NO_ACCOUNT,
+            AccountError::AccountExists => ACCOUNT_EXISTS,
+            AccountError::BadName => INVALID_PARAMS,
+            _ => INTERNAL_ERROR,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<ContactError> for RpcError {
+    fn from(e: ContactError) -> Self {
+        let code = match &e {
+            ContactError::NoAccount => NO_ACCOUNT,
+            ContactError::Unknown(_) => UNKNOWN_CONTACT,
+            ContactError::BadCard(_) => BAD_CARD,
+            ContactError::NameTaken(_) => NAME_TAKEN,
+            ContactError::OwnCard => OWN_CARD,
+            ContactError::BadName
+            | ContactError::TooMany { .. }
+            | ContactError::NotARequest(_)
+            | ContactError::NotBlocked(_) => INVALID_PARAMS,
+            _ => INTERNAL_ERROR,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<MessageError> for RpcError {
+    fn from(e: MessageError) -> Self {
+        match e {
+            MessageError::Contact(c) => RpcError::from(*c),
+            e => {
+                let code = match &e {
+                    MessageError::NoAccount => NO_ACCOUNT,
+                    MessageError::Empty
+                    | MessageError::TooLong { .. }
+                    | MessageError::Blocked(_)
+                    | MessageError::Content(_) => INVALID_PARAMS,
+                    _ => INTERNAL_ERROR,
+                };
+                RpcError::new(code, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<PeerError> for RpcError {
+    fn from(e: PeerError) -> Self {
+        let code = match &e {
+            PeerError::NotAPeerId(_) | PeerError::NotBanned(_) => INVALID_PARAMS,
+            _ => INTERNAL_ERROR,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for RpcError {
+    fn from(e: StoreError) -> Self {
+        RpcError::new(INTERNAL_ERROR, e.to_string())
+    }
+}
+
+pub(super) fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("missing string parameter {name:?}")))
+}
+
+pub(super) fn opt_str_param<'a>(
+    params: &'a Value,
+    name: &str,
+) -> Result<Option<&'a str>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(RpcError::new(
+            INVALID_PARAMS,
+            format!("parameter {name:?} must be a string"),
+        )),
+    }
+}
+
+pub(super) fn opt_u64_param(params: &Value, name: &str) -> Result<Option<u64>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            RpcError::new(
+                INVALID_PARAMS,
+                format!("parameter {name:?} must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+pub(super) async fn dispatch(node: &Node, method: &str, params: &Value) -> Result<Value, RpcError> {
+    let service = &node.service;
+    if !(params.is_object()) {
+        return Err(RpcError::new(INVALID_PARAMS, "params must be an object"));
+    }
+    match method {
+        "account.create" => to_value(service.create_account(str_param(params, "name")?).await),
+        "account.get" => to_value(service.account().await),
+        "node.status" => to_value(service.status().await),
+        "contact.add" => to_value(
+            service
+                .add_contact(str_param(params, "card")?, opt_str_param(params, "name")?)
+                .await,
+        ),
+        "contact.list" => to_value(service.contacts()),
+        "contact.verify" => to_value(service.verify(str_param(params, "contact")?).await),
+        "contact.block" => to_value(service.block(str_param(params, "contact")?).await),
+        "contact.unblock" => to_value(service.unblock(str_param(params, "contact")?).await),
+        "peers.bans" => to_value(service.bans()),
+        "peers.unban" => to_value(service.unban(str_param(params, "peer")?).await),
+        "message.send" => to_value(
+            service
+                .send(str_param(params, "to")?, str_param(params, "text")?)
+                .await,
+        ),
+        "message.list" => {
+            let limit =
+                opt_u64_param(params, "limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+            to_value(service.messages(opt_str_param(params, "contact")?, limit))
+        }
+        "requests.list" => to_value(service.requests()),
+        "requests.accept" => to_value(service.accept(str_param(params, "contact")?).await),
+        "requests.reject" => to_value(service.reject(str_param(params, "contact")?).await),
+        "mailbox.stats" => to_value(node.host.stats()),
+        _ => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("no method {method:?}; see docs/api.md"),
+        )),
+    }
+}
+
+pub(super) fn to_value<T: serde::Serialize, E: Into<RpcError>>(
+    v: Result<T, E>,
+) -> Result<Value, RpcError> {
+    v.map_err(Into::into).and_then(|v| {
+        serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
+    })
+}

@@ -1,0 +1,126 @@
+//! The account: creating it, showing it, its card, and the node's status.
+
+use libp2p::Multiaddr;
+use rand::rngs::OsRng;
+use sotto_protocol::card::{Card, Hints};
+use sotto_protocol::chat::LocalAccount;
+
+use super::{AccountError, AccountView, NodeStatus, Service};
+use crate::clock::unix_ms;
+use crate::store::{Batch, StoreError};
+
+impl Service {
+    /// The card's reachability hints: empty unless the node publishes its address.
+    async fn hints(&self) -> Hints {
+        let m = &self.inner.mailbox;
+        if m.publish_address && !m.mailbox_only {
+            self.route_hints().await
+        } else {
+            Hints::default()
+        }
+    }
+
+    /// This node's PeerId and addresses.
+    pub(super) async fn route_hints(&self) -> Hints {
+        let addrs: Vec<Multiaddr> = if self.inner.announce.is_empty() {
+            match self.inner.net.status().await {
+                Ok(s) => s.listen_addrs,
+                Err(_) => Vec::new(),
+            }
+        } else {
+            self.inner.announce.clone()
+        };
+        Hints {
+            peer_id: Some(self.inner.net.peer_id().to_bytes()),
+            addrs: addrs
+                .iter()
+                .take(sotto_protocol::card::MAX_ADDRS)
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
+
+    /// This account's card, signed now.
+    pub(super) async fn own_card(
+        &self,
+        account: &LocalAccount,
+    ) -> Result<Card, sotto_protocol::card::CardError> {
+        account.card(self.hints().await, unix_ms())
+    }
+
+    /// Stage the account's current state (its Olm account changes with every new session).
+    pub(super) fn stage_account(
+        &self,
+        batch: &mut Batch,
+        account: &LocalAccount,
+    ) -> Result<(), StoreError> {
+        batch.put_account(&account.snapshot(&self.inner.pickle_key))
+    }
+
+    /// `account.create`
+    pub async fn create_account(&self, name: &str) -> Result<AccountView, AccountError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(AccountError::BadName);
+        }
+        let mut guard = self.inner.account.lock().await;
+        if guard.is_some() {
+            return Err(AccountError::AccountExists);
+        }
+        let account = match &self.inner.seeded {
+            Some(rng) => {
+                LocalAccount::generate(name, &mut *rng.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            None => LocalAccount::generate(name, &mut OsRng),
+        };
+        let mut batch = Batch::new();
+        self.stage_account(&mut batch, &account)?;
+        self.inner.store.commit(batch).await?;
+        tracing::info!("account created");
+        let view = self.view_account(&account).await?;
+        *guard = Some(account);
+        Ok(view)
+    }
+
+    async fn view_account(&self, account: &LocalAccount) -> Result<AccountView, AccountError> {
+        let key = account.public();
+        Ok(AccountView {
+            name: account.name.clone(),
+            address: key.address(),
+            fingerprint: key.fingerprint(),
+            card: self.own_card(account).await?.to_uri(),
+        })
+    }
+
+    /// `account.get`
+    pub async fn account(&self) -> Result<AccountView, AccountError> {
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(AccountError::NoAccount)?;
+        self.view_account(account).await
+    }
+
+    /// `node.status`
+    pub async fn status(&self) -> Result<NodeStatus, AccountError> {
+        let status = self.inner.net.status().await?;
+        let account = self
+            .inner
+            .account
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.public().address());
+        Ok(NodeStatus {
+            peer_id: status.peer_id.to_string(),
+            listen_addrs: status.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            connected_peers: status
+                .connected_peers
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            outbox: self.inner.store.outbox_len(),
+            traffic: self.inner.net.traffic().view(),
+            account,
+            version: env!("CARGO_PKG_VERSION"),
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! The conversation history: listing it, and moving an outgoing message's state forward.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::{MessageError, MessageView, Service};
+use crate::store::{self, Batch, Direction, Seq, State, StoreError};
+
+impl Service {
+    pub(super) fn view_message(&self, m: &store::Message, contact_name: &str) -> MessageView {
+        MessageView {
+            id: m.id.to_string(),
+            contact: contact_name.to_owned(),
+            direction: match m.direction {
+                Direction::In => "in",
+                Direction::Out => "out",
+            },
+            from: match m.direction {
+                Direction::In => contact_name.to_owned(),
+                Direction::Out => "me".to_owned(),
+            },
+            text: m.text.clone(),
+            sent_at: m.sent_at,
+            received_at: m.received_at,
+            state: match m.state {
+                State::Queued => "queued",
+                State::OnHosts => "on_hosts",
+                State::Delivered => "delivered",
+                State::Received => "received",
+            },
+        }
+    }
+
+    /// The name the contact `key` goes by (its address if it is gone).
+    fn contact_name(
+        &self,
+        key: &sotto_protocol::identity::AccountKey,
+    ) -> Result<String, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .contact(key)?
+            .map(|c| c.name)
+            .unwrap_or_else(|| key.address()))
+    }
+
+    /// Move the outgoing message `seq` forward to `state` (`OnHosts` or `Delivered`; never
+    /// backward) in `batch`, and stage the event that says so. Returns the staged events, to
+    /// publish after the batch is committed (hold [`crate::events::Events::order`] from
+    /// here until then).
+    pub fn stage_message_state(
+        &self,
+        batch: &mut Batch,
+        seq: Seq,
+        state: State,
+    ) -> Result<Vec<Value>, StoreError> {
+        let Some(mut m) = self.inner.store.message(seq)? else {
+            return Ok(Vec::new());
+        };
+        if m.direction != Direction::Out || m.state.rank() >= state.rank() {
+            return Ok(Vec::new());
+        }
+        m.state = state;
+        batch.put_message(seq, &m)?;
+        let name = self.contact_name(&m.contact)?;
+        let kind = if state == State::Delivered {
+            "message.delivered"
+        } else {
+            "message.on_hosts"
+        };
+        let view = self.view_message(&m, &name);
+        Ok(vec![self
+            .inner
+            .events
+            .stage(batch, kind, "message", &view)?])
+    }
+
+    /// `message.list`
+    pub fn messages(
+        &self,
+        with: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<MessageView>, MessageError> {
+        let filter = with.map(|w| self.resolve(w)).transpose()?.map(|(k, _)| k);
+        let mut names = HashMap::new();
+        let mut out = Vec::new();
+        for (_, m) in self.inner.store.messages()? {
+            if filter.is_some_and(|k| k != m.contact) {
+                continue;
+            }
+            let name = match names.get(&m.contact) {
+                Some(n) => n,
+                None => {
+                    let n = self.contact_name(&m.contact)?;
+                    names.entry(m.contact).or_insert(n)
+                }
+            };
+            // When it was written, by the sender's clock, but never later than it arrived: a
+            // sender's clock cannot move a message down the conversation.
+            let when = m.received_at.map_or(m.sent_at, |r| m.sent_at.min(r));
+            out.push((when, self.view_message(&m, name)));
+        }
+        // In the order written; arrival order breaks ties. (A message fetched from a mailbox
+        // can arrive after a later one that came directly.)
+        out.sort_by_key(|(when, _)| *when);
+        let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
+        if let Some(limit) = limit {
+            let skip = out.len().saturating_sub(limit);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+}

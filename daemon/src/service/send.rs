@@ -1,0 +1,201 @@
+//! Sending: a message (or a control message: presence, receipts) is encoded, encrypted in
+//! the pairwise ratchet, sealed, and put in the outbox together with the advanced session
+//! and the message record, in one transaction; the outbox worker (`delivery.rs`) takes it
+//! from there.
+
+use rand::rngs::OsRng;
+use sotto_protocol::card::Card;
+use sotto_protocol::chat::{self, LocalAccount};
+use sotto_protocol::content::{Body, Content, MessageId, Presence, MAX_TEXT_BYTES};
+use sotto_protocol::identity::AccountKey;
+use sotto_protocol::session::Pairwise;
+
+use super::{MessageError, MessageView, Service, Signal, MAX_OUTBOX};
+use crate::clock::unix_ms;
+use crate::store::{self, Batch, Direction, Seq, State, StoreError};
+
+/// What staging an outgoing message put in the batch.
+pub(super) struct Staged {
+    /// The outbox entry's sequence number: signal it once the batch is committed.
+    pub seq: Seq,
+    /// The message record (none for control messages).
+    pub message: Option<store::Message>,
+}
+
+impl Service {
+    /// `message.send`
+    pub async fn send(&self, to: &str, text: &str) -> Result<MessageView, MessageError> {
+        if text.is_empty() {
+            return Err(MessageError::Empty);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(MessageError::TooLong {
+                limit: MAX_TEXT_BYTES,
+                got: text.len(),
+            });
+        }
+        if self.inner.store.outbox_len() >= MAX_OUTBOX {
+            return Err(MessageError::OutboxFull { limit: MAX_OUTBOX });
+        }
+        let content = Content::text(MessageId::random(&mut OsRng), unix_ms(), text)?;
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(MessageError::NoAccount)?;
+        let (key, contact) = self.resolve(to)?;
+        if self.inner.store.is_blocked(&key)? {
+            return Err(MessageError::Blocked(contact.name));
+        }
+        let mut batch = Batch::new();
+        let staged = self
+            .stage_outgoing(account, &key, &contact, &content, &mut batch)
+            .await?;
+        self.inner.store.commit(batch).await?;
+        drop(guard);
+        self.signal(Signal::Queued(staged.seq)).await;
+        let message = staged.message.ok_or(MessageError::Empty)?;
+        Ok(self.view_message(&message, &contact.name))
+    }
+
+    /// The ratchet sessions with `key` (none yet: a fresh set).
+    pub(super) fn load_pairwise(&self, key: &AccountKey) -> Result<Pairwise, StoreError> {
+        match self.inner.store.sessions(key)? {
+            Some(p) => {
+                Pairwise::from_pickle(&p, &self.inner.pickle_key).map_err(|e| StoreError::Corrupt {
+                    what: "sessions",
+                    detail: e.to_string(),
+                })
+            }
+            None => Ok(Pairwise::new()),
+        }
+    }
+
+    /// Encrypt `content` for the contact `key` and add it to `batch`: the advanced session,
+    /// the outbox entry and, for anything but a control message, the message record. Call
+    /// with the account lock held, commit the batch before releasing it, then signal the
+    /// staged entry.
+    #[must_use = "signal the staged entry once the batch is committed"]
+    pub(super) async fn stage_outgoing(
+        &self,
+        account: &LocalAccount,
+        key: &AccountKey,
+        contact: &store::Contact,
+        content: &Content,
+        batch: &mut Batch,
+    ) -> Result<Staged, MessageError> {
+        let card = Card::from_bytes(&contact.card)?;
+        let mut pairwise = self.load_pairwise(key)?;
+        // The card rides along only on pre-key messages: sign a fresh one only then.
+        let own = if pairwise.next_is_pre_key() {
+            Some(self.own_card(account).await?)
+        } else {
+            None
+        };
+        let envelope = chat::seal_message(account, own.as_ref(), &mut pairwise, &card, content)
+            .map_err(MessageError::Encrypt)?;
+        let seq = self.inner.store.next_seq()?;
+        batch.put_sessions(key, &pairwise.pickle(&self.inner.pickle_key))?;
+        let control = content.is_control();
+        batch.put_outbox(&store::OutboxEntry {
+            seq,
+            message: content.id,
+            to: *key,
+            envelope,
+            failures: 0,
+            next_attempt_at: content.sent_at,
+            hosts: Vec::new(),
+            host_retries: 0,
+            control,
+        })?;
+        if control {
+            return Ok(Staged { seq, message: None });
+        }
+        let message = store::Message {
+            id: content.id,
+            contact: *key,
+            direction: Direction::Out,
+            text: content.as_text().unwrap_or_default().to_owned(),
+            sent_at: content.sent_at,
+            received_at: None,
+            state: State::Queued,
+        };
+        batch.put_message(seq, &message)?;
+        batch.index_message(&content.id, Some(seq));
+        Ok(Staged {
+            seq,
+            message: Some(message),
+        })
+    }
+
+    /// This node's presence for `contact`: the contact's inbox secret and, unless the node
+    /// is mailbox-only, its PeerId and addresses.
+    pub(super) async fn presence_for(&self, contact: &store::Contact) -> Presence {
+        let (peer_id, addrs) = if self.inner.mailbox.mailbox_only {
+            (None, Vec::new())
+        } else {
+            let hints = self.route_hints().await;
+            (hints.peer_id, hints.addrs)
+        };
+        Presence {
+            inbox: *contact.inbox.bytes(),
+            peer_id,
+            addrs,
+        }
+    }
+
+    /// Queue this node's presence for `key` in `batch` and mark it sent in `contact`.
+    #[must_use = "signal the staged entry once the batch is committed"]
+    pub(super) async fn stage_presence(
+        &self,
+        account: &LocalAccount,
+        key: &AccountKey,
+        contact: &mut store::Contact,
+        batch: &mut Batch,
+    ) -> Result<Seq, MessageError> {
+        let content = Content::presence(
+            MessageId::random(&mut OsRng),
+            unix_ms(),
+            self.presence_for(contact).await,
+        );
+        let staged = self
+            .stage_outgoing(account, key, contact, &content, batch)
+            .await?;
+        contact.presence_sent = true;
+        Ok(staged.seq)
+    }
+
+    /// Tell the contact `key` that these messages arrived (they came from a mailbox, so
+    /// nothing else tells the sender).
+    pub async fn send_receipt(
+        &self,
+        key: &AccountKey,
+        ids: Vec<MessageId>,
+    ) -> Result<(), MessageError> {
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(MessageError::NoAccount)?;
+        let Some(contact) = self.inner.store.contact(key)? else {
+            return Ok(());
+        };
+        if contact.request {
+            // A stranger learns nothing until the user accepts.
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let mut queued = Vec::new();
+        for chunk in ids.chunks(sotto_protocol::content::MAX_RECEIPT_IDS) {
+            let content = Content {
+                id: MessageId::random(&mut OsRng),
+                sent_at: unix_ms(),
+                body: Body::Receipt(chunk.to_vec()),
+            };
+            let staged = self
+                .stage_outgoing(account, key, &contact, &content, &mut batch)
+                .await?;
+            queued.push(staged.seq);
+        }
+        self.inner.store.commit(batch).await?;
+        drop(guard);
+        for seq in queued {
+            self.signal(Signal::Queued(seq)).await;
+        }
+        Ok(())
+    }
+}

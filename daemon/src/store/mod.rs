@@ -1,0 +1,421 @@
+//! The node's persistent state, in sled, behind the operations the node needs.
+//!
+//! The schema (trees, key layouts, meta keys) is private to this module: callers read and
+//! write typed records through one method per operation, grouped by record family —
+//! [`contacts`] (contacts, names, seal keys, sessions, blocks), [`messages`] (history,
+//! message ids, seen envelopes), [`outbox`], [`events`], [`hosting`] (envelopes hosted for
+//! others) and [`meta`] (keys, the account, bans, bookkeeping).
+//!
+//! Every change that belongs together — a message, its session state, its outbox entry and
+//! its event — is staged in one [`Batch`] and written in one transaction across trees;
+//! [`Store::commit`] flushes to disk before it returns, so that whatever the daemon reports
+//! as stored survives a crash. Records are encoded with the protocol's one codec.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional as _;
+use sotto_protocol::codec;
+
+pub mod contacts;
+pub mod events;
+pub mod hosting;
+pub mod messages;
+pub mod meta;
+pub mod outbox;
+mod records;
+mod schema;
+
+pub use records::{
+    Ban, Contact, Direction, HostStats, Hosted, InboxSecret, Message, OutboxEntry, Route, Seq,
+    State, Usage,
+};
+use schema::{Tree, TREES};
+
+/// The schema this code writes; a store written by a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The newest events kept for clients that reconnect.
+pub const MAX_EVENTS: usize = 10_000;
+/// Free bytes below which the store refuses new records, so that the store itself never
+/// runs into a full disk half-way through a write (sled writes whole log segments).
+pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("the data directory was written by a newer sotto (schema {found}, this one knows {known}); update sotto")]
+    NewerSchema { found: u32, known: u32 },
+    #[error("the disk holding {dir} is full ({free} bytes free; sotto stops writing below {MIN_FREE_BYTES}); free some space and it carries on")]
+    DiskFull { dir: String, free: u64 },
+}
+
+/// Writes that must happen together. Staged with the typed methods of each record family,
+/// applied with [`Store::commit`] or [`Store::apply`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn put_raw(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), Some(value.into())));
+    }
+
+    fn put<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        key: impl Into<Vec<u8>>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = codec::encode(value).map_err(|e| StoreError::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })?;
+        self.put_raw(tree, key, bytes);
+        Ok(())
+    }
+
+    fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), None));
+    }
+}
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    /// Records counted once at open and kept up to date by every commit (sled's own count
+    /// walks a whole tree).
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    contacts: AtomicUsize,
+    outbox: AtomicUsize,
+    events: AtomicUsize,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let trees = TREES
+            .iter()
+            .map(|(_, name)| db.open_tree(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Store {
+            dir: dir.to_owned(),
+            db,
+            trees,
+            counts: Arc::default(),
+        };
+        store.check_schema()?;
+        store
+            .counts
+            .contacts
+            .store(store.tree(Tree::Contacts).len(), Ordering::Relaxed);
+        store
+            .counts
+            .outbox
+            .store(store.tree(Tree::Outbox).len(), Ordering::Relaxed);
+        store
+            .counts
+            .events
+            .store(store.tree(Tree::Events).len(), Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.tree(Tree::Meta);
+        match meta.get(schema::META_SCHEMA)? {
+            None => {
+                meta.insert(schema::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "schema version",
+                        detail: format!("{} bytes", v.len()),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[tree as usize]
+    }
+
+    /// A fresh, strictly increasing number (message sequence, event cursor).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        // sled's ids start at 0; keep 0 free as "before everything".
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// A fresh sequence number for a message or an outbox entry.
+    pub fn next_seq(&self) -> Result<Seq, StoreError> {
+        self.next_id().map(Seq)
+    }
+
+    fn get_raw(&self, tree: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree(tree).get(key)?)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get_raw(tree, key)?
+            .map(|v| decode(&v, what))
+            .transpose()
+    }
+
+    /// Call `f` on every record of a tree whose key starts with `prefix`, in key order, one
+    /// at a time; `f` returns false to stop.
+    fn walk<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        what: &'static str,
+        mut f: impl FnMut(&[u8], T) -> bool,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree(tree).scan_prefix(prefix) {
+            let (k, v) = kv?;
+            if !f(&k, decode(&v, what)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record of a tree whose key starts with `prefix`, in key order.
+    fn collect<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<(sled::IVec, T)>, StoreError> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k, decode(&v, what)?))
+            })
+            .collect()
+    }
+
+    /// Apply `batch` atomically and flush it to disk.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply(&batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Apply `batch` atomically without waiting for the disk.
+    pub fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Removals are let through: they are how space comes back.
+        if batch.ops.iter().any(|(_, _, v)| v.is_some()) {
+            self.ensure_space()?;
+        }
+        // What the batch changes in the counted trees, read inside the transaction so that
+        // a put over an existing record or a removal of a missing one counts nothing.
+        let result: Result<[isize; 3], TransactionError<()>> =
+            self.trees.as_slice().transaction(|trees| {
+                let mut delta = [0isize; 3];
+                for (tree, key, value) in &batch.ops {
+                    let t = &trees[*tree as usize];
+                    let before = match value {
+                        Some(v) => t.insert(key.as_slice(), v.as_slice())?,
+                        None => t.remove(key.as_slice())?,
+                    };
+                    let change = match (value.is_some(), before.is_some()) {
+                        (true, false) => 1,
+                        (false, true) => -1,
+                        _ => 0,
+                    };
+                    match tree {
+                        Tree::Contacts => delta[0] += change,
+                        Tree::Outbox => delta[1] += change,
+                        Tree::Events => delta[2] += change,
+                        _ => {}
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<()>>(delta)
+            });
+        match result {
+            Ok(delta) => {
+                let counts = [
+                    &self.counts.contacts,
+                    &self.counts.outbox,
+                    &self.counts.events,
+                ];
+                for (count, d) in counts.iter().zip(delta) {
+                    if d >= 0 {
+                        count.fetch_add(d as usize, Ordering::Relaxed);
+                    } else {
+                        count.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                what: "transaction",
+                detail: "aborted".into(),
+            }),
+        }
+    }
+
+    /// Refuse to write when the disk is (nearly) full: a write that sled cannot finish
+    /// would be visible in memory but not on disk.
+    fn ensure_space(&self) -> Result<(), StoreError> {
+        // A file system that cannot say is taken to have room.
+        let Ok(stat) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::DiskFull {
+                dir: self.dir.display().to_string(),
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// A big-endian u64 stored as 8 bytes, or `None` if the value has another length.
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_protocol::content::MessageId;
+
+    #[tokio::test]
+    async fn batches_commit_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = MessageId([7; 16]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.index_message(&id, Some(Seq(5)));
+            b.mark_seen(&[9; 32], 1);
+            store.commit(b).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.message_seq(&id).unwrap(), Some(Some(Seq(5))));
+        assert!(store.is_seen(&[9; 32]).unwrap());
+        assert!(store.next_id().unwrap() > 0);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .tree(Tree::Meta)
+                .insert(schema::META_SCHEMA, &99u32.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = sotto_protocol::identity::AccountKey([1; 32]);
+        store
+            .tree(Tree::Contacts)
+            .insert(key.0, &[0xff, 0xff][..])
+            .unwrap();
+        assert!(store.contact(&key).is_err());
+    }
+
+    #[test]
+    fn counts_follow_puts_over_existing_records_and_removals_of_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entry = |seq| OutboxEntry {
+            seq: Seq(seq),
+            message: MessageId([seq as u8; 16]),
+            to: sotto_protocol::identity::AccountKey([2; 32]),
+            envelope: vec![1],
+            failures: 0,
+            next_attempt_at: 0,
+            host_retries: 0,
+            hosts: Vec::new(),
+            control: false,
+        };
+        let mut b = Batch::new();
+        b.put_outbox(&entry(1)).unwrap();
+        b.put_outbox(&entry(2)).unwrap();
+        store.apply(&b).unwrap();
+        let mut b = Batch::new();
+        b.put_outbox(&entry(2)).unwrap();
+        b.remove_outbox(Seq(3));
+        store.apply(&b).unwrap();
+        assert_eq!(store.outbox_len(), 2);
+        let mut b = Batch::new();
+        b.remove_outbox(Seq(1));
+        store.apply(&b).unwrap();
+        assert_eq!(store.outbox_len(), 1);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().outbox_len(), 1);
+    }
+}
