@@ -99,6 +99,7 @@ async fn start_node(name: &str, dirs: &mut Vec<TempDir>) -> Node {
         harness: Default::default(),
         // The bench measures delivery, not the rate limits a flood would meet.
         limits: sotto_daemon::limits::Limits::generous(),
+        keys: Default::default(),
     };
     dirs.push(data);
     dirs.push(sock);

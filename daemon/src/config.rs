@@ -27,6 +27,28 @@ pub struct Config {
     pub harness: crate::link::Harness,
     /// Rate limits, bans and connection limits (see docs/robustness.md).
     pub limits: crate::limits::Limits,
+    /// When the account's keys change.
+    pub keys: Keys,
+}
+
+/// When the account's keys change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// How often the fallback key printed in the card is replaced. The one it replaces keeps
+    /// working until the next rotation, so a card is good for first contact for at least
+    /// this long, and a pre-key message on a fallback key opens for at most twice this.
+    pub fallback_rotation_ms: u64,
+}
+
+/// The default fallback-key rotation period: 30 days.
+pub const DEFAULT_FALLBACK_ROTATION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            fallback_rotation_ms: DEFAULT_FALLBACK_ROTATION_MS,
+        }
+    }
 }
 
 /// Store-and-forward settings.
@@ -81,6 +103,7 @@ pub struct File {
     pub stamp_difficulty: Option<u8>,
     pub mailbox_ttl_secs: Option<u64>,
     pub rate_envelope: Option<u32>,
+    pub rate_contact_envelope: Option<u32>,
     pub rate_deposit: Option<u32>,
     pub rate_fetch: Option<u32>,
     pub rate_dht: Option<u32>,
@@ -89,6 +112,7 @@ pub struct File {
     pub max_connections: Option<u32>,
     pub max_connections_per_peer: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+    pub fallback_rotation_secs: Option<u64>,
 }
 
 /// Why the configuration could not be read.

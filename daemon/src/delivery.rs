@@ -12,7 +12,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::{Multiaddr, PeerId};
 use serde_json::Value;
-use sotto_protocol::card::Card;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::outbox::{self, Action, DirectOutcome, Queue};
 use tokio::sync::{mpsc, watch};
@@ -269,7 +268,7 @@ impl Worker {
     /// Look up where `key`'s node is: from its last presence, else from its card.
     fn refresh_route(&mut self, key: AccountKey) -> Result<(), StoreError> {
         let route = match self.service.store().contact(&key)? {
-            Some(contact) => route_of(&contact),
+            Some(contact) => contact.node(),
             None => None,
         };
         if let Some((old, _)) = self.routes.remove(&key) {
@@ -338,20 +337,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Where `contact`'s node can be reached: from its last presence, else from its card.
-fn route_of(contact: &store::Contact) -> Option<(PeerId, Vec<Multiaddr>)> {
-    if let Some(route) = &contact.route {
-        if let Some(peer) = route.peer_id() {
-            return Some((peer, route.multiaddrs()));
-        }
-    }
-    let card = Card::from_bytes(&contact.card).ok()?;
-    let hints = &card.body().hints;
-    let peer = PeerId::from_bytes(hints.peer_id.as_deref()?).ok()?;
-    Some((
-        peer,
-        hints.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-    ))
 }

@@ -27,8 +27,13 @@ impl Rate {
 /// Every limit a node applies to its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Envelopes sent directly to this node (`/sotto/envelope/1`).
+    /// Envelopes sent directly to this node (`/sotto/envelope/1`) by a peer that is not
+    /// a contact's node.
     pub envelope: Rate,
+    /// … by a contact's node (its PeerId came in the contact's encrypted presence, or its
+    /// card). Set far above what a person or a reasonable bot sends; going over it is
+    /// answered with "slow down" but never leads to a ban (blocking the contact does).
+    pub contact_envelope: Rate,
     /// Deposits at this node as a mailbox host.
     pub deposit: Rate,
     /// Fetches and deletes at this node as a mailbox host.
@@ -62,6 +67,10 @@ impl Default for Limits {
             envelope: Rate {
                 per_minute: 300,
                 burst: 300,
+            },
+            contact_envelope: Rate {
+                per_minute: 60_000,
+                burst: 10_000,
             },
             deposit: Rate {
                 per_minute: 600,
@@ -97,6 +106,7 @@ impl Limits {
     pub fn generous() -> Self {
         Limits {
             envelope: Rate::per_minute(1_000_000),
+            contact_envelope: Rate::per_minute(1_000_000),
             deposit: Rate::per_minute(1_000_000),
             fetch: Rate::per_minute(1_000_000),
             dht: Rate::per_minute(1_000_000),
@@ -113,7 +123,18 @@ pub enum Kind {
     Deposit,
     Fetch,
     Dht,
+    /// An envelope from a contact's node.
+    ContactEnvelope,
 }
+
+/// Every kind, in the order of their buckets.
+const KINDS: [Kind; 5] = [
+    Kind::Envelope,
+    Kind::Deposit,
+    Kind::Fetch,
+    Kind::Dht,
+    Kind::ContactEnvelope,
+];
 
 /// A token bucket: `rate` tokens a minute, at most `burst` at once.
 #[derive(Clone, Copy, Debug)]
@@ -127,6 +148,18 @@ impl Bucket {
         Bucket {
             tokens: f64::from(rate.burst),
             at_ms: now_ms,
+        }
+    }
+
+    /// Milliseconds from `now_ms` until a token is there (0 if one is).
+    fn wait_ms(&self, rate: Rate, now_ms: u64) -> u64 {
+        let per_ms = f64::from(rate.per_minute) / 60_000.0;
+        let tokens = (self.tokens + now_ms.saturating_sub(self.at_ms) as f64 * per_ms)
+            .min(f64::from(rate.burst));
+        if tokens >= 1.0 || per_ms <= 0.0 {
+            0
+        } else {
+            ((1.0 - tokens) / per_ms).ceil() as u64
         }
     }
 
@@ -166,20 +199,13 @@ impl Pacer {
 
     /// Milliseconds from `now_ms` until a token is there (0 if one is).
     pub fn wait_ms(&self, now_ms: u64) -> u64 {
-        let elapsed = now_ms.saturating_sub(self.bucket.at_ms) as f64;
-        let per_ms = f64::from(self.rate.per_minute) / 60_000.0;
-        let tokens = self.bucket.tokens + elapsed * per_ms;
-        if tokens >= 1.0 || per_ms <= 0.0 {
-            0
-        } else {
-            ((1.0 - tokens) / per_ms).ceil() as u64
-        }
+        self.bucket.wait_ms(self.rate, now_ms)
     }
 }
 
 #[derive(Clone, Debug)]
 struct PeerState {
-    buckets: [Bucket; 4],
+    buckets: [Bucket; 5],
     /// Refusals in the current window, and when the window started.
     refused: u32,
     window_start_ms: u64,
@@ -221,7 +247,15 @@ impl Limiter {
             Kind::Deposit => self.limits.deposit,
             Kind::Fetch => self.limits.fetch,
             Kind::Dht => self.limits.dht,
+            Kind::ContactEnvelope => self.limits.contact_envelope,
         }
+    }
+
+    /// Milliseconds from `now_ms` until `peer` may make a request of `kind` again.
+    pub fn wait_ms(&self, peer: &PeerId, kind: Kind, now_ms: u64) -> u64 {
+        self.peers.get(peer).map_or(0, |s| {
+            s.buckets[kind as usize].wait_ms(self.rate(kind), now_ms)
+        })
     }
 
     /// May `peer` make a request of `kind` at `now_ms`?
@@ -229,12 +263,7 @@ impl Limiter {
         if !self.peers.contains_key(peer) && self.peers.len() >= self.limits.max_tracked_peers {
             self.forget_idle();
         }
-        let rates = [
-            self.limits.envelope,
-            self.limits.deposit,
-            self.limits.fetch,
-            self.limits.dht,
-        ];
+        let rates = KINDS.map(|k| self.rate(k));
         let rate = self.rate(kind);
         let state = self.peers.entry(*peer).or_insert_with(|| PeerState {
             buckets: rates.map(|r| Bucket::full(r, now_ms)),
@@ -245,6 +274,9 @@ impl Limiter {
         state.last_ms = now_ms;
         if state.buckets[kind as usize].take(rate, now_ms) {
             return Verdict::Allow;
+        }
+        if kind == Kind::ContactEnvelope {
+            return Verdict::Refuse;
         }
         let window = self.limits.ban_window.as_millis() as u64;
         if now_ms.saturating_sub(state.window_start_ms) > window {
@@ -323,6 +355,31 @@ mod tests {
         );
         assert_eq!(verdicts[29], Verdict::Ban, "the 20th refusal bans");
         assert!(verdicts[10..29].iter().all(|v| *v == Verdict::Refuse));
+    }
+
+    #[test]
+    fn a_contacts_node_is_paced_but_never_banned() {
+        let mut l = Limiter::new(Limits {
+            contact_envelope: Rate {
+                per_minute: 600,
+                burst: 5,
+            },
+            ..limits()
+        });
+        let p = PeerId::random();
+        let verdicts: Vec<Verdict> = (0..100)
+            .map(|_| l.check(&p, Kind::ContactEnvelope, 1_000))
+            .collect();
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allow).count(), 5);
+        assert!(verdicts.iter().all(|v| *v != Verdict::Ban));
+        // Ten a second: the next token is 100 ms away.
+        assert_eq!(l.wait_ms(&p, Kind::ContactEnvelope, 1_000), 100);
+        assert_eq!(l.wait_ms(&p, Kind::ContactEnvelope, 1_060), 40);
+        assert_eq!(
+            l.wait_ms(&p, Kind::Envelope, 1_000),
+            0,
+            "its own bucket per kind"
+        );
     }
 
     #[test]

@@ -60,9 +60,14 @@ struct Args {
     /// Seconds this node keeps an envelope it hosts [default: 1209600, 14 days]
     #[arg(long, env = "SOTTO_MAILBOX_TTL_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     mailbox_ttl_secs: Option<u64>,
-    /// Envelopes a minute one peer may send straight to this node [default: 300]
+    /// Envelopes a minute one peer that is not a contact's node may send straight to this
+    /// node [default: 300]
     #[arg(long, env = "SOTTO_RATE_ENVELOPE", value_parser = clap::value_parser!(u32).range(1..))]
     rate_envelope: Option<u32>,
+    /// Envelopes a minute a contact's node may send straight to this node; beyond it the
+    /// node is told to slow down, never banned [default: 60000]
+    #[arg(long, env = "SOTTO_RATE_CONTACT_ENVELOPE", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_contact_envelope: Option<u32>,
     /// Deposits a minute one peer may make at this node as a mailbox host [default: 600]
     #[arg(long, env = "SOTTO_RATE_DEPOSIT", value_parser = clap::value_parser!(u32).range(1..))]
     rate_deposit: Option<u32>,
@@ -88,6 +93,10 @@ struct Args {
     /// Incoming connections one IP address may hold open to this node [default: 32]
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_ip: Option<u32>,
+    /// Seconds between replacements of the fallback key printed in the card; the replaced
+    /// one keeps working until the next [default: 2592000, 30 days]
+    #[arg(long, env = "SOTTO_FALLBACK_ROTATION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    fallback_rotation_secs: Option<u64>,
 }
 
 impl Args {
@@ -100,6 +109,10 @@ impl Args {
             },
         };
         let limits = self.limits(&file)?;
+        let mut keys = config::Keys::default();
+        if let Some(s) = self.fallback_rotation_secs.or(file.fallback_rotation_secs) {
+            keys.fallback_rotation_ms = config::positive_secs("fallback_rotation_secs", s)?;
+        }
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -164,6 +177,7 @@ impl Args {
             mailbox,
             harness: Default::default(),
             limits,
+            keys,
         })
     }
 
@@ -178,6 +192,15 @@ impl Args {
         };
         if let Some(r) = positive("rate_envelope", self.rate_envelope.or(file.rate_envelope))? {
             limits.envelope = Rate::per_minute(r);
+        }
+        if let Some(r) = positive(
+            "rate_contact_envelope",
+            self.rate_contact_envelope.or(file.rate_contact_envelope),
+        )? {
+            limits.contact_envelope = Rate {
+                per_minute: r,
+                burst: r.min(limits.contact_envelope.burst).max(1),
+            };
         }
         if let Some(r) = positive("rate_deposit", self.rate_deposit.or(file.rate_deposit))? {
             limits.deposit = Rate::per_minute(r);

@@ -144,8 +144,10 @@ impl Node {
             handle.clone(),
             config.announce.clone(),
             config.mailbox.clone(),
+            config.keys.clone(),
             config.harness.seed,
         )?;
+        service.share_contact_nodes().await?;
         let host = Arc::new(
             Host::new(store, config.mailbox.policy.clone(), &handle.peer_id())
                 .with_observer(config.harness.observer.clone()),
@@ -194,6 +196,9 @@ impl Node {
         let period = Duration::from_millis(config.mailbox.fetch_interval_ms.min(60_000));
         tasks.push(tokio::spawn(
             client.run_maintenance(period, shutdown_rx.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            service.clone().run_key_rotation(shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(rpc::serve(
             listener,

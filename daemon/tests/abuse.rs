@@ -11,89 +11,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::raw::flood;
 use common::{root, wait_until, Daemon};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{Event, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{kad, Multiaddr, PeerId};
 use serde_json::json;
 use sotto_daemon::net::dht;
 use sotto_daemon::net::{build_swarm, BehaviourEvent, Frame};
 use sotto_protocol::wire::{Refusal, Response};
-
-/// What a flood saw.
-#[derive(Debug, Default)]
-struct FloodReport {
-    sent: u64,
-    answered: u64,
-    rate_limited: u64,
-    failed: u64,
-    /// From the first request to the last answer the victim gave.
-    served_for: Option<Duration>,
-}
-
-/// Send envelopes to `peer` as fast as 64 streams allow, for at most `limit`, or until
-/// `stop` is set. 512 bytes that open to nothing: each costs the victim a Noise attempt if
-/// it lets it through.
-async fn flood(
-    key: Keypair,
-    peer: PeerId,
-    addr: Multiaddr,
-    limit: Duration,
-    stop: Arc<AtomicBool>,
-) -> FloodReport {
-    let mut swarm = build_swarm(key, Default::default()).unwrap();
-    let mut junk = vec![0u8; 512];
-    for (i, b) in junk.iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(13).wrapping_add(5);
-    }
-    junk[0] = 1;
-    let mut report = FloodReport::default();
-    let start = Instant::now();
-    let mut in_flight = 0u32;
-    let mut last_answer = None;
-    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        while in_flight < 64 && !stop.load(Ordering::Relaxed) {
-            swarm.behaviour_mut().envelope.send_request_with_addresses(
-                &peer,
-                Frame::Bytes(junk.clone()),
-                vec![addr.clone()],
-            );
-            in_flight += 1;
-            report.sent += 1;
-        }
-        if stop.load(Ordering::Relaxed) && in_flight == 0 {
-            break;
-        }
-        let event = tokio::select! {
-            e = swarm.select_next_some() => e,
-            _ = tokio::time::sleep_until(deadline) => break,
-        };
-        match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
-                message: Message::Response { response, .. },
-                ..
-            })) => {
-                in_flight -= 1;
-                report.answered += 1;
-                last_answer = Some(start.elapsed());
-                if response == Response::Refused(Refusal::RateLimited) {
-                    report.rate_limited += 1;
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure { .. })) => {
-                in_flight -= 1;
-                report.failed += 1;
-            }
-            _ => {}
-        }
-    }
-    report.served_for = last_answer;
-    report
-}
 
 /// One request to `peer` from a fresh swarm; its answer, or why it failed.
 async fn one_request(key: Keypair, peer: PeerId, addr: Multiaddr) -> Result<Response, String> {

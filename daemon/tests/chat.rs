@@ -51,13 +51,14 @@ fn a_message_accepted_before_sigkill_is_delivered_after_restart() {
     bob.stop();
     let sent = alice.send("bob", "sent just before a crash");
     alice.kill();
-    bob.restart();
+    // Bob is still down, so nothing can take the message yet: it must be in the outbox.
     alice.restart();
     assert_eq!(
         alice.call("node.status", json!({}))["outbox"],
         1,
         "the outbox survived the crash"
     );
+    bob.restart();
     let got = bob.wait_for("alice", "sent just before a crash", "received");
     assert_eq!(got["id"], sent["id"]);
     alice.wait_for("bob", "sent just before a crash", "delivered");

@@ -35,6 +35,7 @@ fn config(dir: &TempDir, port: u16) -> Config {
         },
         harness: Default::default(),
         limits: Default::default(),
+        keys: Default::default(),
     }
 }
 

@@ -32,8 +32,13 @@ pub enum Refusal {
     /// The node failed to store the message; try again later.
     Internal,
     /// This peer sent more than the node's rate limit allows; slow down. A peer that keeps
-    /// going is banned.
+    /// going is banned. (Nodes of this version answer [`Refusal::SlowDown`] instead on
+    /// `/sotto/envelope/1`; a sender reads this one as a pause of 10 s.)
     RateLimited,
+    /// This peer is over its rate limit: the node takes its next envelope in this many
+    /// milliseconds, not before. A peer that is not a contact's node and keeps going is
+    /// banned.
+    SlowDown(u32),
 }
 
 /// The answer to a request.
@@ -72,6 +77,10 @@ mod tests {
         assert_eq!(Response::Accepted.to_bytes(), vec![0]);
         assert_eq!(Response::Duplicate.to_bytes(), vec![1]);
         assert_eq!(Response::Refused(Refusal::Busy).to_bytes(), vec![2, 3]);
+        assert_eq!(
+            Response::Refused(Refusal::SlowDown(300)).to_bytes(),
+            vec![2, 6, 251, 44, 1]
+        );
         assert_eq!(
             Response::from_bytes(&[2, 1]).unwrap(),
             Response::Refused(Refusal::Malformed)

@@ -71,6 +71,7 @@ impl SimNode {
             },
             harness: Default::default(),
             limits: Default::default(),
+            keys: Default::default(),
         };
         Ok(SimNode {
             name: name.to_owned(),

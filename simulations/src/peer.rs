@@ -108,6 +108,7 @@ impl Peer {
             mailbox: Default::default(),
             harness: Default::default(),
             limits: Default::default(),
+            keys: Default::default(),
         };
         configure(&mut config);
         Ok(Peer {

@@ -22,12 +22,18 @@ use crate::store::Batch;
 pub const MAX_EPOCHS_BACK: u64 = 16;
 /// The most pages fetched from one host for one dead drop in one round.
 const MAX_PAGES: usize = 64;
+/// The most envelopes taken from one host for one dead drop in one round: an honest host
+/// holds at most its per-dead-drop quota (1,000 by default); the rest waits for the next
+/// round.
+pub const MAX_ENVELOPES_PER_ROUND: usize = 1_000;
 /// How long a burst of new connections may settle before the fetch they woke.
 const SETTLE: Duration = Duration::from_millis(200);
 
 impl Client {
-    /// The addresses and keys of every dead drop this node should look in now.
-    async fn own_drops(&self) -> Result<Vec<(Address, DropKey)>, Error> {
+    /// The addresses and keys of every dead drop this node should look in now, each with
+    /// whether it is a pairwise one (only the pair can deposit there: junk in it is the
+    /// host's doing) rather than the intro dead drop (where anyone with a stamp can).
+    async fn own_drops(&self) -> Result<Vec<(Address, DropKey, bool)>, Error> {
         let service = &self.service;
         let now = unix_ms();
         let current = service.epoch_at(now);
@@ -39,7 +45,7 @@ impl Client {
         let mut keys = Vec::new();
         if let Some(account) = service.account_lock().lock().await.as_ref() {
             let intro = DropKey::from_seed(&account.intro.seed());
-            keys.push((intro.intro_address(), intro));
+            keys.push((intro.intro_address(), intro, false));
         } else {
             return Ok(keys);
         }
@@ -50,7 +56,7 @@ impl Client {
             let secret = c.inbox.secret();
             keys.extend((first..=current).map(|e| {
                 let key = secret.drop_key(e);
-                (key.address(), key)
+                (key.address(), key, true)
             }));
         }
         Ok(keys)
@@ -62,12 +68,12 @@ impl Client {
         let started = unix_ms();
         let mut taken = 0;
         let mut complete = true;
-        for (address, key) in self.own_drops().await? {
+        for (address, key, pairwise) in self.own_drops().await? {
             let mut reached = false;
             for target in self.hosts_for(&address).await {
                 // This node alone is no proof that the dead drop was looked at.
                 let remote = matches!(target, Target::Remote(..));
-                let (n, ok) = self.fetch_from(&target, &address, &key).await;
+                let (n, ok) = self.fetch_from(&target, &address, &key, pairwise).await;
                 taken += n;
                 reached |= ok && remote;
             }
@@ -85,14 +91,27 @@ impl Client {
 
     /// Fetch one dead drop from one host. Returns how many envelopes were taken, and
     /// whether the host answered.
-    async fn fetch_from(&self, target: &Target, address: &Address, key: &DropKey) -> (usize, bool) {
+    ///
+    /// A host can answer a fetch with anything, and each envelope costs this node a Noise
+    /// open under the account lock, so a round takes at most [`MAX_ENVELOPES_PER_ROUND`]
+    /// from a host, and stops at a page in which nothing opened. Such a page from a
+    /// pairwise dead drop (`pairwise`: nobody but the pair can deposit there) is the host's
+    /// doing and counts towards a ban of the host (`net::Guard::strike`).
+    async fn fetch_from(
+        &self,
+        target: &Target,
+        address: &Address,
+        key: &DropKey,
+        pairwise: bool,
+    ) -> (usize, bool) {
         let address = *address;
         // Proofs name the host they are for, so that no host can replay them at another.
         let host_id = target.id_bytes(&self.me());
         let mut after = None;
         let mut done = Vec::new();
         let mut answered = false;
-        for _ in 0..MAX_PAGES {
+        let mut handled = 0usize;
+        'pages: for _ in 0..MAX_PAGES {
             let timestamp = unix_ms();
             let fetch = Fetch {
                 address,
@@ -115,24 +134,53 @@ impl Client {
                 }
             };
             let mut received: Vec<(AccountKey, MessageId)> = Vec::new();
+            let (mut taken, mut junk) = (0usize, 0usize);
             for env in &envelopes {
+                if handled >= MAX_ENVELOPES_PER_ROUND {
+                    self.send_receipts(received).await;
+                    break 'pages;
+                }
+                handled += 1;
                 let digest = envelope::digest(env);
                 after = Some(digest);
-                // Taken, seen before, or not an envelope at all: done with it. One that did
-                // not open or decrypt (perhaps an earlier message is still missing) or could
-                // not be stored stays on the host, to be tried again until it expires.
+                // Taken, seen before, not an envelope at all, or one that can never open:
+                // done with it (left at the host, junk would fill the dead drop until it
+                // expires). One that may open later (an earlier message of its session is
+                // still missing) or could not be stored stays, to be tried again.
                 let got = self.service.receive_detailed("a mailbox host", env).await;
+                match got.response {
+                    wire::Response::Accepted => taken += 1,
+                    wire::Response::Refused(
+                        wire::Refusal::Malformed | wire::Refusal::Unopenable,
+                    ) => junk += 1,
+                    _ => {}
+                }
                 if matches!(
                     got.response,
                     wire::Response::Accepted
                         | wire::Response::Duplicate
-                        | wire::Response::Refused(wire::Refusal::Malformed)
+                        | wire::Response::Refused(
+                            wire::Refusal::Malformed | wire::Refusal::Unopenable
+                        )
                 ) {
                     done.push(digest);
                     received.extend(got.message);
                 }
             }
             self.send_receipts(received).await;
+            if taken == 0 && junk > 0 {
+                tracing::debug!("a page of {junk} envelopes that do not open; next round");
+                if let (true, Target::Remote(peer, _)) = (pairwise, target) {
+                    self.service
+                        .network()
+                        .strike(
+                            *peer,
+                            "served envelopes that do not open at a pairwise dead drop",
+                        )
+                        .await;
+                }
+                break;
+            }
             if !more || envelopes.is_empty() {
                 break;
             }

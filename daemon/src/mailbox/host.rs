@@ -60,6 +60,9 @@ pub struct HostingStats {
     pub handed_over: u64,
 }
 
+/// Expired envelopes removed in one transaction, at most.
+pub const GC_CHUNK: usize = 512;
+
 /// The host.
 pub struct Host {
     store: Store,
@@ -156,7 +159,7 @@ impl Host {
         seq: Seq,
         h: &Hosted,
     ) {
-        batch.remove_hosted(address, seq, &envelope::digest(&h.envelope));
+        batch.remove_hosted(address, seq, h);
         delta.add(address, &h.depositor, -1, -(h.envelope.len() as i64));
     }
 
@@ -268,26 +271,38 @@ impl Host {
         Ok(Response::Deleted(deleted))
     }
 
-    /// Drop expired envelopes; returns how many.
+    /// Drop expired envelopes, [`GC_CHUNK`] to a transaction; returns how many. Reads only
+    /// the expired envelopes (through the store's expiry index), so that its cost and
+    /// memory do not grow with what the host holds.
     pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
-        let _g = self.lock.lock().await;
-        let now = unix_ms();
         let mut expired = 0u64;
-        let mut batch = Batch::new();
-        let mut delta = UsageDelta::default();
-        self.store.walk_hosted(|address, seq, h| {
-            if h.expires_at <= now {
-                self.stage_removal(&mut batch, &mut delta, &address, seq, &h);
-                expired += 1;
+        loop {
+            let _g = self.lock.lock().await;
+            let now = unix_ms();
+            let due = self.store.expired_hosted(now, GC_CHUNK)?;
+            if due.is_empty() {
+                return Ok(expired);
             }
-            true
-        })?;
-        if expired > 0 {
+            let mut batch = Batch::new();
+            let mut delta = UsageDelta::default();
+            let mut n = 0u64;
+            for e in &due {
+                match self.store.hosted(&e.address, e.seq)? {
+                    Some(h) => {
+                        self.stage_removal(&mut batch, &mut delta, &e.address, e.seq, &h);
+                        n += 1;
+                    }
+                    None => batch.remove_expiry(e),
+                }
+            }
             self.stage_delta(&mut batch, delta)?;
-            self.stage_stats(&mut batch, |s| s.expired += expired)?;
+            self.stage_stats(&mut batch, |s| s.expired += n)?;
             self.store.commit(batch).await?;
+            expired += n;
+            if due.len() < GC_CHUNK {
+                return Ok(expired);
+            }
         }
-        Ok(expired)
     }
 
     /// The addresses of the dead drops this node hosts.

@@ -32,8 +32,8 @@ pub enum Frame {
 pub enum Why {
     /// The frame is longer than the protocol allows.
     TooLarge,
-    /// The peer is over its rate limit, or banned.
-    RateLimited,
+    /// The peer is over its rate limit (or banned), and may go on after `retry_after`.
+    RateLimited { retry_after: Duration },
     /// The node's queue for this protocol is full.
     Busy,
     /// The node did not answer (it is stopping).
@@ -68,6 +68,9 @@ pub trait Protocol: Send + Sync + 'static {
 pub const RATE_LIMITED_FOR: Duration = Duration::from_secs(10);
 /// … and after it said `Busy` (its queue was full for a moment).
 pub const BUSY_FOR: Duration = Duration::from_secs(1);
+/// The longest pause a peer's `SlowDown` is taken at its word for (a banned sender is told
+/// the rest of its ban).
+pub const MAX_SLOW_DOWN: Duration = Duration::from_secs(3_600);
 
 /// `/sotto/envelope/1`: one sealed envelope (opened by the node), one [`Response`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,13 +91,18 @@ impl Protocol for Envelopes {
     fn refusal(why: Why) -> Response {
         Response::Refused(match why {
             Why::TooLarge => Refusal::TooLarge,
-            Why::RateLimited => Refusal::RateLimited,
+            Why::RateLimited { retry_after } => {
+                Refusal::SlowDown(u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX))
+            }
             Why::Busy => Refusal::Busy,
             Why::Internal => Refusal::Internal,
         })
     }
     fn slow_down(answer: &Response) -> Option<Duration> {
         match answer {
+            Response::Refused(Refusal::SlowDown(ms)) => {
+                Some(Duration::from_millis(u64::from(*ms)).min(MAX_SLOW_DOWN))
+            }
             Response::Refused(Refusal::RateLimited) => Some(RATE_LIMITED_FOR),
             Response::Refused(Refusal::Busy) => Some(BUSY_FOR),
             _ => None,
@@ -136,7 +144,7 @@ impl Protocol for Mailbox {
     fn refusal(why: Why) -> mailbox::Response {
         mailbox::Response::Refused(match why {
             Why::TooLarge => mailbox::Refusal::Malformed,
-            Why::RateLimited => mailbox::Refusal::RateLimited,
+            Why::RateLimited { .. } => mailbox::Refusal::RateLimited,
             Why::Busy => mailbox::Refusal::Busy,
             Why::Internal => mailbox::Refusal::Internal,
         })

@@ -165,18 +165,18 @@ fn admit<P: Protocol>(
     let read = match frame {
         Frame::Bytes(bytes) => P::read_request(bytes),
         Frame::HeaderOnly { claimed } => {
-            if guard.admit(peer, P::kind(None)) {
-                tracing::warn!(
-                    "{peer} sent a {} frame of {claimed} bytes, over the limit; refused",
-                    P::ID
-                );
-                return Err(P::refusal(Why::TooLarge));
+            if let Err(retry_after) = guard.admit(peer, P::kind(None)) {
+                return Err(P::refusal(Why::RateLimited { retry_after }));
             }
-            return Err(P::refusal(Why::RateLimited));
+            tracing::warn!(
+                "{peer} sent a {} frame of {claimed} bytes, over the limit; refused",
+                P::ID
+            );
+            return Err(P::refusal(Why::TooLarge));
         }
     };
-    if !guard.admit(peer, P::kind(read.as_ref().ok())) {
-        return Err(P::refusal(Why::RateLimited));
+    if let Err(retry_after) = guard.admit(peer, P::kind(read.as_ref().ok())) {
+        return Err(P::refusal(Why::RateLimited { retry_after }));
     }
     read
 }

@@ -6,9 +6,10 @@
 //! response protocols ask it through [`Guard::admit`]; Kademlia has its own limiter in
 //! [`super::dht::Guarded`] and asks the guard only to ban.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
@@ -48,7 +49,23 @@ pub struct Guard {
     /// Banned peers and when their bans end (ms since the Unix epoch).
     banned: HashMap<PeerId, u64>,
     events: VecDeque<BanEvent>,
+    /// The nodes of this user's contacts (not message requests, not blocked contacts):
+    /// their envelopes count against [`Limits::contact_envelope`].
+    contacts: HashSet<PeerId>,
+    /// Peers that misbehaved in a way no rate limit sees (a host serving junk), with how
+    /// often and since when (monotonic ms).
+    strikes: HashMap<PeerId, (u32, u64)>,
 }
+
+/// Misdeeds a peer may commit within [`STRIKE_WINDOW`] before it is banned.
+pub const STRIKES_BEFORE_BAN: u32 = 3;
+/// How long a strike counts.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(3_600);
+/// Peers with strikes remembered at most.
+const MAX_STRUCK: usize = 1_024;
+
+/// Contacts' nodes the guard knows at most (one per contact).
+pub const MAX_CONTACT_PEERS: usize = 10_000;
 
 impl Guard {
     /// A guard applying `limits`, with the `bans` still in force from an earlier run.
@@ -59,6 +76,8 @@ impl Guard {
             clock: Monotonic::start(),
             banned: HashMap::new(),
             events: VecDeque::new(),
+            contacts: HashSet::new(),
+            strikes: HashMap::new(),
         };
         for ban in bans {
             if let Some(peer) = ban.peer_id() {
@@ -69,24 +88,64 @@ impl Guard {
         guard
     }
 
-    /// May `peer` make a request of `kind` now? A banned peer may not (requests read
-    /// before its connections closed are not served); one that keeps going over its limit
-    /// is banned here.
-    pub fn admit(&mut self, peer: PeerId, kind: Kind) -> bool {
-        if self.banned.contains_key(&peer) {
-            return false;
+    /// May `peer` make a request of `kind` now? `Err` says how long until it may: a
+    /// banned peer may not (requests read before its connections closed are not served,
+    /// and the wait is the rest of the ban); one that keeps going over its limit is banned
+    /// here. An envelope from a contact's node counts against the contacts' limit.
+    pub fn admit(&mut self, peer: PeerId, kind: Kind) -> Result<(), Duration> {
+        if let Some(until) = self.banned.get(&peer) {
+            return Err(Duration::from_millis(
+                until.saturating_sub(clock::unix_ms()),
+            ));
         }
-        match self.limiter.check(&peer, kind, self.clock.ms()) {
-            Verdict::Allow => true,
-            Verdict::Refuse => false,
+        let kind = match kind {
+            Kind::Envelope if self.contacts.contains(&peer) => Kind::ContactEnvelope,
+            other => other,
+        };
+        let now = self.clock.ms();
+        match self.limiter.check(&peer, kind, now) {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse => Err(Duration::from_millis(
+                self.limiter.wait_ms(&peer, kind, now).max(1),
+            )),
             Verdict::Ban => {
                 self.ban(
                     peer,
                     format!("over the {kind:?} rate limit, and kept going"),
                 );
-                false
+                Err(self.limiter.limits().ban_for)
             }
         }
+    }
+
+    /// `peer` did something no honest node does (a host served envelopes that do not open
+    /// at a dead drop only the pair can deposit at): [`STRIKES_BEFORE_BAN`] such within
+    /// [`STRIKE_WINDOW`] ban it.
+    pub fn strike(&mut self, peer: PeerId, reason: &str) {
+        let now = self.clock.ms();
+        let window = STRIKE_WINDOW.as_millis() as u64;
+        if !self.strikes.contains_key(&peer) && self.strikes.len() >= MAX_STRUCK {
+            self.strikes
+                .retain(|_, (_, since)| now.saturating_sub(*since) < window);
+            if self.strikes.len() >= MAX_STRUCK {
+                self.strikes.clear();
+            }
+        }
+        let entry = self.strikes.entry(peer).or_insert((0, now));
+        if now.saturating_sub(entry.1) >= window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        tracing::debug!("strike {} against {peer}: {reason}", entry.0);
+        if entry.0 >= STRIKES_BEFORE_BAN {
+            self.strikes.remove(&peer);
+            self.ban(peer, format!("{reason}, {STRIKES_BEFORE_BAN} times"));
+        }
+    }
+
+    /// The nodes of this user's contacts, from now on (at most [`MAX_CONTACT_PEERS`]).
+    pub fn set_contacts(&mut self, peers: impl IntoIterator<Item = PeerId>) {
+        self.contacts = peers.into_iter().take(MAX_CONTACT_PEERS).collect();
     }
 
     pub fn is_banned(&self, peer: &PeerId) -> bool {
@@ -257,7 +316,9 @@ mod tests {
             &[],
         );
         let p = PeerId::random();
-        let admitted: Vec<bool> = (0..6).map(|_| guard.admit(p, Kind::Envelope)).collect();
+        let admitted: Vec<bool> = (0..6)
+            .map(|_| guard.admit(p, Kind::Envelope).is_ok())
+            .collect();
         assert_eq!(admitted, [true, true, false, false, false, false]);
         assert!(guard.is_banned(&p));
         assert!(guard.lift(p));
@@ -271,6 +332,21 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["banned", "lifted", "lifted"]);
+    }
+
+    #[test]
+    fn a_third_strike_bans() {
+        let mut guard = Guard::new(&Limits::default(), &[]);
+        let p = PeerId::random();
+        guard.strike(p, "served junk");
+        guard.strike(p, "served junk");
+        assert!(!guard.is_banned(&p));
+        guard.strike(p, "served junk");
+        assert!(guard.is_banned(&p));
+        assert!(matches!(
+            guard.events.back(),
+            Some(BanEvent::Banned(ban, true)) if ban.reason.contains("served junk")
+        ));
     }
 
     #[test]
@@ -288,10 +364,51 @@ mod tests {
             &Limits::default(),
             &[ban(p, now + 3_600_000), ban(q, now.saturating_sub(1))],
         );
-        assert!(!guard.admit(p, Kind::Fetch));
+        assert!(guard.admit(p, Kind::Fetch).is_err());
         guard.lift_expired();
         assert!(guard.is_banned(&p));
         assert!(!guard.is_banned(&q));
-        assert!(guard.admit(q, Kind::Fetch));
+        assert!(guard.admit(q, Kind::Fetch).is_ok());
+    }
+
+    #[test]
+    fn a_contacts_node_gets_the_contacts_limit_and_is_told_how_long_to_wait() {
+        let limits = Limits {
+            envelope: Rate {
+                per_minute: 60,
+                burst: 1,
+            },
+            contact_envelope: Rate {
+                per_minute: 6_000,
+                burst: 100,
+            },
+            ban_after: 5,
+            ..Limits::default()
+        };
+        let mut guard = Guard::new(&limits, &[]);
+        let (contact, stranger) = (PeerId::random(), PeerId::random());
+        guard.set_contacts([contact]);
+        let taken = (0..1_000)
+            .filter(|_| guard.admit(contact, Kind::Envelope).is_ok())
+            .count();
+        assert!((100..=101).contains(&taken), "the contact's burst: {taken}");
+        let wait = guard.admit(contact, Kind::Envelope).unwrap_err();
+        assert!(wait <= Duration::from_millis(10), "{wait:?}");
+        assert!(
+            !guard.is_banned(&contact),
+            "a contact's node is paced, not banned"
+        );
+        // A stranger gets the strict limit, and a ban for keeping on.
+        assert!(guard.admit(stranger, Kind::Envelope).is_ok());
+        let wait = guard.admit(stranger, Kind::Envelope).unwrap_err();
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        for _ in 0..5 {
+            let _ = guard.admit(stranger, Kind::Envelope);
+        }
+        assert!(guard.is_banned(&stranger));
+        // Once no longer a contact (blocked, say), the strict limit applies.
+        guard.set_contacts([]);
+        assert!(guard.admit(contact, Kind::Envelope).is_ok());
+        assert!(guard.admit(contact, Kind::Envelope).is_err());
     }
 }

@@ -106,6 +106,13 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    Contacts {
+        peers: Vec<PeerId>,
+    },
+    Strike {
+        peer: PeerId,
+        reason: &'static str,
+    },
 }
 
 /// A cloneable handle on the swarm task.
@@ -147,8 +154,37 @@ impl Handle {
 
     /// Has `peer` asked this node to leave it alone, and is that pause still on?
     pub fn is_throttled(&self, peer: &PeerId) -> bool {
+        self.throttled_for(peer).is_some()
+    }
+
+    /// How much is left of the pause `peer` asked for, if any.
+    fn throttled_for(&self, peer: &PeerId) -> Option<Duration> {
         let map = self.throttled.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(peer).is_some_and(|until| *until > Instant::now())
+        let now = Instant::now();
+        map.get(peer)
+            .filter(|until| **until > now)
+            .map(|until| *until - now)
+    }
+
+    /// Count a misdeed of `peer` towards a ban ([`Guard::strike`]).
+    pub async fn strike(&self, peer: PeerId, reason: &'static str) {
+        if self
+            .tx
+            .send(Command::Strike { peer, reason })
+            .await
+            .is_err()
+        {
+            tracing::debug!("the network task has stopped; strike against {peer} not counted");
+        }
+    }
+
+    /// Tell the guard which peers are the nodes of this user's contacts (their envelopes
+    /// count against the contacts' limit).
+    pub async fn set_contacts(&self, peers: Vec<PeerId>) -> Result<(), SendError> {
+        self.tx
+            .send(Command::Contacts { peers })
+            .await
+            .map_err(|_| SendError::Stopped)
     }
 
     /// Leave `peer` alone for `pause`.
@@ -172,8 +208,8 @@ impl Handle {
         peer: PeerId,
         command: impl FnOnce(exchange::Reply<P>) -> Command,
     ) -> Result<P::Answer, SendError> {
-        if self.is_throttled(&peer) {
-            return Ok(P::refusal(codec::Why::RateLimited));
+        if let Some(retry_after) = self.throttled_for(&peer) {
+            return Ok(P::refusal(codec::Why::RateLimited { retry_after }));
         }
         let answer = self.ask(command).await??;
         if let Some(pause) = P::slow_down(&answer) {

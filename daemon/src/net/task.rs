@@ -191,6 +191,10 @@ impl Network {
                     self.start_waiting_lookups();
                 }
             }
+            Command::Strike { peer, reason } => {
+                self.swarm.behaviour_mut().guard.strike(peer, reason)
+            }
+            Command::Contacts { peers } => self.swarm.behaviour_mut().guard.set_contacts(peers),
             Command::Unban { peer, reply } => {
                 let _ = reply.send(self.swarm.behaviour_mut().guard.lift(peer));
             }

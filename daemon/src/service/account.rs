@@ -57,6 +57,21 @@ impl Service {
         batch.put_account(&account.snapshot(&self.inner.pickle_key))
     }
 
+    /// Put `account` back as it was last stored (dropping what a message that is not kept
+    /// did to it).
+    pub(super) fn reload_account(&self, account: &mut LocalAccount) -> Result<(), StoreError> {
+        let Some(snapshot) = self.inner.store.account()? else {
+            return Ok(());
+        };
+        *account = LocalAccount::restore(&snapshot, &self.inner.pickle_key).map_err(|e| {
+            StoreError::Corrupt {
+                what: "account",
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
     /// `account.create`
     pub async fn create_account(&self, name: &str) -> Result<AccountView, AccountError> {
         let name = name.trim();
@@ -75,6 +90,7 @@ impl Service {
         };
         let mut batch = Batch::new();
         self.stage_account(&mut batch, &account)?;
+        batch.put_fallback_rotated_at(unix_ms());
         self.inner.store.commit(batch).await?;
         tracing::info!("account created");
         let view = self.view_account(&account).await?;
@@ -90,6 +106,54 @@ impl Service {
             fingerprint: key.fingerprint(),
             card: self.own_card(account).await?.to_uri(),
         })
+    }
+
+    /// Replace the fallback key printed in the card if the last replacement was at least
+    /// the rotation period before `now_ms` (the replaced key keeps working until the next
+    /// replacement). Returns whether it did.
+    pub async fn rotate_keys_if_due(&self, now_ms: u64) -> Result<bool, AccountError> {
+        let mut guard = self.inner.account.lock().await;
+        let Some(account) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let store = &self.inner.store;
+        let Some(last) = store.fallback_rotated_at()? else {
+            // An account from before rotation was kept: count from now.
+            let mut batch = Batch::new();
+            batch.put_fallback_rotated_at(now_ms);
+            store.commit(batch).await?;
+            return Ok(false);
+        };
+        if now_ms.saturating_sub(last) < self.inner.keys.fallback_rotation_ms {
+            return Ok(false);
+        }
+        account.device.rotate_fallback_key();
+        let mut batch = Batch::new();
+        self.stage_account(&mut batch, account)?;
+        batch.put_fallback_rotated_at(now_ms);
+        store.commit(batch).await?;
+        tracing::info!("replaced the fallback key printed in the card");
+        Ok(true)
+    }
+
+    /// Replace the fallback key on schedule until `shutdown` turns true: look every
+    /// hour, or every quarter of the rotation period if that is shorter.
+    pub async fn run_key_rotation(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let every = std::time::Duration::from_millis(
+            (self.inner.keys.fallback_rotation_ms / 4).clamp(1, 3_600_000),
+        );
+        loop {
+            if let Err(e) = self.rotate_keys_if_due(unix_ms()).await {
+                tracing::warn!("fallback key rotation: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
     }
 
     /// `account.get`

@@ -155,6 +155,7 @@ impl Service {
             self.signal(Signal::Queued(seq)).await;
         }
         self.signal(Signal::Heard(key)).await;
+        self.share_contact_nodes().await?;
         Ok(view)
     }
 

@@ -82,6 +82,7 @@ impl Service {
         let mut batch = Batch::new();
         batch.block(&key, unix_ms());
         self.inner.store.commit(batch).await?;
+        self.share_contact_nodes().await?;
         Ok(BlockState {
             contact: contact.name,
             blocked: true,
@@ -97,6 +98,7 @@ impl Service {
         let mut batch = Batch::new();
         batch.unblock(&key);
         self.inner.store.commit(batch).await?;
+        self.share_contact_nodes().await?;
         Ok(BlockState {
             contact: contact.name,
             blocked: false,

@@ -124,8 +124,10 @@ pub enum ReceiveError {
     ContactsFull { limit: usize },
     #[error("too many message requests waiting ({limit})")]
     RequestsFull { limit: usize },
-    #[error("cannot decrypt: {0}")]
-    Decrypt(ChatError),
+    /// The Olm message does not decrypt. `fresh`: it was a pre-key message, or no session
+    /// with the sender existed — then it never will (a later message cannot make it).
+    #[error("cannot decrypt: {error}")]
+    Decrypt { error: ChatError, fresh: bool },
     #[error("cannot queue this node's answer: {0}")]
     Answer(Box<MessageError>),
     #[error("cannot add the writer as a message request: {0}")]
@@ -135,14 +137,35 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
+    /// Can this envelope never be taken, however often it is tried? Then it is answered
+    /// `Unopenable` (and a mailbox host is told to delete it); otherwise `Internal`: it may
+    /// be taken later (an earlier message of the session is still missing, the store or the
+    /// request list was full).
+    pub fn is_final(&self) -> bool {
+        match self {
+            ReceiveError::Open(_)
+            | ReceiveError::UnknownSender
+            | ReceiveError::SenderMismatch
+            | ReceiveError::AttachedCard(_)
+            | ReceiveError::OlderCard => true,
+            ReceiveError::Decrypt { fresh, .. } => *fresh,
+            ReceiveError::NoAccount
+            | ReceiveError::BadCard(_)
+            | ReceiveError::ContactsFull { .. }
+            | ReceiveError::RequestsFull { .. }
+            | ReceiveError::Answer(_)
+            | ReceiveError::Contact(_)
+            | ReceiveError::Store(_) => false,
+        }
+    }
+
     /// What the sender (or the mailbox host) is told.
     pub fn refusal(&self) -> sotto_protocol::wire::Refusal {
         use sotto_protocol::wire::Refusal;
-        match self {
-            ReceiveError::Store(_) | ReceiveError::Answer(_) | ReceiveError::Contact(_) => {
-                Refusal::Internal
-            }
-            _ => Refusal::Unopenable,
+        if self.is_final() {
+            Refusal::Unopenable
+        } else {
+            Refusal::Internal
         }
     }
 }

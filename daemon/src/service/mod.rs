@@ -82,8 +82,12 @@ struct Inner {
     pickle_key: [u8; 32],
     announce: Vec<Multiaddr>,
     mailbox: config::Mailbox,
+    keys: config::Keys,
     signals: mpsc::Sender<Signal>,
     fetch_wake: Notify,
+    /// The last `sent_at` given to a message: each is later than the one before, so that a
+    /// burst keeps its order in the recipient's history.
+    last_sent_at: std::sync::atomic::AtomicU64,
     /// The simulator's seeded generator (see [`crate::link::Harness::seed`]).
     seeded: Option<std::sync::Mutex<rand::rngs::StdRng>>,
 }
@@ -96,6 +100,7 @@ impl Service {
         net: net::Handle,
         announce: Vec<Multiaddr>,
         mailbox: config::Mailbox,
+        keys: config::Keys,
         seed: Option<u64>,
     ) -> Result<(Self, mpsc::Receiver<Signal>), StoreError> {
         let pickle_key = match store.pickle_key()? {
@@ -128,8 +133,10 @@ impl Service {
                 pickle_key,
                 announce,
                 mailbox,
+                keys,
                 signals,
                 fetch_wake: Notify::new(),
+                last_sent_at: Default::default(),
                 seeded: seed.map(|seed| {
                     std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
                         seed,
@@ -183,6 +190,38 @@ impl Service {
     /// The account lock: hold it to read or change the account or any ratchet session.
     pub(crate) fn account_lock(&self) -> &Mutex<Option<LocalAccount>> {
         &self.inner.account
+    }
+
+    /// A `sent_at` for a new message: now, or 1 ms after the previous one if that is not
+    /// earlier.
+    pub(crate) fn next_sent_at(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = crate::clock::unix_ms();
+        let previous = self
+            .inner
+            .last_sent_at
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or(now);
+        now.max(previous.saturating_add(1))
+    }
+
+    /// Tell the network which peers are the nodes of this user's contacts (not requests,
+    /// not blocked contacts): their envelopes count against the contacts' higher limit.
+    pub async fn share_contact_nodes(&self) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        let mut peers = Vec::new();
+        for (key, contact) in store.contacts()? {
+            if contact.request || store.is_blocked(&key)? {
+                continue;
+            }
+            peers.extend(contact.node().map(|(peer, _)| peer));
+        }
+        if self.inner.net.set_contacts(peers).await.is_err() {
+            tracing::debug!("the network task has stopped; contacts' nodes not shared");
+        }
+        Ok(())
     }
 
     /// Tell the outbox worker. It only stops with the node; then the signal has no one to

@@ -91,10 +91,29 @@ impl Service {
         let mut events: Vec<Pending> = Vec::new();
         let mut sender = self.identify(&opened, &mut batch, &mut events)?;
         let mut pairwise = self.load_pairwise(&sender.key)?;
-        let content = chat::open_message(account, &mut pairwise, &sender.card, &opened)
-            .map_err(ReceiveError::Decrypt)?;
+        let pairwise_was_empty = pairwise.is_empty();
+        let pre_key = opened.letter.ciphertext.is_pre_key();
+        let content =
+            chat::open_message(account, &mut pairwise, &sender.card, &opened).map_err(|e| {
+                ReceiveError::Decrypt {
+                    error: e,
+                    fresh: pre_key || pairwise_was_empty,
+                }
+            })?;
+        // A message whose id is known is a copy of one taken before: a replay of an old
+        // envelope whose digest was forgotten (§8). Nothing it did to the sessions is kept:
+        // a replayed pre-key message would otherwise put a stale session first.
+        if store.message_seq(&content.id)?.is_some() {
+            if pre_key {
+                self.reload_account(account)?;
+            }
+            let mut seen = Batch::new();
+            seen.mark_seen(&digest, now);
+            store.commit(seen).await?;
+            return Ok(Received::answer(Response::Duplicate));
+        }
         // Only a pre-key message can change the device (a new inbound session).
-        if opened.letter.ciphertext.is_pre_key() {
+        if pre_key {
             self.stage_account(&mut batch, account)?;
         }
         batch.put_sessions(&sender.key, &pairwise.pickle(&self.inner.pickle_key))?;
@@ -106,11 +125,8 @@ impl Service {
             store.commit(batch).await?;
             return Ok(Received::answer(Response::Accepted));
         }
-        let duplicate = store.message_seq(&content.id)?.is_some();
-        let mut stored = None;
-        if !duplicate {
-            stored = self.stage_content(&mut sender, &content, now, &mut batch, &mut events)?;
-        }
+        let presence = matches!(content.body, Body::Presence(_));
+        let stored = self.stage_content(&mut sender, &content, now, &mut batch, &mut events)?;
         let mut queued = Vec::new();
         // A contact (not a mere request) learns this node's presence once.
         if !sender.contact.request && !sender.contact.presence_sent {
@@ -133,12 +149,12 @@ impl Service {
             self.signal(Signal::Queued(seq)).await;
         }
         self.signal(Signal::Heard(sender.key)).await;
+        if presence && !sender.contact.request {
+            // The contact's node may have moved.
+            self.share_contact_nodes().await?;
+        }
         Ok(Received {
-            response: if duplicate {
-                Response::Duplicate
-            } else {
-                Response::Accepted
-            },
+            response: Response::Accepted,
             message: stored,
         })
     }
@@ -187,7 +203,7 @@ impl Service {
                         limit: MAX_CONTACTS,
                     });
                 }
-                if self.request_count()? >= MAX_REQUESTS {
+                if store.request_count() >= MAX_REQUESTS {
                     return Err(ReceiveError::RequestsFull {
                         limit: MAX_REQUESTS,
                     });

@@ -6,23 +6,12 @@ use sotto_protocol::card::Card;
 use sotto_protocol::identity::AccountKey;
 
 use super::{ContactError, ContactView, Rejected, Service, Signal};
-use crate::store::{self, Batch, StoreError};
+use crate::store::{self, Batch};
 
 impl Service {
     /// `requests.list`
     pub fn requests(&self) -> Result<Vec<ContactView>, ContactError> {
         Ok(self.contacts()?.into_iter().filter(|c| c.request).collect())
-    }
-
-    /// How many message requests wait for the user's answer.
-    pub(super) fn request_count(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .inner
-            .store
-            .contacts()?
-            .iter()
-            .filter(|(_, c)| c.request)
-            .count())
     }
 
     fn resolve_request(&self, who: &str) -> Result<(AccountKey, store::Contact), ContactError> {
@@ -58,6 +47,7 @@ impl Service {
         if let Some(seq) = queued {
             self.signal(Signal::Queued(seq)).await;
         }
+        self.share_contact_nodes().await?;
         Ok(Self::view_contact(&key, &contact))
     }
 

@@ -37,7 +37,7 @@ impl Service {
         if self.inner.store.outbox_len() >= MAX_OUTBOX {
             return Err(MessageError::OutboxFull { limit: MAX_OUTBOX });
         }
-        let content = Content::text(MessageId::random(&mut OsRng), unix_ms(), text)?;
+        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)?;
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(MessageError::NoAccount)?;
         let (key, contact) = self.resolve(to)?;

@@ -48,6 +48,13 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many of them are message requests; kept, not counted.
+    pub fn request_count(&self) -> usize {
+        self.counts
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The pickled ratchet sessions with `key`.
     pub fn sessions(&self, key: &AccountKey) -> Result<Option<Vec<String>>, StoreError> {
         self.get(Tree::Sessions, &key.0, "sessions")
@@ -71,6 +78,11 @@ impl Batch {
         seal_key: &[u8; 32],
     ) -> Result<(), StoreError> {
         self.put(Tree::Contacts, key.0, contact)?;
+        if contact.request {
+            self.put_raw(Tree::Requests, key.0, []);
+        } else {
+            self.remove(Tree::Requests, key.0);
+        }
         self.put_raw(Tree::Names, contact.name.as_bytes(), key.0);
         self.put_raw(Tree::SealIndex, seal_key.as_slice(), key.0);
         Ok(())
@@ -90,6 +102,7 @@ impl Batch {
     /// seal key are removed with [`Batch::remove_name`] and [`Batch::remove_seal_key`].)
     pub fn remove_contact(&mut self, key: &AccountKey) {
         self.remove(Tree::Contacts, key.0);
+        self.remove(Tree::Requests, key.0);
         self.remove(Tree::Sessions, key.0);
         self.remove(Tree::Blocked, key.0);
     }

@@ -25,7 +25,56 @@ impl UsageOf {
     }
 }
 
+/// A hosted envelope that expired, as the expiry index names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub expires_at: u64,
+    pub address: Address,
+    pub seq: Seq,
+}
+
+/// The key of the expiry index for the hosted envelope stored under `hosted_key` (address ‖
+/// sequence number) that expires at `expires_at`.
+pub(super) fn expiry_key_raw(expires_at: u64, hosted_key: &[u8]) -> Vec<u8> {
+    concat(&expires_at.to_be_bytes(), hosted_key)
+}
+
+fn expiry_key(expires_at: u64, address: &Address, seq: Seq) -> Vec<u8> {
+    expiry_key_raw(expires_at, &concat(&address.0, &seq.key()))
+}
+
 impl Store {
+    /// The hosted envelopes that expired by `now_ms` (at most `limit`), soonest first, read
+    /// from the expiry index only.
+    pub fn expired_hosted(&self, now_ms: u64, limit: usize) -> Result<Vec<Expired>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .tree(Tree::HostedExpiry)
+            .range(..now_ms.saturating_add(1).to_be_bytes().to_vec())
+            .keys()
+        {
+            let k = kv?;
+            if k.len() != 48 {
+                continue;
+            }
+            if let (Some(expires_at), Ok(a), Some(seq)) = (
+                be_u64(&k[..8]),
+                <[u8; 32]>::try_from(&k[8..40]),
+                Seq::from_key(&k[40..]),
+            ) {
+                out.push(Expired {
+                    expires_at,
+                    address: Address(a),
+                    seq,
+                });
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn host_usage(&self, of: &UsageOf) -> Result<Usage, StoreError> {
         Ok(self
             .get::<Usage>(Tree::HostUsage, &of.key(), "host usage")?
@@ -132,12 +181,31 @@ impl Batch {
         hosted: &Hosted,
     ) -> Result<(), StoreError> {
         self.put_raw(Tree::HostedIds, concat(&address.0, id), seq.key());
+        self.put_raw(
+            Tree::HostedExpiry,
+            expiry_key(hosted.expires_at, address, seq),
+            [],
+        );
         self.put(Tree::Hosted, concat(&address.0, &seq.key()), hosted)
     }
 
-    pub fn remove_hosted(&mut self, address: &Address, seq: Seq, id: &EnvelopeId) {
+    /// Remove the envelope `hosted`, stored under `seq` at `address`.
+    pub fn remove_hosted(&mut self, address: &Address, seq: Seq, hosted: &Hosted) {
+        let id = sotto_protocol::envelope::digest(&hosted.envelope);
         self.remove(Tree::Hosted, concat(&address.0, &seq.key()));
-        self.remove(Tree::HostedIds, concat(&address.0, id));
+        self.remove(Tree::HostedIds, concat(&address.0, &id));
+        self.remove(
+            Tree::HostedExpiry,
+            expiry_key(hosted.expires_at, address, seq),
+        );
+    }
+
+    /// Forget an expiry index entry whose envelope is gone.
+    pub fn remove_expiry(&mut self, expired: &Expired) {
+        self.remove(
+            Tree::HostedExpiry,
+            expiry_key(expired.expires_at, &expired.address, expired.seq),
+        );
     }
 
     /// Set a usage record; one that counts nothing is removed.

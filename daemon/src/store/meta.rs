@@ -5,7 +5,8 @@
 use sotto_protocol::chat::Snapshot;
 
 use super::schema::{
-    Tree, META_ACCOUNT, META_LAST_FETCH_EPOCH, META_PICKLE_KEY, META_TRANSPORT_KEY,
+    Tree, META_ACCOUNT, META_FALLBACK_ROTATED_AT, META_LAST_FETCH_EPOCH, META_PICKLE_KEY,
+    META_TRANSPORT_KEY,
 };
 use super::{be_u64, Ban, Batch, Store, StoreError};
 
@@ -37,6 +38,13 @@ impl Store {
     pub fn last_fetch_epoch(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .get_raw(Tree::Meta, META_LAST_FETCH_EPOCH)?
+            .and_then(|v| be_u64(&v)))
+    }
+
+    /// When the fallback key was last replaced.
+    pub fn fallback_rotated_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get_raw(Tree::Meta, META_FALLBACK_ROTATED_AT)?
             .and_then(|v| be_u64(&v)))
     }
 
@@ -80,6 +88,10 @@ impl Batch {
 
     pub fn put_account(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         self.put(Tree::Meta, META_ACCOUNT, snapshot)
+    }
+
+    pub fn put_fallback_rotated_at(&mut self, at_ms: u64) {
+        self.put_raw(Tree::Meta, META_FALLBACK_ROTATED_AT, at_ms.to_be_bytes());
     }
 
     pub fn put_last_fetch_epoch(&mut self, epoch: u64) {

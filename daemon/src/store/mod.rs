@@ -36,7 +36,7 @@ pub use records::{
 use schema::{Tree, TREES};
 
 /// The schema this code writes; a store written by a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// The newest events kept for clients that reconnect.
 pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never
@@ -112,6 +112,9 @@ struct Counts {
     contacts: AtomicUsize,
     outbox: AtomicUsize,
     events: AtomicUsize,
+    requests: AtomicUsize,
+    /// Records decoded since the store was opened (how much a piece of work read).
+    decoded: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -138,6 +141,10 @@ impl Store {
             .store(store.tree(Tree::Contacts).len(), Ordering::Relaxed);
         store
             .counts
+            .requests
+            .store(store.tree(Tree::Requests).len(), Ordering::Relaxed);
+        store
+            .counts
             .outbox
             .store(store.tree(Tree::Outbox).len(), Ordering::Relaxed);
         store
@@ -149,25 +156,43 @@ impl Store {
 
     fn check_schema(&self) -> Result<(), StoreError> {
         let meta = self.tree(Tree::Meta);
-        match meta.get(schema::META_SCHEMA)? {
-            None => {
-                meta.insert(schema::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-                self.db.flush()?;
+        let found = match meta.get(schema::META_SCHEMA)? {
+            None => SCHEMA_VERSION,
+            Some(v) => <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "schema version",
+                    detail: format!("{} bytes", v.len()),
+                })?,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if found < 2 {
+            self.migrate_to_2()?;
+        }
+        meta.insert(schema::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Schema 1 → 2: index the message requests and the hosted envelopes' expiry.
+    fn migrate_to_2(&self) -> Result<(), StoreError> {
+        let requests = self.tree(Tree::Requests);
+        for kv in self.tree(Tree::Contacts).iter() {
+            let (k, v) = kv?;
+            if decode::<Contact>(&v, "contact")?.request {
+                requests.insert(k, &[])?;
             }
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        what: "schema version",
-                        detail: format!("{} bytes", v.len()),
-                    })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
-                        found,
-                        known: SCHEMA_VERSION,
-                    });
-                }
-            }
+        }
+        let expiry = self.tree(Tree::HostedExpiry);
+        for kv in self.tree(Tree::Hosted).iter() {
+            let (k, v) = kv?;
+            let h: Hosted = decode(&v, "hosted envelope")?;
+            expiry.insert(hosting::expiry_key_raw(h.expires_at, &k), &[])?;
         }
         Ok(())
     }
@@ -198,8 +223,24 @@ impl Store {
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
         self.get_raw(tree, key)?
-            .map(|v| decode(&v, what))
+            .map(|v| self.decode(&v, what))
             .transpose()
+    }
+
+    /// Decode a record, counting it.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<T, StoreError> {
+        self.counts.decoded.fetch_add(1, Ordering::Relaxed);
+        decode(bytes, what)
+    }
+
+    /// How many records were decoded since the store was opened: what a piece of work read
+    /// (tests use it to show that a cost does not grow with the data).
+    pub fn records_read(&self) -> u64 {
+        self.counts.decoded.load(Ordering::Relaxed)
     }
 
     /// Call `f` on every record of a tree whose key starts with `prefix`, in key order, one
@@ -213,7 +254,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         for kv in self.tree(tree).scan_prefix(prefix) {
             let (k, v) = kv?;
-            if !f(&k, decode(&v, what)?) {
+            if !f(&k, self.decode(&v, what)?) {
                 break;
             }
         }
@@ -231,7 +272,7 @@ impl Store {
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((k, decode(&v, what)?))
+                Ok((k, self.decode(&v, what)?))
             })
             .collect()
     }
@@ -254,9 +295,9 @@ impl Store {
         }
         // What the batch changes in the counted trees, read inside the transaction so that
         // a put over an existing record or a removal of a missing one counts nothing.
-        let result: Result<[isize; 3], TransactionError<()>> =
+        let result: Result<[isize; 4], TransactionError<()>> =
             self.trees.as_slice().transaction(|trees| {
-                let mut delta = [0isize; 3];
+                let mut delta = [0isize; 4];
                 for (tree, key, value) in &batch.ops {
                     let t = &trees[*tree as usize];
                     let before = match value {
@@ -272,6 +313,7 @@ impl Store {
                         Tree::Contacts => delta[0] += change,
                         Tree::Outbox => delta[1] += change,
                         Tree::Events => delta[2] += change,
+                        Tree::Requests => delta[3] += change,
                         _ => {}
                     }
                 }
@@ -283,6 +325,7 @@ impl Store {
                     &self.counts.contacts,
                     &self.counts.outbox,
                     &self.counts.events,
+                    &self.counts.requests,
                 ];
                 for (count, d) in counts.iter().zip(delta) {
                     if d >= 0 {

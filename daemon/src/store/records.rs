@@ -105,6 +105,25 @@ impl Contact {
     }
 }
 
+impl Contact {
+    /// Where the contact's node can be reached: from its last presence, else from the
+    /// hints in its card (if it publishes its address).
+    pub fn node(&self) -> Option<(PeerId, Vec<Multiaddr>)> {
+        if let Some(route) = &self.route {
+            if let Some(peer) = route.peer_id() {
+                return Some((peer, route.multiaddrs()));
+            }
+        }
+        let card = sotto_protocol::card::Card::from_bytes(&self.card).ok()?;
+        let hints = &card.body().hints;
+        let peer = PeerId::from_bytes(hints.peer_id.as_deref()?).ok()?;
+        Some((
+            peer,
+            hints.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+        ))
+    }
+}
+
 impl fmt::Debug for Contact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Contact")

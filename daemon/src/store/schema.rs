@@ -37,10 +37,17 @@ pub(super) enum Tree {
     Bans,
     /// Blocked contact (account key) → when it was blocked (ms, big-endian).
     Blocked,
+    /// Account key of a contact that is a message request → nothing (kept with the
+    /// contact, so that requests are counted without reading every contact). Schema 2.
+    Requests,
+    /// Expiry (ms, big-endian) ‖ dead-drop address ‖ sequence number → nothing: hosted
+    /// envelopes in the order they expire, so that garbage collection reads only expired
+    /// ones. Schema 2.
+    HostedExpiry,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 15] = [
+pub(super) const TREES: [(Tree, &str); 17] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -56,6 +63,8 @@ pub(super) const TREES: [(Tree, &str); 15] = [
     (Tree::HostUsage, "host_usage"),
     (Tree::Bans, "bans"),
     (Tree::Blocked, "blocked"),
+    (Tree::Requests, "requests"),
+    (Tree::HostedExpiry, "hosted_expiry"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";
@@ -68,6 +77,8 @@ pub(super) const META_HOST_BYTES: &[u8] = b"host_bytes";
 pub(super) const META_HOST_STATS: &[u8] = b"host_stats";
 /// The epoch of the last complete fetch of this node's dead drops.
 pub(super) const META_LAST_FETCH_EPOCH: &[u8] = b"last_fetch_epoch";
+/// When the fallback key was last replaced (ms, big-endian).
+pub(super) const META_FALLBACK_ROTATED_AT: &[u8] = b"fallback_rotated_at";
 
 /// `a ‖ b`.
 pub(super) fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {

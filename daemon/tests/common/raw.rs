@@ -1,13 +1,16 @@
 //! A raw libp2p peer for tests that play a hostile or careless node: it speaks sotto's
 //! request-response protocols directly, with whatever frame the test gives it.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::identity::Keypair;
 use libp2p::request_response::{Event, Message, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use sotto_daemon::net::{Behaviour, BehaviourEvent, Frame};
+use sotto_daemon::net::{build_swarm, Behaviour, BehaviourEvent, Frame};
 use sotto_protocol::{mailbox, wire};
 
 /// Send `request` to `peer` at `addr` on `/sotto/envelope/1` and wait (at most 30 s) for
@@ -84,4 +87,80 @@ async fn answer<T>(
     tokio::time::timeout(Duration::from_secs(30), wait)
         .await
         .map_err(|_| "timed out".to_owned())?
+}
+
+/// What a flood saw.
+#[derive(Debug, Default)]
+pub struct FloodReport {
+    pub sent: u64,
+    pub answered: u64,
+    pub rate_limited: u64,
+    pub failed: u64,
+    /// From the first request to the last answer the victim gave.
+    pub served_for: Option<Duration>,
+}
+
+/// Send envelopes to `peer` as fast as 64 streams allow, for at most `limit`, or until
+/// `stop` is set. 512 bytes that open to nothing: each costs the victim a Noise attempt if
+/// it lets it through.
+pub async fn flood(
+    key: Keypair,
+    peer: PeerId,
+    addr: Multiaddr,
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+) -> FloodReport {
+    let mut swarm = build_swarm(key, Default::default()).unwrap();
+    let mut junk = vec![0u8; 512];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13).wrapping_add(5);
+    }
+    junk[0] = 1;
+    let mut report = FloodReport::default();
+    let start = Instant::now();
+    let mut in_flight = 0u32;
+    let mut last_answer = None;
+    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        while in_flight < 64 && !stop.load(Ordering::Relaxed) {
+            swarm.behaviour_mut().envelope.send_request_with_addresses(
+                &peer,
+                Frame::Bytes(junk.clone()),
+                vec![addr.clone()],
+            );
+            in_flight += 1;
+            report.sent += 1;
+        }
+        if stop.load(Ordering::Relaxed) && in_flight == 0 {
+            break;
+        }
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::Message {
+                message: Message::Response { response, .. },
+                ..
+            })) => {
+                in_flight -= 1;
+                report.answered += 1;
+                last_answer = Some(start.elapsed());
+                if matches!(
+                    response,
+                    wire::Response::Refused(wire::Refusal::SlowDown(_))
+                ) {
+                    report.rate_limited += 1;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure { .. })) => {
+                in_flight -= 1;
+                report.failed += 1;
+            }
+            _ => {}
+        }
+    }
+    report.served_for = last_answer;
+    report
 }
