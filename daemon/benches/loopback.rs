@@ -18,7 +18,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -48,6 +47,11 @@ const TEXT_BYTES: usize = 100;
 const ENVELOPE_BYTES: usize = 512;
 /// Messages in one pipelined burst.
 const BURST: usize = 50;
+/// Messages in a bot's burst (as issue "a burst to an online contact" measured it).
+const BIG_BURST: usize = 2_000;
+/// Requests the baseline keeps in flight during a big burst (sotto's outbox keeps at most
+/// 32; the libp2p connection allows 64 streams).
+const BASELINE_WINDOW: usize = 64;
 /// Sequential messages in each percentile loop.
 const SAMPLES: usize = 200;
 /// Longest wait for any one event before the bench gives up.
@@ -142,23 +146,20 @@ async fn wait_event(
     }
 }
 
-/// Wait for `kind` events about all of `ids`.
-async fn wait_all(
+/// Wait for `n` events of `kind` (the pair exchanges nothing else meanwhile).
+async fn count_events(
     rx: &mut broadcast::Receiver<Value>,
     kind: &str,
-    mut ids: HashSet<String>,
+    n: usize,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while !ids.is_empty() {
+    let mut seen = 0;
+    while seen < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(e)) if e["kind"] == kind => {
-                if let Some(id) = e["message"]["id"].as_str() {
-                    ids.remove(id);
-                }
-            }
+            Ok(Ok(e)) if e["kind"] == kind => seen += 1,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("events: {e}")),
-            Err(_) => return Err(format!("{} {kind} events missing", ids.len())),
+            Err(_) => return Err(format!("{} {kind} events missing", n - seen)),
         }
     }
     Ok(())
@@ -229,24 +230,32 @@ impl Pair {
     }
 
     /// `n` messages sent back to back; returns (all `send` calls returned, all received,
-    /// all delivered), from the first call.
+    /// all delivered), from the first call. The events are counted while the sends go on
+    /// (a burst larger than the event feed's buffer would otherwise overflow it).
     async fn burst(&self, n: usize, text: &str) -> [Duration; 3] {
         let mut received = self.bob().events().subscribe();
         let mut delivered = self.alice().events().subscribe();
         let start = Instant::now();
-        let mut ids = HashSet::new();
-        for _ in 0..n {
-            ids.insert(self.alice().send("bob", text).await.expect("send").id);
-        }
-        let returned = start.elapsed();
-        wait_all(&mut received, "message.received", ids.clone())
-            .await
-            .expect("received");
-        let got = start.elapsed();
-        wait_all(&mut delivered, "message.delivered", ids)
-            .await
-            .expect("delivered");
-        [returned, got, start.elapsed()]
+        let sending = async {
+            for _ in 0..n {
+                self.alice().send("bob", text).await.expect("send");
+            }
+            start.elapsed()
+        };
+        let receiving = async {
+            count_events(&mut received, "message.received", n)
+                .await
+                .expect("received");
+            start.elapsed()
+        };
+        let delivering = async {
+            count_events(&mut delivered, "message.delivered", n)
+                .await
+                .expect("delivered");
+            start.elapsed()
+        };
+        let (returned, got, done) = tokio::join!(sending, receiving, delivering);
+        [returned, got, done]
     }
 
     async fn shutdown(self) {
@@ -346,6 +355,36 @@ impl Client {
         };
         client.exchange(1).await.expect("baseline connects");
         client
+    }
+
+    /// `n` requests, `window` of them in flight at a time; returns when all are answered.
+    async fn pipelined(&mut self, n: usize, window: usize) -> Result<(), String> {
+        let (mut sent, mut answered) = (0, 0);
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        while answered < n {
+            while sent < n && sent - answered < window {
+                self.swarm.behaviour_mut().send_request_with_addresses(
+                    &self.server,
+                    Frame::Bytes(self.envelope.clone()),
+                    vec![self.addr.clone()],
+                );
+                sent += 1;
+            }
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| "baseline: no answer in time".to_owned())?;
+            match event {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                }) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => return Err(format!("baseline: request failed: {error}")),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// `n` requests in flight at once; returns when all are answered.
@@ -474,6 +513,41 @@ async fn baseline_figures(client: &mut Client) {
             start.elapsed(),
         );
     }
+    for _ in 0..3 {
+        let start = Instant::now();
+        client
+            .pipelined(BIG_BURST, BASELINE_WINDOW)
+            .await
+            .expect("baseline");
+        rate(
+            &format!("libp2p baseline: {BIG_BURST} requests, {BASELINE_WINDOW} in flight"),
+            BIG_BURST,
+            start.elapsed(),
+        );
+    }
+}
+
+/// A bot's burst: [`BIG_BURST`] sends back to back, until all are received and delivered.
+async fn sotto_big_burst(pair: &Pair, label: &str) {
+    let text = text();
+    for _ in 0..3 {
+        let [returned, got, delivered] = pair.burst(BIG_BURST, &text).await;
+        rate(
+            &format!("sotto {label}: {BIG_BURST} burst, all send() returned"),
+            BIG_BURST,
+            returned,
+        );
+        rate(
+            &format!("sotto {label}: {BIG_BURST} burst, all received"),
+            BIG_BURST,
+            got,
+        );
+        rate(
+            &format!("sotto {label}: {BIG_BURST} burst, all delivered"),
+            BIG_BURST,
+            delivered,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -505,6 +579,13 @@ fn bench_sotto(
 }
 
 fn loopback(c: &mut Criterion) {
+    // `SOTTO_BENCH_LOG=sotto_daemon=debug` shows what the nodes do (on stderr).
+    if let Ok(filter) = std::env::var("SOTTO_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -549,6 +630,11 @@ fn loopback(c: &mut Criterion) {
         let pair = Pair::start().await;
         sotto_percentiles(&pair, "fresh").await;
         sotto_bursts(&pair, "fresh").await;
+        println!("{}", events_line(&pair));
+        pair.shutdown().await;
+        // A fresh pair again: the big bursts fill the event logs.
+        let pair = Pair::start().await;
+        sotto_big_burst(&pair, "fresh").await;
         println!("{}", events_line(&pair));
         pair.shutdown().await;
     });

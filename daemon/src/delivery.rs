@@ -137,6 +137,7 @@ impl Worker {
         let now = unix_ms();
         let mut changes = Vec::new();
         while let Some(action) = self.queue.poll(now) {
+            tracing::trace!("outbox: {action:?}");
             match action {
                 Action::Send { to, seq } => self.send(to, Seq(seq))?,
                 Action::Deposit { to, seq } => self.deposit(to, Seq(seq))?,
@@ -221,8 +222,16 @@ impl Worker {
                             }
                         }
                     }
-                    _ => DirectOutcome::Unreachable,
+                    (entry, route) => {
+                        tracing::debug!(
+                            "direct delivery of {seq:?} impossible: entry {}, route {}",
+                            entry.is_some(),
+                            route.is_some()
+                        );
+                        DirectOutcome::Unreachable
+                    }
                 };
+                tracing::trace!("direct delivery of {seq:?}: {outcome:?}");
                 Outcome::Direct(to, seq, outcome)
             }
             .boxed(),

@@ -172,7 +172,9 @@ impl Node {
         let h = host.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(inbound) = requests.recv().await {
-                let answer = h.handle(&inbound.peer, inbound.request).await;
+                let answer = h
+                    .handle(&inbound.peer, inbound.source, inbound.request)
+                    .await;
                 let _ = inbound.reply.send(answer);
             }
         }));

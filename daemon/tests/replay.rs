@@ -4,83 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt;
+mod common;
+
 use std::time::Duration;
 
-use sotto_daemon::config::Config;
+use common::inproc::{card, config, free_port, private_dir, texts, wait_text};
 use sotto_daemon::node::Node;
-use sotto_daemon::service::Service;
 use sotto_daemon::store::OutboxEntry;
 use sotto_protocol::wire::Response;
-use tempfile::TempDir;
-
-fn private_dir() -> TempDir {
-    tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()
-        .unwrap()
-}
-
-fn config(dir: &TempDir, port: u16) -> Config {
-    Config {
-        data_dir: dir.path().join("data"),
-        socket: dir.path().join("sottod.sock"),
-        listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()],
-        bootstrap: Vec::new(),
-        announce: Vec::new(),
-        mailbox: sotto_daemon::config::Mailbox {
-            publish_address: true,
-            fetch_interval_ms: 1_000,
-            ..Default::default()
-        },
-        harness: Default::default(),
-        limits: Default::default(),
-        keys: Default::default(),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn card(service: &Service) -> String {
-    for _ in 0..100 {
-        let view = service.account().await.unwrap();
-        if view.card.len() > 200 {
-            let card = sotto_protocol::card::Card::from_uri(&view.card).unwrap();
-            if !card.body().hints.addrs.is_empty() {
-                return view.card;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no card with an address");
-}
-
-async fn texts(service: &Service, with: &str) -> Vec<String> {
-    let list = service.messages(Some(with), None).unwrap();
-    serde_json::to_value(list)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-async fn wait_text(service: &Service, with: &str, text: &str) {
-    for _ in 0..600 {
-        if texts(service, with).await.iter().any(|t| t == text) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{text:?} did not arrive within 30 s");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_envelope_is_a_duplicate_and_the_session_survives() {
@@ -153,4 +84,172 @@ async fn a_replayed_envelope_is_a_duplicate_and_the_session_survives() {
 
     bob.shutdown().await;
     alice.shutdown().await;
+}
+
+/// The first envelope in `node`'s outbox that carries a message for the user.
+async fn waiting_envelope(node: &Node) -> Vec<u8> {
+    for _ in 0..100 {
+        let entries: Vec<OutboxEntry> = node.service().store().outbox().unwrap();
+        if let Some(e) = entries.into_iter().find(|e| !e.control) {
+            return e.envelope;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no message waits in the outbox");
+}
+
+/// A pre-key message replayed after the receiver forgot its digest (it keeps digests 30
+/// days) and evicted the session it began decrypts again, on the fallback key — but its
+/// message id is known, so nothing it did to the sessions is kept: the stale session it
+/// would create is not put first (bob's next message would go out on it, and alice could
+/// not read it), and the conversation goes on both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_key_message_replayed_after_its_digest_is_forgotten_changes_no_session() {
+    let (da, db) = (private_dir(), private_dir());
+    let (ca, cb) = (config(&da, free_port()), config(&db, free_port()));
+    let alice = Node::start(&ca).await.unwrap();
+    let bob = Node::start(&cb).await.unwrap();
+    alice.service().create_account("alice").await.unwrap();
+    bob.service().create_account("bob").await.unwrap();
+    let (card_a, card_b) = (card(alice.service()).await, card(bob.service()).await);
+    // Alice writes first, while bob is away: pre-key messages (she has heard nothing from
+    // him yet). Her message is copied from her outbox.
+    bob.shutdown().await;
+    alice
+        .service()
+        .add_contact(&card_b, Some("bob"))
+        .await
+        .unwrap();
+    alice.service().send("bob", "first").await.unwrap();
+    let envelope = waiting_envelope(&alice).await;
+    let bob = Node::start(&cb).await.unwrap();
+    bob.service()
+        .add_contact(&card_a, Some("alice"))
+        .await
+        .unwrap();
+    bob.service().send("alice", "wake up").await.unwrap();
+    wait_text(bob.service(), "alice", "first").await;
+    wait_text(alice.service(), "bob", "wake up").await;
+    for i in 0..3 {
+        alice.service().send("bob", &format!("a{i}")).await.unwrap();
+        wait_text(bob.service(), "alice", &format!("a{i}")).await;
+        bob.service().send("alice", &format!("b{i}")).await.unwrap();
+        wait_text(alice.service(), "bob", &format!("b{i}")).await;
+    }
+
+    // Thirty days later bob has forgotten the digest, and the session that message began
+    // has been evicted (a contact keeps at most four; here all are dropped, so that the
+    // replay can start a new one); the envelope comes again.
+    bob.service().store().prune_seen(u64::MAX).unwrap();
+    let (alice_key, _) = bob.service().resolve("alice").unwrap();
+    let mut evict = sotto_daemon::store::Batch::new();
+    evict.put_sessions(&alice_key, &[]).unwrap();
+    bob.service().store().commit(evict).await.unwrap();
+    assert_eq!(
+        bob.service().receive("a replaying host", &envelope).await,
+        Response::Duplicate
+    );
+    assert_eq!(
+        texts(bob.service(), "alice")
+            .await
+            .iter()
+            .filter(|t| *t == "first")
+            .count(),
+        1
+    );
+    // Bob's next messages still reach alice, and hers reach him.
+    bob.service()
+        .send("alice", "after the replay")
+        .await
+        .unwrap();
+    wait_text(alice.service(), "bob", "after the replay").await;
+    alice.service().send("bob", "and back").await.unwrap();
+    wait_text(bob.service(), "alice", "and back").await;
+    bob.shutdown().await;
+    alice.shutdown().await;
+}
+
+/// A first message from a stranger holding `card`, sealed as the stranger would seal it.
+fn first_message_to(card: &str, text: &str) -> Vec<u8> {
+    use sotto_protocol::chat::{seal_message, LocalAccount};
+    use sotto_protocol::content::{Content, MessageId};
+    let mut rng = rand::thread_rng();
+    let stranger = LocalAccount::generate("Stranger", &mut rng);
+    let own = stranger.card(Default::default(), 1).unwrap();
+    let to = sotto_protocol::card::Card::from_uri(card).unwrap();
+    let content = Content::text(MessageId::random(&mut rng), 1, text).unwrap();
+    let mut pairwise = sotto_protocol::session::Pairwise::new();
+    seal_message(&stranger, Some(&own), &mut pairwise, &to, &content).unwrap()
+}
+
+fn fallback_key(card: &str) -> [u8; 32] {
+    sotto_protocol::card::Card::from_uri(card)
+        .unwrap()
+        .body()
+        .fallback_key
+}
+
+/// The fallback key in the card is replaced every rotation period (30 days by default);
+/// the one it replaced keeps working until the next replacement, then stops: a card is
+/// good for first contact for at least one period, and an old pre-key message opens for
+/// at most two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_key_rotates_and_the_old_one_works_for_one_more_period() {
+    let dir = private_dir();
+    let config = config(&dir, free_port());
+    let bob = Node::start(&config).await.unwrap();
+    bob.service().create_account("bob").await.unwrap();
+    let old_card = card(bob.service()).await;
+    let now = sotto_daemon::clock::unix_ms();
+    let period = config.keys.fallback_rotation_ms;
+    assert!(!bob.service().rotate_keys_if_due(now).await.unwrap());
+    assert!(bob
+        .service()
+        .rotate_keys_if_due(now + period)
+        .await
+        .unwrap());
+    let new_card = card(bob.service()).await;
+    assert_ne!(fallback_key(&old_card), fallback_key(&new_card));
+    // Within the grace period the old card still starts a conversation.
+    assert_eq!(
+        bob.service()
+            .receive(
+                "a stranger",
+                &first_message_to(&old_card, "from an old card")
+            )
+            .await,
+        Response::Accepted
+    );
+    // The replacement survives a restart.
+    bob.shutdown().await;
+    let bob = Node::start(&config).await.unwrap();
+    assert_eq!(
+        fallback_key(&card(bob.service()).await),
+        fallback_key(&new_card)
+    );
+    // One more period: the old key is gone, the one before the current still works.
+    assert!(!bob
+        .service()
+        .rotate_keys_if_due(now + period + period / 2)
+        .await
+        .unwrap());
+    assert!(bob
+        .service()
+        .rotate_keys_if_due(now + 2 * period)
+        .await
+        .unwrap());
+    assert_eq!(
+        bob.service()
+            .receive("a stranger", &first_message_to(&old_card, "too old"))
+            .await,
+        Response::Refused(sotto_protocol::wire::Refusal::Unopenable),
+        "a card two rotations old no longer opens a session"
+    );
+    assert_eq!(
+        bob.service()
+            .receive("a stranger", &first_message_to(&new_card, "previous card"))
+            .await,
+        Response::Accepted
+    );
+    bob.shutdown().await;
 }

@@ -144,8 +144,8 @@ enum Flight {
 struct Line {
     /// Entries not in flight, by sequence number.
     waiting: BTreeMap<u64, Entry>,
-    /// Entries in flight, and on which path.
-    flying: BTreeMap<u64, (Entry, Flight)>,
+    /// Entries in flight, on which path, and since when.
+    flying: BTreeMap<u64, (Entry, Flight, u64)>,
     /// The recipient's node has a known route.
     route: bool,
     /// The current direct window.
@@ -154,11 +154,19 @@ struct Line {
     paused_until: u64,
     /// Since when the recipient has only said "slow down" without taking anything.
     slowing_since: Option<u64>,
-    /// The direct path is off until then (the recipient did not answer).
+    /// Since when the recipient has not answered (a connection dropped, a dial failed),
+    /// if it has not answered since its last answer. A first failure is retried directly
+    /// once after [`RETRY_DIRECT_MS`]: connections drop now and then.
+    failing_since: Option<u64>,
+    /// The direct path is off until then (the recipient did not answer twice).
     down_until: u64,
     /// How many times in a row it did not answer.
     downs: u32,
 }
+
+/// How long after a first failure to reach a recipient's node the direct path is tried
+/// again, before the recipient counts as unreachable.
+pub const RETRY_DIRECT_MS: u64 = 250;
 
 impl Line {
     fn new(window: usize) -> Self {
@@ -169,13 +177,17 @@ impl Line {
             window,
             paused_until: 0,
             slowing_since: None,
+            failing_since: None,
             down_until: 0,
             downs: 0,
         }
     }
 
     fn in_flight(&self, flight: Flight) -> usize {
-        self.flying.values().filter(|(_, f)| *f == flight).count()
+        self.flying
+            .values()
+            .filter(|(_, f, _)| *f == flight)
+            .count()
     }
 
     fn is_empty(&self) -> bool {
@@ -258,6 +270,7 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         if let Some(line) = self.lines.get_mut(to) {
             line.down_until = 0;
             line.downs = 0;
+            line.failing_since = None;
             line.paused_until = 0;
             line.slowing_since = None;
             for e in line.waiting.values_mut() {
@@ -326,7 +339,7 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         }
         let (seq, flight) = choice?;
         let entry = line.waiting.remove(&seq)?;
-        line.flying.insert(seq, (entry, flight));
+        line.flying.insert(seq, (entry, flight, now));
         Some(match flight {
             Flight::Direct => Action::Send { to, seq },
             Flight::Deposit => {
@@ -365,13 +378,14 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         let Some(line) = self.lines.get_mut(&to) else {
             return;
         };
-        let Some((entry, _)) = line.flying.remove(&seq) else {
+        let Some((entry, _, sent_at)) = line.flying.remove(&seq) else {
             return;
         };
         match outcome {
             DirectOutcome::Delivered => {
                 line.window = (line.window + 1).min(max_window);
                 line.slowing_since = None;
+                line.failing_since = None;
                 line.downs = 0;
                 self.out.push_back(Action::Delivered { to, seq });
             }
@@ -385,8 +399,22 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
                 line.waiting.insert(seq, entry);
             }
             DirectOutcome::Unreachable => {
-                line.downs = line.downs.saturating_add(1);
-                line.down_until = line.down_until.max(next_attempt(line.downs, now, 0.5));
+                match line.failing_since {
+                    // A first failure: try again directly in a moment.
+                    None => {
+                        line.failing_since = Some(now);
+                        line.paused_until = line.paused_until.max(now + RETRY_DIRECT_MS);
+                    }
+                    // Sent before the failures began: the same failure (a window of
+                    // envelopes fails together when a connection drops).
+                    Some(since) if sent_at <= since => {}
+                    // The retry failed too: the recipient is unreachable for now.
+                    Some(_) => {
+                        line.failing_since = Some(now);
+                        line.downs = line.downs.saturating_add(1);
+                        line.down_until = line.down_until.max(next_attempt(line.downs, now, 0.5));
+                    }
+                }
                 line.waiting.insert(seq, entry);
             }
         }
@@ -401,7 +429,7 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         let Some(line) = self.lines.get_mut(&to) else {
             return;
         };
-        let Some((mut entry, _)) = line.flying.remove(&seq) else {
+        let Some((mut entry, _, _)) = line.flying.remove(&seq) else {
             return;
         };
         self.deposits -= 1;
@@ -444,9 +472,10 @@ fn path(line: &Line, direct_ok: bool, patience_ms: u64, now: u64) -> Path {
         return Path::Deposit;
     }
     if line.paused_until > now {
-        let out_of_patience = line
-            .slowing_since
-            .is_some_and(|since| now.saturating_sub(since) > patience_ms);
+        let out_of_patience = line.failing_since.is_none()
+            && line
+                .slowing_since
+                .is_some_and(|since| now.saturating_sub(since) > patience_ms);
         return if out_of_patience {
             Path::Deposit
         } else {
@@ -599,26 +628,63 @@ mod tests {
         assert_eq!(deposited, [1], "one deposit at a time, the first first");
     }
 
+    /// Fail every direct send the queue makes at `now`, and those it retries after
+    /// [`RETRY_DIRECT_MS`], so that the line counts as unreachable.
+    fn unreachable(q: &mut Queue<u8>, now: u64) -> u64 {
+        for seq in sends(&drain(q, now)) {
+            q.direct_result(BOB, seq, DirectOutcome::Unreachable, now);
+        }
+        assert!(
+            drain(q, now).is_empty(),
+            "a moment's pause after a first failure"
+        );
+        let again = now + RETRY_DIRECT_MS;
+        let retried = sends(&drain(q, again));
+        assert!(!retried.is_empty(), "tried directly once more");
+        for seq in retried {
+            q.direct_result(BOB, seq, DirectOutcome::Unreachable, again);
+        }
+        again
+    }
+
+    #[test]
+    fn a_dropped_connection_is_retried_directly_before_any_mailbox() {
+        let mut q = burst(Config::default(), 40);
+        let first = sends(&drain(&mut q, 0));
+        assert_eq!(first.len(), 32);
+        // The connection drops: the whole window fails, one failure.
+        for seq in &first {
+            q.direct_result(BOB, *seq, DirectOutcome::Unreachable, 5);
+        }
+        let during = drain(&mut q, 5);
+        assert!(deposits(&during).is_empty() && sends(&during).is_empty());
+        // A moment later it goes directly again, in order, and is taken.
+        let retried = sends(&drain(&mut q, 5 + RETRY_DIRECT_MS));
+        assert_eq!(retried[0], 1);
+        for seq in retried {
+            q.direct_result(BOB, seq, DirectOutcome::Delivered, 300);
+        }
+        let rest = drain(&mut q, 300);
+        assert!(deposits(&rest).is_empty(), "no mailbox at all: {rest:?}");
+    }
+
     #[test]
     fn an_unreachable_node_sends_the_line_to_mailboxes_in_order_one_at_a_time() {
         let mut q = burst(Config::default(), 5);
-        let first = drain(&mut q, 0);
-        for seq in sends(&first) {
-            q.direct_result(BOB, seq, DirectOutcome::Unreachable, 0);
-        }
+        let now = unreachable(&mut q, 0);
         let mut deposited = Vec::new();
         for _ in 0..10 {
-            let actions = drain(&mut q, 0);
+            let actions = drain(&mut q, now);
             let d = deposits(&actions);
             assert!(d.len() <= 1, "one deposit in flight: {d:?}");
             assert!(sends(&actions).is_empty());
             for seq in d {
                 deposited.push(seq);
-                q.deposit_result(BOB, seq, 3, 0, 0.5);
+                q.deposit_result(BOB, seq, 3, now, 0.5);
             }
         }
         assert_eq!(deposited, vec![1, 2, 3, 4, 5]);
-        let done: Vec<bool> = drain(&mut q, 0)
+        let done: Vec<bool> = drain(&mut q, now)
             .iter()
             .filter_map(|a| match a {
                 Action::OnHosts { done, .. } => Some(*done),
@@ -696,21 +762,19 @@ mod tests {
     #[test]
     fn being_heard_from_brings_the_direct_path_back_at_once() {
         let mut q = burst(Config::default(), 2);
-        for seq in sends(&drain(&mut q, 0)) {
-            q.direct_result(BOB, seq, DirectOutcome::Unreachable, 0);
-        }
+        let now = unreachable(&mut q, 0);
         // Deposit 1; meanwhile bob is heard from.
-        assert_eq!(deposits(&drain(&mut q, 0)), [1]);
-        q.heard(&BOB, 10);
-        let actions = drain(&mut q, 10);
+        assert_eq!(deposits(&drain(&mut q, now)), [1]);
+        q.heard(&BOB, now + 10);
+        let actions = drain(&mut q, now + 10);
         assert_eq!(
             sends(&actions),
             [2],
             "2 goes direct while 1's deposit is in flight"
         );
-        q.deposit_result(BOB, 1, 3, 20, 0.5);
-        q.direct_result(BOB, 2, DirectOutcome::Delivered, 20);
-        let rest = drain(&mut q, 20);
+        q.deposit_result(BOB, 1, 3, now + 20, 0.5);
+        q.direct_result(BOB, 2, DirectOutcome::Delivered, now + 20);
+        let rest = drain(&mut q, now + 20);
         assert_eq!(rest.len(), 2);
         assert!(q.is_empty());
     }

@@ -7,6 +7,7 @@
 //! whom, or what it says.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use libp2p::PeerId;
@@ -75,6 +76,31 @@ pub struct Host {
     observer: Option<Arc<dyn Observer>>,
 }
 
+/// Whom a deposit's usage is counted against: its source IP address (an IPv6 address by
+/// its /64), which costs a depositor more to change than a PeerId does; the PeerId where the
+/// transport has no address, or the address is loopback (a node on this machine, as the
+/// simulator's are).
+pub fn depositor(from: &PeerId, source: Option<IpAddr>) -> Vec<u8> {
+    let v4 = |ip: std::net::Ipv4Addr| {
+        let mut k = b"4".to_vec();
+        k.extend_from_slice(&ip.octets());
+        k
+    };
+    match source {
+        Some(IpAddr::V4(ip)) if !ip.is_loopback() => v4(ip),
+        Some(IpAddr::V6(ip)) if !ip.is_loopback() => match ip.to_ipv4_mapped() {
+            Some(mapped) if !mapped.is_loopback() => v4(mapped),
+            Some(_) => from.to_bytes(),
+            None => {
+                let mut k = b"6".to_vec();
+                k.extend_from_slice(&ip.octets()[..8]);
+                k
+            }
+        },
+        _ => from.to_bytes(),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -101,12 +127,18 @@ impl Host {
         &self.policy
     }
 
-    /// Answer `request` from the peer `from`.
-    pub async fn handle(&self, from: &PeerId, request: Request) -> Response {
-        let from = from.to_bytes();
+    /// Answer `request` from the peer `from`, which came from the IP address `source`
+    /// (if the transport has one).
+    pub async fn handle(
+        &self,
+        from: &PeerId,
+        source: Option<IpAddr>,
+        request: Request,
+    ) -> Response {
+        let from_bytes = from.to_bytes();
         let seen = self.observer.as_ref().map(|_| observed(&request));
         let result = match request {
-            Request::Deposit(d) => self.deposit(&from, d).await,
+            Request::Deposit(d) => self.deposit(&depositor(from, source), d).await,
             Request::Fetch(f) => self.fetch(&f),
             Request::Delete(d) => self.delete(&d).await,
         };
@@ -118,7 +150,7 @@ impl Host {
             observer.host_event(HostEvent {
                 at_ms: unix_ms(),
                 host: self.me.clone(),
-                peer: from,
+                peer: from_bytes,
                 action: action(&response),
             });
         }
@@ -416,6 +448,64 @@ mod tests {
         PeerId::from_bytes(&[0, 4, n, n, n, n]).unwrap()
     }
 
+    impl Host {
+        /// As [`Host::handle`], from a peer with no IP address.
+        async fn handle_from(&self, from: &PeerId, request: Request) -> Response {
+            self.handle(from, None, request).await
+        }
+    }
+
+    #[test]
+    fn deposits_count_against_their_source_address_and_ipv6_by_its_64() {
+        let p = peer(1);
+        let q = peer(2);
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(depositor(&p, Some(v4)), depositor(&q, Some(v4)));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(depositor(&p, Some(a)), depositor(&q, Some(b)));
+        assert_ne!(depositor(&p, Some(a)), depositor(&p, Some(c)));
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(depositor(&q, Some(mapped)), depositor(&p, Some(v4)));
+        // No address, or a loopback one: the PeerId.
+        assert_eq!(depositor(&p, None), p.to_bytes());
+        assert_eq!(
+            depositor(&p, Some("127.0.0.1".parse().unwrap())),
+            p.to_bytes()
+        );
+        assert_eq!(depositor(&p, Some("::1".parse().unwrap())), p.to_bytes());
+    }
+
+    /// Fresh PeerIds from one address share that address's quota.
+    #[tokio::test]
+    async fn fresh_peer_ids_from_one_address_share_its_quota() {
+        let (_dir, host) = host(Policy {
+            max_depositor_count: 3,
+            ..Policy::default()
+        });
+        let ip: IpAddr = "198.51.100.20".parse().unwrap();
+        let s = Secret::from_bytes([7; 32]);
+        let far = unix_ms() + 3_600_000;
+        for i in 0..3u8 {
+            assert_eq!(
+                host.handle(&peer(10 + i), Some(ip), deposit(&s, i, far))
+                    .await,
+                Response::Stored
+            );
+        }
+        assert_eq!(
+            host.handle(&peer(20), Some(ip), deposit(&s, 9, far)).await,
+            Response::Refused(Refusal::DepositorQuota)
+        );
+        let other: IpAddr = "198.51.100.21".parse().unwrap();
+        assert_eq!(
+            host.handle(&peer(20), Some(other), deposit(&s, 9, far))
+                .await,
+            Response::Stored
+        );
+    }
+
     fn host(policy: Policy) -> (tempfile::TempDir, Host) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -452,12 +542,12 @@ mod tests {
         let far = unix_ms() + 3_600_000;
         for fill in 0..3 {
             assert_eq!(
-                host.handle(&peer(70), deposit(&s, fill, far)).await,
+                host.handle_from(&peer(70), deposit(&s, fill, far)).await,
                 Response::Stored
             );
         }
         assert_eq!(
-            host.handle(&peer(71), deposit(&s, 0, far)).await,
+            host.handle_from(&peer(71), deposit(&s, 0, far)).await,
             Response::AlreadyStored
         );
         assert_eq!(host.store.host_bytes().unwrap(), 3 * 512);
@@ -466,7 +556,7 @@ mod tests {
         let Response::Envelopes {
             envelopes,
             more: false,
-        } = host.handle(&peer(120), fetch(&s)).await
+        } = host.handle_from(&peer(120), fetch(&s)).await
         else {
             panic!()
         };
@@ -489,7 +579,10 @@ mod tests {
             ids: ids.clone(),
             proof: key.sign(&Delete::signed_bytes(now, &me().to_bytes(), &ids)),
         });
-        assert_eq!(host.handle(&peer(120), delete).await, Response::Deleted(2));
+        assert_eq!(
+            host.handle_from(&peer(120), delete).await,
+            Response::Deleted(2)
+        );
         assert_eq!(host.store.host_bytes().unwrap(), 512);
         assert_eq!(
             host.store
@@ -501,13 +594,14 @@ mod tests {
 
         // An envelope that expires is collected, and the books are back at zero.
         assert_eq!(
-            host.handle(&peer(70), deposit(&s, 9, unix_ms() + 100))
+            host.handle_from(&peer(70), deposit(&s, 9, unix_ms() + 100))
                 .await,
             Response::Stored
         );
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         assert_eq!(host.collect_garbage().await.unwrap(), 1);
-        let Response::Envelopes { envelopes, .. } = host.handle(&peer(120), fetch(&s)).await else {
+        let Response::Envelopes { envelopes, .. } = host.handle_from(&peer(120), fetch(&s)).await
+        else {
             panic!()
         };
         assert_eq!(envelopes.len(), 1);
@@ -557,7 +651,7 @@ mod tests {
                 expires_at: far,
             };
             assert_eq!(
-                host.handle(&peer(97), Request::Deposit(d)).await,
+                host.handle_from(&peer(97), Request::Deposit(d)).await,
                 Response::Stored
             );
         }
@@ -571,7 +665,7 @@ mod tests {
                 after,
                 proof: key.sign(&Fetch::signed_bytes(now, &me().to_bytes())),
             };
-            let page = host.handle(&peer(120), Request::Fetch(f)).await;
+            let page = host.handle_from(&peer(120), Request::Fetch(f)).await;
             assert!(page.to_bytes().is_ok(), "a page fits the response limit");
             let Response::Envelopes { envelopes, more } = page else {
                 panic!()
@@ -594,17 +688,85 @@ mod tests {
         let s = Secret::from_bytes([1; 32]);
         let far = unix_ms() + 3_600_000;
         assert_eq!(
-            host.handle(&peer(97), deposit(&s, 1, far)).await,
+            host.handle_from(&peer(97), deposit(&s, 1, far)).await,
             Response::Stored
         );
         assert_eq!(
-            host.handle(&peer(98), deposit(&s, 2, far)).await,
+            host.handle_from(&peer(98), deposit(&s, 2, far)).await,
             Response::Stored
         );
         assert_eq!(
-            host.handle(&peer(99), deposit(&s, 3, far)).await,
+            host.handle_from(&peer(99), deposit(&s, 3, far)).await,
             Response::Refused(Refusal::DropQuota)
         );
         assert_eq!(host.store.host_stats().unwrap().rejections, 1);
+    }
+
+    /// An envelope of 512 bytes made of `n`, deposited under `secret`'s drop.
+    fn numbered(secret: &Secret, n: u32, expires_at: u64) -> Request {
+        let key = secret.drop_key(1);
+        let mut envelope = vec![0u8; 512];
+        envelope[..4].copy_from_slice(&n.to_be_bytes());
+        let digest = envelope::digest(&envelope);
+        Request::Deposit(Deposit {
+            address: key.address(),
+            auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at))),
+            envelope,
+            expires_at,
+        })
+    }
+
+    /// Garbage collection reads the expired envelopes only (through the expiry index), a
+    /// chunk at a time: what it costs does not grow with what the host keeps.
+    #[tokio::test]
+    async fn garbage_collection_reads_only_what_expired() {
+        let (_dir, host) = host(Policy::default());
+        let far = unix_ms() + 3_600_000;
+        let mut n = 0u32;
+        // 2,000 that stay (two dead drops of 1,000), 1,100 that expire (over two chunks)
+        // two seconds after they were deposited.
+        for (secret, count, far) in [
+            (Secret::from_bytes([1; 32]), 1_000, true),
+            (Secret::from_bytes([2; 32]), 1_000, true),
+            (Secret::from_bytes([3; 32]), 600, false),
+            (Secret::from_bytes([4; 32]), 500, false),
+        ]
+        .map(|(s, c, stays)| (s, c, stays.then_some(far)))
+        {
+            for _ in 0..count {
+                n += 1;
+                let expires_at = far.unwrap_or_else(|| unix_ms() + 2_000);
+                assert_eq!(
+                    host.handle_from(&peer(1), numbered(&secret, n, expires_at))
+                        .await,
+                    Response::Stored
+                );
+            }
+        }
+        let store = &host.store;
+        let before = store.records_read();
+        assert_eq!(host.collect_garbage().await.unwrap(), 0);
+        assert_eq!(
+            store.records_read(),
+            before,
+            "nothing expired: nothing read"
+        );
+
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+        let before = store.records_read();
+        assert_eq!(host.collect_garbage().await.unwrap(), 1_100);
+        let read = store.records_read() - before;
+        // Each expired envelope, and per chunk the usage records, total and counters.
+        let chunks = 1_100u64.div_ceil(GC_CHUNK as u64);
+        assert!(read <= 1_100 + chunks * 8, "read {read} records");
+        assert_eq!(store.host_bytes().unwrap(), 2_000 * 512);
+        assert_eq!(
+            store
+                .host_usage(&UsageOf::Depositor(peer(1).to_bytes()))
+                .unwrap()
+                .count,
+            2_000
+        );
+        assert_eq!(store.expired_hosted(u64::MAX, 10_000).unwrap().len(), 2_000);
     }
 }

@@ -108,7 +108,7 @@ impl Client {
     /// nothing for a while: the network handle answers for it.)
     pub async fn ask(&self, target: &Target, request: Request) -> Result<Response, Error> {
         match target {
-            Target::Local => Ok(self.host.handle(&self.me(), request).await),
+            Target::Local => Ok(self.host.handle(&self.me(), None, request).await),
             Target::Remote(peer, addrs) => Ok(self
                 .service
                 .network()

@@ -4,11 +4,13 @@
 //! and answered on its stream when the node's answer comes back.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +21,8 @@ use super::SendError;
 /// A request that arrived, waiting for the node's answer.
 pub struct Inbound<P: Protocol> {
     pub peer: PeerId,
+    /// The IP address of the connection it came on (none for in-memory transports).
+    pub source: Option<IpAddr>,
     pub request: P::Request,
     pub reply: oneshot::Sender<P::Answer>,
 }
@@ -75,22 +79,24 @@ impl<P: Protocol> Exchange<P> {
         event: request_response::Event<Frame, P::Answer>,
         guard: &mut Guard,
         behaviour: &mut Behaviour<P>,
+        sources: &HashMap<ConnectionId, IpAddr>,
     ) {
         use request_response::{Event, Message};
         match event {
             Event::Message {
                 peer,
+                connection_id,
                 message:
                     Message::Request {
                         request, channel, ..
                     },
-                ..
             } => {
                 let answer = match admit::<P>(peer, request, guard) {
                     Ok(request) => {
                         let (reply, answer) = oneshot::channel();
                         match self.inbound.try_send(Inbound {
                             peer,
+                            source: sources.get(&connection_id).copied(),
                             request,
                             reply,
                         }) {

@@ -2,12 +2,13 @@
 //! command, a timer or an answer from the node, and hands each to one handler.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, kad, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,6 +16,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::codec::{Envelopes, Mailbox};
 use super::exchange::Exchange;
 use super::guard::BanEvent;
+use super::per_ip::ip_of;
 use super::traffic::{count, Traffic};
 use super::transport::{build_swarm_with, ensure_port_free};
 use super::{
@@ -55,6 +57,8 @@ pub struct Network {
     clock: Monotonic,
     waiting_lookups: VecDeque<Lookup>,
     pending_lookups: HashMap<kad::QueryId, Lookup>,
+    /// The remote IP address of each open connection that has one.
+    sources: HashMap<ConnectionId, IpAddr>,
 }
 
 impl Network {
@@ -111,6 +115,7 @@ impl Network {
             clock: Monotonic::start(),
             waiting_lookups: VecDeque::new(),
             pending_lookups: HashMap::new(),
+            sources: HashMap::new(),
         };
         let handle = Handle {
             tx,
@@ -219,19 +224,30 @@ impl Network {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
+                endpoint,
                 num_established,
                 ..
-            } if num_established.get() == 1 => {
-                let _ = self.connected.try_send(peer_id);
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.sources.insert(connection_id, ip);
+                }
+                if num_established.get() == 1 {
+                    let _ = self.connected.try_send(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.sources.remove(&connection_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 let b = self.swarm.behaviour_mut();
                 self.envelopes
-                    .on_event(event, &mut b.guard, &mut b.envelope);
+                    .on_event(event, &mut b.guard, &mut b.envelope, &self.sources);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => {
                 let b = self.swarm.behaviour_mut();
-                self.mailbox.on_event(event, &mut b.guard, &mut b.mailbox);
+                self.mailbox
+                    .on_event(event, &mut b.guard, &mut b.mailbox, &self.sources);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Guard(event)) => self.handle_ban(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_dht_event(event),

@@ -155,7 +155,9 @@ impl Service {
             self.signal(Signal::Queued(seq)).await;
         }
         self.signal(Signal::Heard(key)).await;
-        self.share_contact_nodes().await?;
+        if contact.node().is_some() {
+            self.share_contact_nodes().await?;
+        }
         Ok(view)
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod inproc;
 pub mod raw;
 
 /// A temporary root for a scenario's nodes (mode 0700, removed at the end).

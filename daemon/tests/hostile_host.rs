@@ -1,0 +1,171 @@
+//! A hostile mailbox host: a raw libp2p peer that is one of the hosts of bob's dead drops
+//! and answers every fetch with a page of envelopes that do not open, always saying there
+//! is more. Bob opens at most a page of it per dead drop per round, and bans it after three
+//! such pages at dead drops only he and his contact can deposit at.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{root, wait_until, Daemon};
+use futures::StreamExt;
+use libp2p::request_response::{Event, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, Multiaddr, PeerId};
+use rand::RngCore;
+use serde_json::json;
+use sotto_daemon::net::{build_swarm, BehaviourEvent, Frame};
+use sotto_protocol::mailbox::{Refusal, Request, Response};
+
+/// Envelopes in each page the hostile host serves.
+const PAGE: usize = 100;
+
+/// What the hostile host saw: fetches per asking peer.
+type Fetches = Arc<Mutex<HashMap<PeerId, u64>>>;
+
+/// Run a hostile host on a fresh loopback port until `stop` is set; returns its address
+/// (with `/p2p/…`) once it listens.
+fn hostile_host(stop: Arc<AtomicBool>, fetches: Fetches) -> Multiaddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let me = key.public().to_peer_id();
+            let mut swarm = build_swarm(key, Default::default()).unwrap();
+            swarm
+                .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap();
+            let mut sent_address = false;
+            while !stop.load(Ordering::Relaxed) {
+                let event = tokio::select! {
+                    e = swarm.select_next_some() => e,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                };
+                match event {
+                    SwarmEvent::NewListenAddr { address, .. } if !sent_address => {
+                        sent_address = true;
+                        tx.send(format!("{address}/p2p/{me}")).unwrap();
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                        identify::Event::Received { peer_id, info, .. },
+                    )) => {
+                        for addr in info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Mailbox(Event::Message {
+                        peer,
+                        message:
+                            Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    })) => {
+                        let request = match request {
+                            Frame::Bytes(b) => Request::from_bytes(&b).ok(),
+                            Frame::HeaderOnly { .. } => None,
+                        };
+                        let answer = match request {
+                            Some(Request::Fetch(_)) => {
+                                *fetches.lock().unwrap().entry(peer).or_default() += 1;
+                                let envelopes = (0..PAGE)
+                                    .map(|_| {
+                                        let mut junk = vec![0u8; 512];
+                                        rand::thread_rng().fill_bytes(&mut junk);
+                                        junk[0] = 1;
+                                        junk
+                                    })
+                                    .collect();
+                                Response::Envelopes {
+                                    envelopes,
+                                    more: true,
+                                }
+                            }
+                            Some(Request::Deposit(_)) => Response::Stored,
+                            Some(Request::Delete(d)) => Response::Deleted(d.ids.len() as u32),
+                            None => Response::Refused(Refusal::Malformed),
+                        };
+                        let _ = swarm.behaviour_mut().mailbox.send_response(channel, answer);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_host_serving_junk_costs_a_page_a_round_and_is_banned() {
+    let root = root();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetches: Fetches = Arc::default();
+    let mallory = hostile_host(stop.clone(), fetches.clone());
+    let mallory_id = match mallory.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
+        _ => unreachable!(),
+    };
+    // Three nodes in all: with three replicas, mallory hosts every dead drop of bob's.
+    let join = |name| {
+        Daemon::start_node(
+            root.path(),
+            name,
+            true,
+            &["--bootstrap", &mallory.to_string(), "--replicas", "3"],
+        )
+    };
+    let (alice, bob) = (join("alice"), join("bob"));
+    alice.init();
+    bob.init();
+    alice.add(&bob);
+    bob.add(&alice);
+    alice.send("bob", "hello bob");
+    bob.wait_for("alice", "hello bob", "received");
+
+    // Bob fetches every second: his intro dead drop and his pairwise ones with alice.
+    let banned = wait_until(Duration::from_secs(60), "bob to ban the junk host", || {
+        let bans = bob.call("peers.bans", json!({}));
+        bans.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["peer"] == mallory_id.to_string())
+            .cloned()
+    });
+    assert!(
+        banned["reason"].as_str().unwrap().contains("do not open"),
+        "{banned}"
+    );
+    let bob_id: PeerId = bob.call("node.status", json!({}))["peer_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pages = fetches.lock().unwrap().get(&bob_id).copied().unwrap_or(0);
+    // Each round: one page per dead drop at most (an intro drop and two pairwise ones); a
+    // page of junk at a pairwise drop is a strike, the third bans. Without the caps a round
+    // took 64 pages of each dead drop.
+    println!(
+        "the junk host served bob {pages} pages ({} envelopes) before the ban",
+        pages * PAGE as u64
+    );
+    assert!((3..=12).contains(&pages), "{pages} pages");
+    // Banned: bob asks it nothing more.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        fetches.lock().unwrap().get(&bob_id).copied().unwrap_or(0),
+        pages
+    );
+    // And bob still hears from alice.
+    alice.send("bob", "still here");
+    bob.wait_for("alice", "still here", "received");
+    stop.store(true, Ordering::Relaxed);
+}
