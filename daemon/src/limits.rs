@@ -30,6 +30,9 @@ pub struct Limits {
     /// Envelopes sent directly to this node (`/sotto/envelope/1`) by a peer that is not
     /// a contact's node.
     pub envelope: Rate,
+    /// … by all such peers at one IP address together: PeerIds cost nothing to make, so
+    /// that one host cannot make this node open junk at the rate of many identities.
+    pub envelope_per_ip: Rate,
     /// … by a contact's node (its PeerId came in the contact's encrypted presence, or its
     /// card). Set far above what a person or a reasonable bot sends; going over it is
     /// answered with "slow down" but never leads to a ban (blocking the contact does).
@@ -72,6 +75,10 @@ impl Default for Limits {
                 per_minute: 60_000,
                 burst: 10_000,
             },
+            envelope_per_ip: Rate {
+                per_minute: 600,
+                burst: 300,
+            },
             deposit: Rate {
                 per_minute: 600,
                 burst: 600,
@@ -107,6 +114,7 @@ impl Limits {
         Limits {
             envelope: Rate::per_minute(1_000_000),
             contact_envelope: Rate::per_minute(1_000_000),
+            envelope_per_ip: Rate::per_minute(1_000_000),
             deposit: Rate::per_minute(1_000_000),
             fetch: Rate::per_minute(1_000_000),
             dht: Rate::per_minute(1_000_000),
@@ -222,14 +230,15 @@ pub enum Verdict {
     Ban,
 }
 
-/// The limiter: one per node, owned by the swarm task.
+/// The limiter: token buckets per remote peer (by default keyed by PeerId; the guard
+/// keeps a second one keyed by IP address), owned by the swarm task.
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Limiter<K = PeerId> {
     limits: Limits,
-    peers: HashMap<PeerId, PeerState>,
+    peers: HashMap<K, PeerState>,
 }
 
-impl Limiter {
+impl<K: Copy + Eq + std::hash::Hash + Ord> Limiter<K> {
     pub fn new(limits: Limits) -> Self {
         Limiter {
             limits,
@@ -252,14 +261,14 @@ impl Limiter {
     }
 
     /// Milliseconds from `now_ms` until `peer` may make a request of `kind` again.
-    pub fn wait_ms(&self, peer: &PeerId, kind: Kind, now_ms: u64) -> u64 {
+    pub fn wait_ms(&self, peer: &K, kind: Kind, now_ms: u64) -> u64 {
         self.peers.get(peer).map_or(0, |s| {
             s.buckets[kind as usize].wait_ms(self.rate(kind), now_ms)
         })
     }
 
     /// May `peer` make a request of `kind` at `now_ms`?
-    pub fn check(&mut self, peer: &PeerId, kind: Kind, now_ms: u64) -> Verdict {
+    pub fn check(&mut self, peer: &K, kind: Kind, now_ms: u64) -> Verdict {
         if !self.peers.contains_key(peer) && self.peers.len() >= self.limits.max_tracked_peers {
             self.forget_idle();
         }
@@ -278,6 +287,15 @@ impl Limiter {
         if kind == Kind::ContactEnvelope {
             return Verdict::Refuse;
         }
+        self.refused(peer, now_ms)
+    }
+
+    /// Count a refusal of `peer`'s request that another limit made: it counts towards a
+    /// ban as one of this limiter's own would.
+    pub fn refused(&mut self, peer: &K, now_ms: u64) -> Verdict {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return Verdict::Refuse;
+        };
         let window = self.limits.ban_window.as_millis() as u64;
         if now_ms.saturating_sub(state.window_start_ms) > window {
             state.window_start_ms = now_ms;
@@ -294,8 +312,7 @@ impl Limiter {
 
     /// Forget the longest-idle half of the peers.
     fn forget_idle(&mut self) {
-        let mut idle: Vec<(u64, PeerId)> =
-            self.peers.iter().map(|(p, s)| (s.last_ms, *p)).collect();
+        let mut idle: Vec<(u64, K)> = self.peers.iter().map(|(p, s)| (s.last_ms, *p)).collect();
         idle.sort_unstable();
         for (_, peer) in idle.iter().take(idle.len().div_ceil(2)) {
             self.peers.remove(peer);

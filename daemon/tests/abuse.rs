@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::raw::flood;
+use common::raw::{flood, FloodReport};
 use common::{root, wait_until, Daemon};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -105,120 +105,216 @@ async fn lookup_flood(
 }
 
 /// Send `text` from `from` to `to` and return how long until `to` stored it.
-fn latency(from: &Daemon, to: &Daemon, text: &str) -> Duration {
-    let start = Instant::now();
-    from.send(&to.name, text);
-    wait_until(Duration::from_secs(60), "an honest message", || {
-        to.messages(&from.name)
-            .iter()
-            .any(|m| m["text"] == text)
-            .then_some(())
+/// When each `message.received` event's text reached a reader of `daemon`'s events.
+type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// Read `daemon`'s events in a thread until `stop`, noting when each message arrived.
+fn arrivals(daemon: &Daemon, stop: Arc<AtomicBool>) -> Arrivals {
+    use std::io::{BufRead, BufReader, Write};
+    let seen: Arrivals = Arc::default();
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe", "params": {}});
+    stream
+        .write_all(format!("{subscribe}\n").as_bytes())
+        .unwrap();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            line.clear();
+            if reader.read_line(&mut line).map_or(true, |n| n == 0) {
+                continue;
+            }
+            let at = Instant::now();
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["params"]["kind"] == "message.received" {
+                if let Some(text) = v["params"]["message"]["text"].as_str() {
+                    out.lock().unwrap().insert(text.to_owned(), at);
+                }
+            }
+        }
     });
-    start.elapsed()
+    seen
 }
 
+/// Send `n` messages from `from` to `to`, one every 5 ms, and wait for each to arrive;
+/// their latencies (send called → arrival seen), sorted.
+fn honest_latencies(
+    from: &Daemon,
+    to: &str,
+    label: &str,
+    n: usize,
+    seen: &Arrivals,
+) -> Vec<Duration> {
+    let sent: Vec<(String, Instant)> = (0..n)
+        .map(|i| {
+            let text = format!("{label} {i}");
+            let at = Instant::now();
+            from.send(to, &text);
+            std::thread::sleep(Duration::from_millis(5));
+            (text, at)
+        })
+        .collect();
+    let mut latencies = wait_until(Duration::from_secs(60), "the honest messages", || {
+        let seen = seen.lock().unwrap();
+        sent.iter()
+            .map(|(text, at)| seen.get(text).map(|got| got.duration_since(*at)))
+            .collect::<Option<Vec<Duration>>>()
+    });
+    latencies.sort();
+    latencies
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() - 1) * 99 / 100]
+}
+
+/// A stranger floods bob with junk envelopes while alice keeps writing to him: the flooder
+/// is told to slow down, then banned within a second; a fresh identity every second keeps
+/// the flood going (PeerIds cost nothing) while alice's messages keep arriving about as fast
+/// as without it. The ban outlives a restart and can be lifted.
 #[test]
 fn a_flooding_peer_is_banned_while_honest_traffic_flows_and_the_ban_survives_a_restart() {
     let root = root();
-    let mut hub = Daemon::start(root.path(), "hub");
-    let alice = Daemon::join(root.path(), "alice", &hub, &["--mailbox-only"]);
-    let bob = Daemon::join(root.path(), "bob", &hub, &["--mailbox-only"]);
-    alice.init();
-    bob.init();
-    alice.add(&bob);
-    bob.add(&alice);
-    latency(&alice, &bob, "warm-up");
+    let (alice, mut bob) = common::pair(root.path());
+    let stop_events = Arc::new(AtomicBool::new(false));
+    let seen = arrivals(&bob, stop_events.clone());
+    honest_latencies(&alice, "bob", "warm-up", 20, &seen);
+    let quiet = honest_latencies(&alice, "bob", "quiet", 200, &seen);
 
-    let before: Vec<Duration> = (0..5)
-        .map(|i| latency(&alice, &bob, &format!("before {i}")))
-        .collect();
+    let status = bob.call("node.status", json!({}));
+    let bob_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let bob_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", bob.port).parse().unwrap();
+    let rss_before = bob.rss_kib().unwrap();
 
-    let status = hub.call("node.status", json!({}));
-    let hub_peer: PeerId = status["peer_id"].as_str().unwrap().parse().unwrap();
-    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
-    let rss_before = hub.rss_kib().unwrap();
-
-    // The flood, in a thread of its own, while alice keeps writing to bob.
+    // The flood, in a process of its own at the lowest CPU priority (an attacker's CPU is
+    // not the victim's; here they would share two cores): a fresh identity each time one is
+    // cut off, for three seconds.
     let stop = Arc::new(AtomicBool::new(false));
     let max_rss = Arc::new(AtomicU64::new(rss_before));
     let mallory = Keypair::generate_ed25519();
-    let flood_thread = {
-        let stop = stop.clone();
-        let key = mallory.clone();
+    let flooder = std::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "flood_from_another_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(
+            "SOTTO_FLOOD",
+            format!(
+                "{bob_peer} {bob_addr} {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    mallory.to_protobuf_encoding().unwrap()
+                )
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let watching = {
+        let (stop, max_rss, pid) = (stop.clone(), max_rss.clone(), bob.pid().unwrap());
         std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(flood(
-                key,
-                hub_peer,
-                hub_addr.clone(),
-                Duration::from_secs(20),
-                stop,
-            ))
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = common::rss_kib_of(pid) {
+                    max_rss.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         })
     };
-    let flood_start = Instant::now();
-    let banned_after = wait_until(Duration::from_secs(20), "the flooder's ban", || {
-        if let Some(rss) = hub.rss_kib() {
-            max_rss.fetch_max(rss, Ordering::Relaxed);
-        }
-        let bans = hub.call("peers.bans", json!({}));
-        (bans.as_array().unwrap().len() == 1).then(|| flood_start.elapsed())
-    });
-    let during: Vec<Duration> = (0..5)
-        .map(|i| {
-            if let Some(rss) = hub.rss_kib() {
-                max_rss.fetch_max(rss, Ordering::Relaxed);
-            }
-            latency(&alice, &bob, &format!("during {i}"))
-        })
-        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = honest_latencies(&alice, "bob", "during", 200, &seen);
+    let out = flooder.wait_with_output().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let report = flood_thread.join().unwrap();
+    watching.join().unwrap();
+    let reports: Vec<FloodReport> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("FLOOD "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!reports.is_empty(), "the flooder reported nothing");
+    let first = &reports[0];
+    let max_rss = max_rss.load(Ordering::Relaxed);
     eprintln!(
-        "flood: {report:?}; banned after {banned_after:?}; hub RSS {rss_before} KiB before, \
-         {} KiB at most; honest latency before {before:?}, during {during:?}",
-        max_rss.load(Ordering::Relaxed)
+        "flood: {} identities, the first {first:?}; bob's RSS {rss_before} KiB before, {max_rss} KiB \
+         at most; honest latency p50/p99 {:?}/{:?} quiet, {:?}/{:?} during the flood",
+        reports.len(),
+        quiet[quiet.len() / 2],
+        p99(&quiet),
+        during[during.len() / 2],
+        p99(&during)
     );
 
     assert!(
-        report.rate_limited > 0,
-        "the flooder was told to slow down first: {report:?}"
+        first.rate_limited > 0,
+        "the flooder was told to slow down first: {first:?}"
     );
-    // Served: at most the burst (300) and what refilled while the flood lasted (5 a
-    // second); then refused, then cut off: the rest of its requests failed.
-    let served = report.answered - report.rate_limited;
-    assert!(served <= 300 + 5 * 20, "served {served}: {report:?}");
+    // Served: at most the burst (300) and what refilled while it flooded (5 a second);
+    // then refused, then cut off: the rest of its requests failed.
+    let served = first.answered - first.rate_limited;
+    assert!(served <= 300 + 5, "served {served}: {first:?}");
+    assert!(first.failed > 0, "the ban closed its connection: {first:?}");
+    assert!(reports.len() >= 2, "the flood went on under new identities");
+    // Fresh identities from one address share its bucket (300, and 10 a second): bob opened
+    // no more junk for the whole flood than for one identity.
+    let served_all: u64 = reports.iter().map(|r| r.answered - r.rate_limited).sum();
     assert!(
-        report.failed > 0,
-        "the ban closed the flooder's connection: {report:?}"
+        served_all <= 300 + 10 * 4,
+        "{} identities were served {served_all} envelopes",
+        reports.len()
     );
-    let bans = hub.call("peers.bans", json!({}));
-    assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
-    let banned_peer = bans[0]["peer"].as_str().unwrap().to_owned();
-    assert_eq!(banned_peer, mallory.public().to_peer_id().to_string());
+    // Alice's messages kept arriving, about as fast as without the flood (the flooder's
+    // own retries are paced: a remote attacker's would not share this machine's cores).
+    assert!(
+        p99(&during) <= p99(&quiet) * 2,
+        "honest p99 {:?} during the flood against {:?} without",
+        p99(&during),
+        p99(&quiet)
+    );
+    assert!(
+        max_rss <= rss_before + 8 * 1024,
+        "bob grew from {rss_before} to {max_rss} KiB"
+    );
+    let bans = bob.call("peers.bans", json!({}));
+    let banned: Vec<&str> = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["peer"].as_str())
+        .collect();
+    let banned_peer = mallory.public().to_peer_id().to_string();
+    assert!(banned.contains(&banned_peer.as_str()), "{bans}");
+    assert!(banned.len() >= 2, "each identity banned in turn: {bans}");
     assert!(bans[0]["reason"].as_str().unwrap().contains("rate limit"));
     assert!(bans[0]["until_ms"].as_u64().unwrap() > bans[0]["since_ms"].as_u64().unwrap());
-    assert!(
-        max_rss.load(Ordering::Relaxed) < 256 * 1024,
-        "the victim stayed under 256 MiB"
-    );
-    assert_eq!(
-        bob.messages("alice")
-            .iter()
-            .filter(|m| m["text"].as_str().unwrap().starts_with("during"))
-            .count(),
-        5,
-        "honest messages kept arriving, once each"
-    );
+    stop_events.store(true, Ordering::Relaxed);
 
     // The ban outlives a restart of the victim…
-    hub.stop();
-    hub.restart();
-    let bans = hub.call("peers.bans", json!({}));
-    assert_eq!(bans[0]["peer"], banned_peer.as_str(), "{bans}");
+    bob.stop();
+    bob.restart();
+    let bans = bob.call("peers.bans", json!({}));
+    assert!(
+        bans.as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["peer"] == banned_peer.as_str()),
+        "{bans}"
+    );
     // … a new connection of the banned peer is refused, while others are served…
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", hub.port).parse().unwrap();
-    let refused = rt.block_on(one_request(mallory.clone(), hub_peer, hub_addr.clone()));
+    let bob_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", bob.port).parse().unwrap();
+    let refused = rt.block_on(one_request(mallory.clone(), bob_peer, bob_addr.clone()));
     assert!(
         matches!(&refused, Err(e) if e != "timed out"),
         "the banned peer's connection is refused: {refused:?}"
@@ -226,23 +322,57 @@ fn a_flooding_peer_is_banned_while_honest_traffic_flows_and_the_ban_survives_a_r
     assert_eq!(
         rt.block_on(one_request(
             Keypair::generate_ed25519(),
-            hub_peer,
-            hub_addr.clone()
+            bob_peer,
+            bob_addr.clone()
         )),
         Ok(Response::Refused(Refusal::Malformed)),
         "a stranger is still served"
     );
     // … and `peers.unban` lifts it.
-    let unban = hub.try_call("peers.unban", json!({ "peer": banned_peer }));
+    let unban = bob.try_call("peers.unban", json!({ "peer": banned_peer }));
     assert!(unban.is_ok(), "{unban:?}");
-    assert_eq!(hub.call("peers.bans", json!({})), json!([]));
     assert_eq!(
-        rt.block_on(one_request(mallory, hub_peer, hub_addr)),
+        rt.block_on(one_request(mallory, bob_peer, bob_addr)),
         Ok(Response::Refused(Refusal::Malformed)),
         "served again once unbanned"
     );
-    let again = hub.try_call("peers.unban", json!({ "peer": banned_peer }));
+    let again = bob.try_call("peers.unban", json!({ "peer": banned_peer }));
     assert!(again.is_err(), "unbanning twice is an error: {again:?}");
+    drop(alice);
+}
+
+/// The flood of the test above, run in a process of its own: `SOTTO_FLOOD` names the
+/// victim (PeerId, address) and the first identity (protobuf, base64); each identity's
+/// report is printed as a `FLOOD {json}` line.
+#[test]
+#[ignore = "run by a_flooding_peer_is_banned_while_honest_traffic_flows in a process of its own"]
+fn flood_from_another_process() {
+    let Ok(spec) = std::env::var("SOTTO_FLOOD") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let peer: PeerId = parts[0].parse().unwrap();
+    let addr: Multiaddr = parts[1].parse().unwrap();
+    let first = Keypair::from_protobuf_encoding(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, parts[2]).unwrap(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut key = Some(first);
+    let mut n = 0;
+    while Instant::now() < until && n < 200 {
+        n += 1;
+        let identity = key.take().unwrap_or_else(Keypair::generate_ed25519);
+        let report = rt.block_on(flood(
+            identity,
+            peer,
+            addr.clone(),
+            until.saturating_duration_since(Instant::now()),
+            Arc::new(AtomicBool::new(false)),
+        ));
+        println!("FLOOD {}", serde_json::to_string(&report).unwrap());
+    }
 }
 
 #[test]

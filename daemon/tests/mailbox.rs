@@ -225,11 +225,17 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
         "the plans are in the blue folder",
         "meet me by the old mill at nine",
     ];
+    // The epochs (2 s each, counted from the Unix epoch) each deposit may have fallen in.
+    let now = || sotto_daemon::clock::unix_ms() / 2_000;
+    let first_epochs = now();
     net.alice.send("bob", secrets[0]);
     net.alice.wait_for("bob", secrets[0], "on_hosts");
+    let first_epochs = first_epochs..=now();
     std::thread::sleep(Duration::from_millis(2500)); // the next epoch
+    let second_epochs = now();
     net.alice.send("bob", secrets[1]);
     net.alice.wait_for("bob", secrets[1], "on_hosts");
+    let second_epochs = second_epochs..=now();
 
     let mut addresses = std::collections::BTreeSet::new();
     let mut hosted = 0;
@@ -262,10 +268,6 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
         }
     }
     assert!(hosted >= 2, "the envelopes rest on hosts ({hosted})");
-    assert!(
-        addresses.len() >= 2,
-        "the dead-drop address changed with the epoch: {addresses:?}"
-    );
 
     net.bob.restart();
     for s in secrets {
@@ -282,6 +284,7 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
         *contact.inbox.bytes(),
         *contact
             .their_inbox
+            .as_ref()
             .expect("bob told alice his inbox secret")
             .bytes(),
     ];
@@ -294,6 +297,31 @@ fn hosts_hold_only_padded_envelopes_at_rotating_addresses() {
             );
         }
     }
+
+    // The hosts held each message at bob's dead drop for alice of the epoch it was sent
+    // in, derived from the secret bob gave alice: two different addresses.
+    let bobs_secret = contact.their_inbox.as_ref().unwrap().secret();
+    let held_at = |epochs: std::ops::RangeInclusive<u64>| -> Vec<String> {
+        epochs
+            .map(|e| {
+                bobs_secret
+                    .drop_key(e)
+                    .address()
+                    .0
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            })
+            .filter(|a| addresses.contains(a))
+            .collect()
+    };
+    let (first, second) = (held_at(first_epochs), held_at(second_epochs));
+    assert_eq!(first.len(), 1, "the first message at its epoch's address");
+    assert_eq!(second.len(), 1, "the second message at its epoch's address");
+    assert_ne!(
+        first, second,
+        "the dead-drop address changed with the epoch"
+    );
 }
 
 #[test]
@@ -855,4 +883,133 @@ fn measure_100() {
 #[ignore = "a measurement, run by hand"]
 fn measure_1000() {
     measure(1000);
+}
+
+/// Anyone with bob's card can deposit at his intro dead drop (with a stamp). Junk fills it
+/// to its quota at every host while bob is away, so that alice's first message is refused
+/// (`DropQuota`); back online, bob's fetch deletes the junk along with what it took (it can
+/// never open), and alice's message, tried again, gets through.
+#[test]
+fn first_contact_gets_through_an_intro_drop_filled_with_junk() {
+    use sotto_daemon::net::{build_swarm, Frame};
+    use sotto_protocol::deaddrop::Address;
+    use sotto_protocol::mailbox::{Deposit, DepositAuth, Request, Response};
+
+    let mut net = Net::new(1, &[]);
+    let bob_card = net.bob.card();
+    let bob_id: libp2p::PeerId = net.bob.call("node.status", json!({}))["peer_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let card = sotto_protocol::card::Card::from_uri(&bob_card).unwrap();
+    let intro = card.body().intro;
+    let address = Address::of_intro_key(&intro);
+    net.bob.stop();
+    // Every running node may be a host of bob's intro dead drop: fill it at each, from
+    // fresh identities (each stays under its deposit rate).
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let targets: Vec<(libp2p::PeerId, libp2p::Multiaddr)> = [&net.hub, &net.hosts[0], &net.alice]
+        .iter()
+        .map(|d| {
+            let id = d.call("node.status", json!({}))["peer_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (
+                id,
+                format!("/ip4/127.0.0.1/tcp/{}", d.port).parse().unwrap(),
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let junk = |n: u32| {
+        // Version 1, the right size, random bytes: it fails the Noise open.
+        let mut envelope = vec![0u8; 512];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut envelope);
+        envelope[0] = sotto_protocol::envelope::VERSION;
+        envelope[1..5].copy_from_slice(&n.to_be_bytes());
+        let digest = sotto_protocol::envelope::digest(&envelope);
+        let nonce = sotto_protocol::pow::mint(&address, &digest, 8, 0, 1 << 20).unwrap();
+        Request::Deposit(Deposit {
+            address,
+            envelope,
+            expires_at,
+            auth: DepositAuth::Stamp { intro, nonce },
+        })
+    };
+    // Bob's own node may be a host too: fill his copy as a peer would have while he was
+    // online (here straight into his stopped node's store).
+    {
+        let store = sotto_daemon::store::Store::open(&net.bob.data_dir.join("store")).unwrap();
+        let policy = sotto_protocol::mailbox::Policy {
+            stamp_difficulty: 8,
+            ..Default::default()
+        };
+        let host = sotto_daemon::mailbox::Host::new(store, policy, &bob_id);
+        let mallory = libp2p::PeerId::random();
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            let answer = rt.block_on(host.handle(&mallory, None, junk(n)));
+            if answer != Response::Stored {
+                assert_eq!(
+                    answer,
+                    Response::Refused(sotto_protocol::mailbox::Refusal::DropQuota)
+                );
+                break;
+            }
+        }
+    }
+    let mut full = 0;
+    for (peer, addr) in &targets {
+        let mut refused = None;
+        let mut n = 0u32;
+        while refused.is_none() && n < 1_100 {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let mut mallory = build_swarm(key, Default::default()).unwrap();
+            for _ in 0..400 {
+                n += 1;
+                let deposit = junk(n);
+                let answer = rt
+                    .block_on(ask_mailbox(
+                        &mut mallory,
+                        *peer,
+                        addr,
+                        Frame::Bytes(deposit.to_bytes().unwrap()),
+                    ))
+                    .unwrap();
+                if answer != Response::Stored {
+                    refused = Some(answer);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            refused,
+            Some(Response::Refused(
+                sotto_protocol::mailbox::Refusal::DropQuota
+            )),
+            "{peer}'s copy of the intro dead drop is full"
+        );
+        full += 1;
+    }
+    assert_eq!(full, 3);
+
+    // Alice writes first; every host she reaches refuses: the drop is full.
+    net.alice
+        .call("contact.add", json!({ "card": bob_card, "name": "bob" }));
+    net.alice.send("bob", "hello from a stranger");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(net.alice.messages("bob")[0]["state"], "queued");
+
+    // Bob comes back: his fetch deletes the junk, and alice's message arrives.
+    net.bob.restart();
+    net.bob
+        .wait_for("request-alice", "hello from a stranger", "received");
 }

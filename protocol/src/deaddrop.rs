@@ -223,6 +223,30 @@ mod tests {
         );
     }
 
+    /// A vector computed by an independent implementation (protocol/vectors/vectors.py,
+    /// Python's hashlib and the `cryptography` package), not by this code.
+    #[test]
+    fn derivation_matches_an_independent_implementation() {
+        let key = Secret::from_bytes([0x42; 32]).drop_key(20_000);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(key.seed().as_slice()),
+            "cbb15b6141683f2e4abafe1c2a6d87b1bfab47a2c02a8335943365bae8e3c644"
+        );
+        assert_eq!(
+            hex(&key.public()),
+            "8e0474dfbee00b427a5dd1ac13ca5c9d58a596af9f598e311a538c3a22c071b5"
+        );
+        assert_eq!(
+            hex(&key.address().0),
+            "dd8745cfc4296e25522d0c96e1b94340d19685f09d1535f070a269a91422d503"
+        );
+        assert_eq!(
+            hex(&key.intro_address().0),
+            "7ad97d6e817693cd36c84834d0b68485cfaf63bc5fde5e9ec6ddf756e70c1605"
+        );
+    }
+
     #[test]
     fn only_the_secret_holder_can_prove() {
         let s = Secret::from_bytes([1; 32]);
@@ -235,15 +259,23 @@ mod tests {
             !proof.verify(&s.drop_key(4).address(), b"delete:abc"),
             "bound to the address"
         );
-        // Someone with another key cannot prove for this address.
-        let other = Secret::from_bytes([9; 32]).drop_key(3).sign(b"delete:abc");
-        assert!(!other.verify(&addr, b"delete:abc"));
-        // A valid signature under a key whose hash is not the address is refused.
+        // Someone with another key cannot prove for this address: a valid signature over
+        // this address and request, under a key whose hash is not the address, is refused…
+        let other = Secret::from_bytes([9; 32]).drop_key(3);
+        let theirs = other.sign_at(&addr, b"delete:abc");
+        assert!(
+            theirs.signature_valid(&addr, b"delete:abc"),
+            "the signature itself is good"
+        );
+        assert!(!theirs.verify(&addr, b"delete:abc"));
+        assert!(!theirs.verify_pairwise(&addr, b"delete:abc"));
+        // … and so is the address's own key with a signature made by another key.
         let forged = Proof {
-            key: other.key,
-            signature: other.signature.clone(),
+            key: proof.key,
+            signature: theirs.signature.clone(),
         };
         assert!(!forged.verify(&addr, b"delete:abc"));
+        assert!(!forged.verify_pairwise(&addr, b"delete:abc"));
         assert!(!Proof {
             key: [0; 32],
             signature: vec![1, 2]

@@ -202,6 +202,28 @@ mod tests {
         );
     }
 
+    /// A vector computed by an independent implementation (protocol/vectors/vectors.py,
+    /// Python's hashlib and the `cryptography` package), not by this code.
+    #[test]
+    fn safety_number_matches_an_independent_implementation() {
+        let a = Identity::from_seed(&[3; 32]).public();
+        let b = Identity::from_seed(&[4; 32]).public();
+        let hex = |k: &AccountKey| k.0.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&a),
+            "ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1"
+        );
+        assert_eq!(
+            hex(&b),
+            "ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c"
+        );
+        assert_eq!(
+            safety_number(&a, &b),
+            "28022 46676 08221 79353 53281 19794 44764 09741 23902 60385 69723 15946"
+        );
+        assert_eq!(safety_number(&b, &a), safety_number(&a, &b));
+    }
+
     #[test]
     fn fingerprint_shape() {
         let f = alice().public().fingerprint();

@@ -72,6 +72,25 @@ mod tests {
         assert!(check(&a, &d, 12345, 0), "difficulty 0 accepts anything");
     }
 
+    /// A vector computed by an independent implementation (protocol/vectors/vectors.py),
+    /// not by this code; its search also wraps past `u64::MAX`.
+    #[test]
+    fn a_stamp_matches_an_independent_implementation() {
+        let a = Address([7; 32]);
+        let d = [8; 32];
+        assert_eq!(mint(&a, &d, 16, u64::MAX - 999, 1 << 20), Some(88_750));
+        let h: String = hash(&a, &d, 88_750)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            h,
+            "00007b0a26dd5f058f69b11e77f6537659d49ae9484bf405dc4f4183a3ab044a"
+        );
+        assert!(check(&a, &d, 88_750, 17));
+        assert!(!check(&a, &d, 88_750, 18));
+    }
+
     #[test]
     fn harder_stamps_are_rarer() {
         let a = Address([1; 32]);

@@ -169,6 +169,7 @@ fn build_peers(
             config.mailbox.policy.ttl_ms = (mb.ttl_s * 1000.0) as u64;
             // Every node of a TCP run is on 127.0.0.1: one address, many hosts.
             config.limits.max_connections_per_ip = u32::MAX;
+            config.limits.envelope_per_ip = sotto_daemon::limits::Rate::per_minute(u32::MAX);
             config.harness = Harness {
                 transport: match net.transport {
                     TransportKind::Memory => Transport::Memory,

@@ -27,6 +27,26 @@ pub struct Inbound<P: Protocol> {
     pub reply: oneshot::Sender<P::Answer>,
 }
 
+/// The requests that arrived on one protocol, as the node takes them: those from contacts'
+/// nodes first, so that a contact's envelope never waits behind a stranger's flood. Each
+/// lane holds at most the exchange's capacity; beyond, its senders are told `Busy`.
+pub struct Inbox<P: Protocol> {
+    contacts: mpsc::Receiver<Inbound<P>>,
+    others: mpsc::Receiver<Inbound<P>>,
+}
+
+impl<P: Protocol> Inbox<P> {
+    /// The next request, a contact's first; `None` once the swarm task has stopped.
+    pub async fn recv(&mut self) -> Option<Inbound<P>> {
+        tokio::select! {
+            biased;
+            Some(inbound) = self.contacts.recv() => Some(inbound),
+            Some(inbound) = self.others.recv() => Some(inbound),
+            else => None,
+        }
+    }
+}
+
 /// Where a request this node sends on `P` reports its answer.
 pub type Reply<P> = oneshot::Sender<Result<<P as Protocol>::Answer, SendError>>;
 
@@ -41,15 +61,22 @@ type Behaviour<P> = request_response::Behaviour<FrameCodec<P>>;
 /// The task's state for one protocol.
 pub struct Exchange<P: Protocol> {
     pending: HashMap<OutboundRequestId, Reply<P>>,
-    inbound: mpsc::Sender<Inbound<P>>,
+    /// Requests for the node: from contacts' nodes, and from everyone else.
+    inbound: [mpsc::Sender<Inbound<P>>; 2],
     answers: FuturesUnordered<BoxFuture<'static, Answered<P>>>,
 }
 
 impl<P: Protocol> Exchange<P> {
     /// An exchange that hands requests to the node over a queue of `capacity`; beyond that,
     /// senders are told `Busy`.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Inbound<P>>) {
-        let (inbound, rx) = mpsc::channel(capacity);
+    pub fn new(capacity: usize) -> (Self, Inbox<P>) {
+        let (contacts, contacts_rx) = mpsc::channel(capacity);
+        let (others, others_rx) = mpsc::channel(capacity);
+        let inbound = [contacts, others];
+        let rx = Inbox {
+            contacts: contacts_rx,
+            others: others_rx,
+        };
         (
             Exchange {
                 pending: HashMap::new(),
@@ -91,12 +118,14 @@ impl<P: Protocol> Exchange<P> {
                         request, channel, ..
                     },
             } => {
-                let answer = match admit::<P>(peer, request, guard) {
+                let source = sources.get(&connection_id).copied();
+                let answer = match admit::<P>(peer, source, request, guard) {
                     Ok(request) => {
                         let (reply, answer) = oneshot::channel();
-                        match self.inbound.try_send(Inbound {
+                        let lane = usize::from(!guard.is_contact(&peer));
+                        match self.inbound[lane].try_send(Inbound {
                             peer,
-                            source: sources.get(&connection_id).copied(),
+                            source,
                             request,
                             reply,
                         }) {
@@ -165,13 +194,14 @@ impl<P: Protocol> Exchange<P> {
 /// that refuses it.
 fn admit<P: Protocol>(
     peer: PeerId,
+    source: Option<IpAddr>,
     frame: Frame,
     guard: &mut Guard,
 ) -> Result<P::Request, P::Answer> {
     let read = match frame {
         Frame::Bytes(bytes) => P::read_request(bytes),
         Frame::HeaderOnly { claimed } => {
-            if let Err(retry_after) = guard.admit(peer, P::kind(None)) {
+            if let Err(retry_after) = guard.admit(peer, source, P::kind(None)) {
                 return Err(P::refusal(Why::RateLimited { retry_after }));
             }
             tracing::warn!(
@@ -181,7 +211,7 @@ fn admit<P: Protocol>(
             return Err(P::refusal(Why::TooLarge));
         }
     };
-    if let Err(retry_after) = guard.admit(peer, P::kind(read.as_ref().ok())) {
+    if let Err(retry_after) = guard.admit(peer, source, P::kind(read.as_ref().ok())) {
         return Err(P::refusal(Why::RateLimited { retry_after }));
     }
     read

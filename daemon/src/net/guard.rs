@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ use libp2p::{allow_block_list, Multiaddr, PeerId};
 use crate::clock::{self, Monotonic};
 use crate::limits::{Kind, Limiter, Limits, Verdict};
 use crate::store::Ban;
+
+/// How many refusals one request refused by its address's bucket counts towards its
+/// sender's ban.
+pub const IP_REFUSAL_WEIGHT: u32 = 10;
 
 /// Bans in force at most; beyond, the one that ends soonest is lifted early.
 pub const MAX_BANS: usize = 10_000;
@@ -44,6 +49,9 @@ pub enum BanEvent {
 pub struct Guard {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limiter: Limiter,
+    /// Envelopes from peers that are not contacts' nodes, by IP address
+    /// ([`Limits::envelope_per_ip`]).
+    by_ip: Limiter<IpAddr>,
     /// The limiter's clock: monotonic, so that a clock step cannot starve or flood buckets.
     clock: Monotonic,
     /// Banned peers and when their bans end (ms since the Unix epoch).
@@ -73,6 +81,12 @@ impl Guard {
         let mut guard = Guard {
             blocked: Default::default(),
             limiter: Limiter::new(limits.clone()),
+            // Addresses are never banned (bans are per PeerId): their buckets only refuse.
+            by_ip: Limiter::new(Limits {
+                envelope: limits.envelope_per_ip,
+                ban_after: u32::MAX,
+                ..limits.clone()
+            }),
             clock: Monotonic::start(),
             banned: HashMap::new(),
             events: VecDeque::new(),
@@ -92,7 +106,12 @@ impl Guard {
     /// banned peer may not (requests read before its connections closed are not served,
     /// and the wait is the rest of the ban); one that keeps going over its limit is banned
     /// here. An envelope from a contact's node counts against the contacts' limit.
-    pub fn admit(&mut self, peer: PeerId, kind: Kind) -> Result<(), Duration> {
+    pub fn admit(
+        &mut self,
+        peer: PeerId,
+        source: Option<IpAddr>,
+        kind: Kind,
+    ) -> Result<(), Duration> {
         if let Some(until) = self.banned.get(&peer) {
             return Err(Duration::from_millis(
                 until.saturating_sub(clock::unix_ms()),
@@ -103,11 +122,28 @@ impl Guard {
             other => other,
         };
         let now = self.clock.ms();
-        match self.limiter.check(&peer, kind, now) {
+        let mut verdict = self.limiter.check(&peer, kind, now);
+        let mut wait_ms = match verdict {
+            Verdict::Allow => 0,
+            _ => self.limiter.wait_ms(&peer, kind, now),
+        };
+        // A stranger's envelope also counts against its address's bucket.
+        if let (Verdict::Allow, Kind::Envelope, Some(ip)) = (verdict, kind, source) {
+            if self.by_ip.check(&ip, Kind::Envelope, now) != Verdict::Allow {
+                wait_ms = self.by_ip.wait_ms(&ip, Kind::Envelope, now);
+                // A new identity sending on from an address that is over its limit is
+                // plainly part of a flood: each such refusal counts ten towards its ban.
+                for _ in 0..IP_REFUSAL_WEIGHT {
+                    verdict = self.limiter.refused(&peer, now);
+                    if verdict == Verdict::Ban {
+                        break;
+                    }
+                }
+            }
+        }
+        match verdict {
             Verdict::Allow => Ok(()),
-            Verdict::Refuse => Err(Duration::from_millis(
-                self.limiter.wait_ms(&peer, kind, now).max(1),
-            )),
+            Verdict::Refuse => Err(Duration::from_millis(wait_ms.max(1))),
             Verdict::Ban => {
                 self.ban(
                     peer,
@@ -146,6 +182,11 @@ impl Guard {
     /// The nodes of this user's contacts, from now on (at most [`MAX_CONTACT_PEERS`]).
     pub fn set_contacts(&mut self, peers: impl IntoIterator<Item = PeerId>) {
         self.contacts = peers.into_iter().take(MAX_CONTACT_PEERS).collect();
+    }
+
+    /// Is `peer` the node of one of this user's contacts?
+    pub fn is_contact(&self, peer: &PeerId) -> bool {
+        self.contacts.contains(peer)
     }
 
     pub fn is_banned(&self, peer: &PeerId) -> bool {
@@ -317,7 +358,7 @@ mod tests {
         );
         let p = PeerId::random();
         let admitted: Vec<bool> = (0..6)
-            .map(|_| guard.admit(p, Kind::Envelope).is_ok())
+            .map(|_| guard.admit(p, None, Kind::Envelope).is_ok())
             .collect();
         assert_eq!(admitted, [true, true, false, false, false, false]);
         assert!(guard.is_banned(&p));
@@ -332,6 +373,50 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["banned", "lifted", "lifted"]);
+    }
+
+    #[test]
+    fn strangers_at_one_address_share_its_envelope_bucket_and_contacts_do_not() {
+        let mut guard = Guard::new(
+            &Limits {
+                envelope_per_ip: Rate {
+                    per_minute: 60,
+                    burst: 10,
+                },
+                ban_after: 20,
+                ..Limits::default()
+            },
+            &[],
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Fresh identities from one address: ten envelopes in all, then "slow down" —
+        // however many refusals the address collects (a ban would forget its bucket).
+        let taken = (0..300)
+            .filter(|_| {
+                guard
+                    .admit(PeerId::random(), Some(ip), Kind::Envelope)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(taken, 10);
+        let wait = guard
+            .admit(PeerId::random(), Some(ip), Kind::Envelope)
+            .unwrap_err();
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        // Another address, a contact's node, and other kinds have their own buckets.
+        assert!(guard
+            .admit(
+                PeerId::random(),
+                Some("192.0.2.2".parse().unwrap()),
+                Kind::Envelope
+            )
+            .is_ok());
+        let contact = PeerId::random();
+        guard.set_contacts([contact]);
+        assert!(guard.admit(contact, Some(ip), Kind::Envelope).is_ok());
+        assert!(guard
+            .admit(PeerId::random(), Some(ip), Kind::Deposit)
+            .is_ok());
     }
 
     #[test]
@@ -364,11 +449,11 @@ mod tests {
             &Limits::default(),
             &[ban(p, now + 3_600_000), ban(q, now.saturating_sub(1))],
         );
-        assert!(guard.admit(p, Kind::Fetch).is_err());
+        assert!(guard.admit(p, None, Kind::Fetch).is_err());
         guard.lift_expired();
         assert!(guard.is_banned(&p));
         assert!(!guard.is_banned(&q));
-        assert!(guard.admit(q, Kind::Fetch).is_ok());
+        assert!(guard.admit(q, None, Kind::Fetch).is_ok());
     }
 
     #[test]
@@ -389,26 +474,26 @@ mod tests {
         let (contact, stranger) = (PeerId::random(), PeerId::random());
         guard.set_contacts([contact]);
         let taken = (0..1_000)
-            .filter(|_| guard.admit(contact, Kind::Envelope).is_ok())
+            .filter(|_| guard.admit(contact, None, Kind::Envelope).is_ok())
             .count();
         assert!((100..=101).contains(&taken), "the contact's burst: {taken}");
-        let wait = guard.admit(contact, Kind::Envelope).unwrap_err();
+        let wait = guard.admit(contact, None, Kind::Envelope).unwrap_err();
         assert!(wait <= Duration::from_millis(10), "{wait:?}");
         assert!(
             !guard.is_banned(&contact),
             "a contact's node is paced, not banned"
         );
         // A stranger gets the strict limit, and a ban for keeping on.
-        assert!(guard.admit(stranger, Kind::Envelope).is_ok());
-        let wait = guard.admit(stranger, Kind::Envelope).unwrap_err();
+        assert!(guard.admit(stranger, None, Kind::Envelope).is_ok());
+        let wait = guard.admit(stranger, None, Kind::Envelope).unwrap_err();
         assert!(wait > Duration::from_millis(900), "{wait:?}");
         for _ in 0..5 {
-            let _ = guard.admit(stranger, Kind::Envelope);
+            let _ = guard.admit(stranger, None, Kind::Envelope);
         }
         assert!(guard.is_banned(&stranger));
         // Once no longer a contact (blocked, say), the strict limit applies.
         guard.set_contacts([]);
-        assert!(guard.admit(contact, Kind::Envelope).is_ok());
-        assert!(guard.admit(contact, Kind::Envelope).is_err());
+        assert!(guard.admit(contact, None, Kind::Envelope).is_ok());
+        assert!(guard.admit(contact, None, Kind::Envelope).is_err());
     }
 }

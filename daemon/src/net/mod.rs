@@ -43,7 +43,7 @@ pub mod transport;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use codec::{Codec, Envelopes, Frame, Mailbox, MailboxCodec, Protocol};
-pub use exchange::Inbound;
+pub use exchange::{Inbound, Inbox};
 pub use guard::{BanEvent, Guard};
 pub use task::Network;
 pub use traffic::{Traffic, TrafficView};
@@ -287,9 +287,9 @@ impl Handle {
 /// What the network hands to the rest of the node.
 pub struct Receivers {
     /// Envelopes that arrived.
-    pub envelopes: mpsc::Receiver<Inbound<Envelopes>>,
+    pub envelopes: Inbox<Envelopes>,
     /// Mailbox requests that arrived.
-    pub mailbox: mpsc::Receiver<Inbound<Mailbox>>,
+    pub mailbox: Inbox<Mailbox>,
     /// Peers a new connection was made with (dropped when the queue is full).
     pub connected: mpsc::Receiver<PeerId>,
     /// Bans made and run out, to be recorded.

@@ -169,11 +169,7 @@ impl Daemon {
 
     /// Resident memory of the process, in KiB (VmRSS), while it runs.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        rss_kib_of(self.pid()?)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -294,6 +290,15 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Resident memory of the process `pid`, in KiB (VmRSS).
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Two daemons that know each other.

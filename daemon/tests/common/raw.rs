@@ -90,7 +90,7 @@ async fn answer<T>(
 }
 
 /// What a flood saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct FloodReport {
     pub sent: u64,
     pub answered: u64,
@@ -100,8 +100,8 @@ pub struct FloodReport {
     pub served_for: Option<Duration>,
 }
 
-/// Send envelopes to `peer` as fast as 64 streams allow, for at most `limit`, or until
-/// `stop` is set. 512 bytes that open to nothing: each costs the victim a Noise attempt if
+/// Send envelopes to `peer` as fast as 64 streams allow, for at most `limit`, until
+/// `stop` is set, or until the peer cuts this identity off after telling it to slow down. 512 bytes that open to nothing: each costs the victim a Noise attempt if
 /// it lets it through.
 pub async fn flood(
     key: Keypair,
@@ -122,8 +122,9 @@ pub async fn flood(
     let mut last_answer = None;
     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
     let deadline = tokio::time::Instant::now() + limit;
+    let mut stop_this = false;
     loop {
-        while in_flight < 64 && !stop.load(Ordering::Relaxed) {
+        while in_flight < 64 && !stop.load(Ordering::Relaxed) && !stop_this {
             swarm.behaviour_mut().envelope.send_request_with_addresses(
                 &peer,
                 Frame::Bytes(junk.clone()),
@@ -132,7 +133,7 @@ pub async fn flood(
             in_flight += 1;
             report.sent += 1;
         }
-        if stop.load(Ordering::Relaxed) && in_flight == 0 {
+        if (stop.load(Ordering::Relaxed) || stop_this) && in_flight == 0 {
             break;
         }
         let event = tokio::select! {
@@ -157,6 +158,12 @@ pub async fn flood(
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(Event::OutboundFailure { .. })) => {
                 in_flight -= 1;
                 report.failed += 1;
+                // Cut off (banned): this identity is done. (Dialling again would cost the
+                // victim a Noise handshake per attempt before it is refused; see
+                // docs/robustness.md.)
+                if report.rate_limited > 0 {
+                    stop_this = true;
+                }
             }
             _ => {}
         }
