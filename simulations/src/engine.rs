@@ -464,6 +464,7 @@ impl World<'_> {
             skipped: traffic.skipped,
             send_errors: traffic.send_errors,
             observations,
+            observations_dropped: self.recorder.dropped(),
             samples,
             spam,
             restarts,
@@ -795,7 +796,8 @@ impl World<'_> {
         restarts: &Arc<StdMutex<Vec<u64>>>,
         hosted_max: &Arc<StdMutex<Vec<u64>>>,
     ) -> anyhow::Result<(Vec<MessageRecord>, Vec<NodeRecord>)> {
-        let mut received: HashMap<String, (u64, usize)> = HashMap::new();
+        // By recipient and message id: a copy of an id at another node is not a delivery.
+        let mut received: HashMap<(usize, String), (u64, usize)> = HashMap::new();
         let mut on_hosts: HashSet<String> = HashSet::new();
         let mut nodes = Vec::with_capacity(self.peers.len());
         let restarts = restarts.lock().map(|r| r.clone()).unwrap_or_default();
@@ -816,7 +818,7 @@ impl World<'_> {
             if let Ok(service) = p.service() {
                 for m in service.messages(None, None)? {
                     if m.direction == "in" {
-                        let e = received.entry(m.id).or_insert((u64::MAX, 0));
+                        let e = received.entry((i, m.id)).or_insert((u64::MAX, 0));
                         e.0 = e.0.min(m.received_at.unwrap_or(u64::MAX));
                         e.1 += 1;
                     }
@@ -837,7 +839,7 @@ impl World<'_> {
             nodes.push(record);
         }
         for m in &mut sent {
-            if let Some((at, copies)) = received.get(&m.id) {
+            if let Some((at, copies)) = received.get(&(m.to, m.id.clone())) {
                 if *at != u64::MAX {
                     m.received_at = Some(*at);
                 }

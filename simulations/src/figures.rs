@@ -55,9 +55,13 @@ pub struct Within {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Delivery {
+    /// Messages accepted by their sender's node.
     pub sent: usize,
     pub delivered: usize,
-    /// Delivered before the run ended (the hosts' TTL is longer than the run).
+    /// Sends attempted: `sent` and `send_errors` (the denominator of `ratio`).
+    pub attempted: usize,
+    /// Delivered before the run ended (the hosts' TTL is longer than the run), of those
+    /// attempted: a send that failed or timed out counts as not delivered.
     pub ratio: f64,
     pub within: Vec<Within>,
     pub duplicates: usize,
@@ -119,6 +123,9 @@ pub struct Summary {
     pub storage: Storage,
     pub lookups: Lookups,
     pub privacy: Vec<privacy::Figures>,
+    /// Host events the colluders' recorder could not keep: when not zero, the privacy
+    /// figures are computed on part of what the colluders saw.
+    pub observations_dropped: u64,
     pub spam: crate::record::SpamRecord,
     /// Honest messages' delivery and latency, for the spam scenario's comparison.
     pub restarts: usize,
@@ -130,11 +137,12 @@ pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
     let msgs = &run.messages;
     let delivered: Vec<_> = msgs.iter().filter(|m| m.received_at.is_some()).collect();
     let sent = msgs.len();
+    let attempted = sent + run.send_errors;
     let ratio = |k: usize| {
-        if sent == 0 {
+        if attempted == 0 {
             0.0
         } else {
-            k as f64 / sent as f64
+            k as f64 / attempted as f64
         }
     };
     let within = scenario
@@ -190,6 +198,7 @@ pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
         delivery: Delivery {
             sent,
             delivered: delivered.len(),
+            attempted,
             ratio: ratio(delivered.len()),
             within,
             duplicates: msgs.iter().map(|m| m.duplicates).sum(),
@@ -240,6 +249,7 @@ pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
             scenario.epoch_ms(),
             scenario.mailbox.fetch_interval_ms,
         ),
+        observations_dropped: run.observations_dropped,
         spam: run.spam.clone(),
         restarts: run.restarts,
         failed_restarts: run.failed_restarts,

@@ -385,10 +385,15 @@ pub fn report(s: &Summary) -> String {
     let _ = writeln!(r, "| figure | value |\n| --- | --- |");
     let _ = writeln!(
         r,
-        "| delivered (before the run ended) | {} of {} ({:.1} %) |",
+        "| delivered (before the run ended) | {} of {} sends attempted ({:.1} %) |",
         d.delivered,
-        d.sent,
+        d.attempted,
         100.0 * d.ratio
+    );
+    let _ = writeln!(
+        r,
+        "| sends that failed or timed out (not delivered) | {} |",
+        d.send_errors
     );
     for w in &d.within {
         let _ = writeln!(
@@ -444,6 +449,14 @@ pub fn report(s: &Summary) -> String {
             r,
             "| spam deposits: stored / refused / failed | {} / {} / {} |",
             s.spam.stored, s.spam.refused, s.spam.failed
+        );
+    }
+    if s.observations_dropped > 0 {
+        let _ = writeln!(
+            r,
+            "\n**The recorder was full: {} host events were not kept, so the privacy figures \
+             below are computed on part of what the colluders saw (they understate linkage).**",
+            s.observations_dropped
         );
     }
     let _ = writeln!(

@@ -160,6 +160,8 @@ pub struct Run {
     pub send_errors: usize,
     #[serde(skip)]
     pub observations: Vec<Observation>,
+    /// Host events the recorder could not keep ([`MAX_EVENTS`] reached).
+    pub observations_dropped: u64,
     pub samples: Vec<Sample>,
     pub spam: SpamRecord,
     pub restarts: usize,
@@ -173,9 +175,13 @@ pub struct Run {
 
 /// The observer every node of a run shares: it keeps every mailbox request any node answered,
 /// so that any set of colluders can be given their share afterwards.
-#[derive(Default)]
 pub struct Recorder {
     events: Mutex<Vec<HostEvent>>,
+    /// The most events kept.
+    capacity: usize,
+    /// Events not kept because the recorder was full (reported with the privacy figures,
+    /// which are then computed on part of what the colluders saw).
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// The most host events a recorder keeps (about 200 bytes each).
@@ -184,14 +190,37 @@ pub const MAX_EVENTS: usize = 4_000_000;
 impl Observer for Recorder {
     fn host_event(&self, event: HostEvent) {
         if let Ok(mut events) = self.events.lock() {
-            if events.len() < MAX_EVENTS {
+            if events.len() < self.capacity {
                 events.push(event);
+            } else {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
 }
 
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::with_capacity(MAX_EVENTS)
+    }
+}
+
 impl Recorder {
+    /// A recorder that keeps at most `capacity` events.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Recorder {
+            events: Mutex::default(),
+            capacity,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Events not kept because the recorder was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Everything recorded, with nodes named by their index in `peers` (PeerId bytes).
     pub fn take(&self, peers: &[Vec<u8>]) -> Vec<Observation> {
         let index: std::collections::HashMap<&[u8], usize> = peers
@@ -252,4 +281,27 @@ pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod recorder_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_recorder_counts_what_it_drops() {
+        let recorder = Recorder::with_capacity(2);
+        for i in 0..5u8 {
+            recorder.host_event(HostEvent {
+                at_ms: u64::from(i),
+                host: vec![1],
+                peer: vec![2],
+                action: HostAction::Fetch {
+                    address: [i; 32],
+                    envelopes: 0,
+                },
+            });
+        }
+        assert_eq!(recorder.dropped(), 3);
+        assert_eq!(recorder.take(&[vec![1], vec![2]]).len(), 2);
+    }
 }
