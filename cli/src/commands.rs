@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use crate::api::{self, Account, Contact, Event, Message, Status, Verification};
 use crate::events::{Follow, Step};
-use crate::exit::{InvalidInput, StdoutClosed};
+use crate::exit::StdoutClosed;
+use crate::input::InvalidInput;
 use crate::output;
 use crate::rpc::Client;
 

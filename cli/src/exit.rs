@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
+use crate::input::InvalidInput;
 use crate::output;
 use crate::rpc;
 
@@ -56,18 +57,6 @@ impl From<Code> for ExitCode {
         ExitCode::from(code as u8)
     }
 }
-
-/// Input given on this side was refused before it reached the daemon (exit code 6).
-#[derive(Debug)]
-pub struct InvalidInput(pub String);
-
-impl fmt::Display for InvalidInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidInput {}
 
 /// Stdout was closed by its reader (`sotto messages | head`): end quietly and successfully.
 #[derive(Debug)]

@@ -33,6 +33,7 @@ mod api;
 mod commands;
 mod events;
 mod exit;
+mod input;
 mod output;
 mod paths;
 mod rpc;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Map, Value};
 
-use crate::exit::InvalidInput;
+use crate::input::InvalidInput;
 
 /// The longest response line accepted from the daemon.
 pub const MAX_RESPONSE_LINE: usize = 16 * 1024 * 1024;

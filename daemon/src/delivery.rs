@@ -46,12 +46,16 @@ struct Worker {
     flying: FuturesUnordered<BoxFuture<'static, Outcome>>,
     /// The hosts that hold a deposited entry, until the queue says what to do with it.
     pending_hosts: HashMap<Seq, Vec<Vec<u8>>>,
+    /// Store changes the queue asked for that are not written yet (the last write failed):
+    /// written with the next turn's. Each is safe to write twice.
+    unwritten: Vec<Change>,
 }
 
 /// A change to the store that one of the queue's actions asks for.
 enum Change {
     Delivered(Seq),
-    OnHosts(Seq, outbox::Entry, bool),
+    /// On hosts; whether it is done; the hosts that hold it, if a deposit just said.
+    OnHosts(Seq, outbox::Entry, bool, Option<Vec<Vec<u8>>>),
     Retry(Seq, outbox::Entry),
 }
 
@@ -78,15 +82,18 @@ pub async fn run(
         hosts: HostCache::default(),
         flying: FuturesUnordered::new(),
         pending_hosts: HashMap::new(),
+        unwritten: Vec::new(),
     };
     if let Err(e) = worker.load() {
         tracing::error!("outbox: cannot load the outbox: {e}");
     }
     loop {
         let wait = match worker.turn().await {
-            Ok(()) => worker
+            // Wake for what falls due after the moment the queue was polled at (not after
+            // now: the turn's store write took time, and what fell due meanwhile is due).
+            Ok(polled_at) => worker
                 .queue
-                .next_wake(unix_ms())
+                .next_wake(polled_at)
                 .map_or(IDLE, |t| Duration::from_millis(t.saturating_sub(unix_ms())))
                 .min(IDLE),
             Err(e) => {
@@ -132,48 +139,56 @@ fn queued(e: &store::OutboxEntry) -> outbox::Entry {
 
 impl Worker {
     /// Carry out what the queue wants done now: start sends and deposits, and write what
-    /// came of earlier ones to the store (one transaction, flushed).
-    async fn turn(&mut self) -> Result<(), StoreError> {
+    /// came of earlier ones to the store (one transaction, flushed). Returns the moment the
+    /// queue was polled at.
+    async fn turn(&mut self) -> Result<u64, StoreError> {
         let now = unix_ms();
-        let mut changes = Vec::new();
         while let Some(action) = self.queue.poll(now) {
             tracing::trace!("outbox: {action:?}");
             match action {
-                Action::Send { to, seq } => self.send(to, Seq(seq))?,
-                Action::Deposit { to, seq } => self.deposit(to, Seq(seq))?,
-                Action::Delivered { seq, .. } => changes.push(Change::Delivered(Seq(seq))),
+                Action::Send { to, seq } => self.send(to, Seq(seq)),
+                Action::Deposit { to, seq } => self.deposit(to, Seq(seq)),
+                Action::Delivered { seq, .. } => self.unwritten.push(Change::Delivered(Seq(seq))),
                 Action::OnHosts { entry, done, .. } => {
-                    changes.push(Change::OnHosts(Seq(entry.seq), entry, done))
+                    let hosts = self.pending_hosts.remove(&Seq(entry.seq));
+                    self.unwritten
+                        .push(Change::OnHosts(Seq(entry.seq), entry, done, hosts))
                 }
-                Action::Retry { entry, .. } => changes.push(Change::Retry(Seq(entry.seq), entry)),
+                Action::Retry { entry, .. } => {
+                    self.unwritten.push(Change::Retry(Seq(entry.seq), entry))
+                }
             }
         }
-        if changes.is_empty() {
-            return Ok(());
+        if !self.unwritten.is_empty() {
+            self.write().await?;
         }
+        Ok(now)
+    }
+
+    /// Write the changes the queue asked for; they stay to be written again if this fails.
+    async fn write(&mut self) -> Result<(), StoreError> {
         let service = &self.service;
         let store = service.store();
         let order = service.events().order().await;
         let mut batch = Batch::new();
         let mut events: Vec<Value> = Vec::new();
-        for change in changes {
+        for change in &self.unwritten {
             match change {
                 Change::Delivered(seq) => {
-                    batch.remove_outbox(seq);
+                    batch.remove_outbox(*seq);
                     events.extend(service.stage_message_state(
                         &mut batch,
-                        seq,
+                        *seq,
                         State::Delivered,
                     )?);
                 }
-                Change::OnHosts(seq, entry, done) => {
-                    let hosts = self.pending_hosts.remove(&seq);
-                    events.extend(service.stage_message_state(&mut batch, seq, State::OnHosts)?);
-                    if done {
-                        batch.remove_outbox(seq);
-                    } else if let Some(mut stored) = store.outbox_entry(seq)? {
+                Change::OnHosts(seq, entry, done, hosts) => {
+                    events.extend(service.stage_message_state(&mut batch, *seq, State::OnHosts)?);
+                    if *done {
+                        batch.remove_outbox(*seq);
+                    } else if let Some(mut stored) = store.outbox_entry(*seq)? {
                         if let Some(hosts) = hosts {
-                            stored.hosts = hosts;
+                            stored.hosts = hosts.clone();
                         }
                         stored.host_retries = entry.host_retries;
                         stored.next_attempt_at = entry.next_attempt_at;
@@ -182,7 +197,7 @@ impl Worker {
                 }
                 Change::Retry(seq, entry) => {
                     tracing::debug!("message {seq:?} not delivered (attempt {})", entry.failures);
-                    if let Some(mut stored) = store.outbox_entry(seq)? {
+                    if let Some(mut stored) = store.outbox_entry(*seq)? {
                         stored.failures = entry.failures;
                         stored.next_attempt_at = entry.next_attempt_at;
                         batch.put_outbox(&stored)?;
@@ -193,18 +208,20 @@ impl Worker {
         store.commit(batch).await?;
         service.events().publish(events);
         drop(order);
+        self.unwritten.clear();
         Ok(())
     }
 
-    /// Start sending the entry `seq` straight to `to`'s node.
-    fn send(&mut self, to: AccountKey, seq: Seq) -> Result<(), StoreError> {
-        let entry = self.service.store().outbox_entry(seq)?;
+    /// Start sending the entry `seq` straight to `to`'s node. Whatever happens, an outcome
+    /// comes back for it.
+    fn send(&mut self, to: AccountKey, seq: Seq) {
+        let store = self.service.store().clone();
         let route = self.routes.get(&to).cloned();
         let net = self.service.network().clone();
         self.flying.push(
             async move {
-                let outcome = match (entry, route) {
-                    (Some(entry), Some((peer, addrs))) => {
+                let outcome = match (store.outbox_entry(seq), route) {
+                    (Ok(Some(entry)), Some((peer, addrs))) => {
                         match net.send(peer, addrs, Frame::Bytes(entry.envelope)).await {
                             Ok(answer) if answer.is_delivered() => DirectOutcome::Delivered,
                             Ok(answer) => match Envelopes::slow_down(&answer) {
@@ -225,7 +242,11 @@ impl Worker {
                     (entry, route) => {
                         tracing::debug!(
                             "direct delivery of {seq:?} impossible: entry {}, route {}",
-                            entry.is_some(),
+                            match entry {
+                                Ok(Some(_)) => "found".to_owned(),
+                                Ok(None) => "gone".to_owned(),
+                                Err(e) => e.to_string(),
+                            },
                             route.is_some()
                         );
                         DirectOutcome::Unreachable
@@ -236,25 +257,24 @@ impl Worker {
             }
             .boxed(),
         );
-        Ok(())
     }
 
     /// Start depositing the entry `seq` at the mailbox hosts that do not hold it yet.
-    fn deposit(&mut self, to: AccountKey, seq: Seq) -> Result<(), StoreError> {
-        let entry = self.service.store().outbox_entry(seq)?;
+    /// Whatever happens, an outcome comes back for it.
+    fn deposit(&mut self, to: AccountKey, seq: Seq) {
         let client = self.mailbox.clone();
         let hosts = self.hosts.clone();
         self.flying.push(
             async move {
-                let result = match entry {
-                    Some(entry) => client.deposit_entry(&entry, &hosts).await,
-                    None => Ok(Vec::new()),
+                let result = match client.service().store().outbox_entry(seq) {
+                    Ok(Some(entry)) => client.deposit_entry(&entry, &hosts).await,
+                    Ok(None) => Ok(Vec::new()),
+                    Err(e) => Err(e.into()),
                 };
                 Outcome::Deposit(to, seq, result)
             }
             .boxed(),
         );
-        Ok(())
     }
 
     /// Queue everything the store holds.
@@ -297,8 +317,9 @@ impl Worker {
             Signal::Queued(seq) => match self.service.store().outbox_entry(seq) {
                 Ok(Some(e)) => {
                     let to = e.to;
-                    // A new message tries the whole queue for its contact again, in order.
-                    self.queue.heard(&to, now);
+                    // A new message tries the whole queue for its contact again, in order
+                    // (but is no evidence that the contact's node is there).
+                    self.queue.due_now(&to, now);
                     self.insert(&e)
                 }
                 Ok(None) => Ok(()),
@@ -338,7 +359,7 @@ impl Worker {
                     }
                 };
                 // The store keeps which hosts hold it; the queue, how many.
-                if !hosts.is_empty() {
+                if !hosts.is_empty() && self.queue.has(&to) {
                     self.pending_hosts.insert(seq, hosts.clone());
                 }
                 self.queue

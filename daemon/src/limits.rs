@@ -57,7 +57,7 @@ pub struct Limits {
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     pub max_pending: u32,
-    /// Established incoming connections from one IP address (see [`crate::per_ip`]).
+    /// Established incoming connections from one IP address (see [`crate::net::per_ip`]).
     pub max_connections_per_ip: u32,
     /// Peers whose buckets are kept; beyond that, the longest idle are forgotten (a
     /// forgotten peer starts again with full buckets, which only helps honest peers).

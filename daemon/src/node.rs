@@ -22,6 +22,7 @@ use crate::net::{self, Network};
 use crate::service::Service;
 use crate::store::{Batch, Store};
 use crate::{delivery, rpc};
+use sotto_protocol::wire::{Refusal, Response};
 
 /// A running node.
 pub struct Node {
@@ -166,7 +167,14 @@ impl Node {
         tasks.push(tokio::spawn(async move {
             while let Some(inbound) = envelopes.recv().await {
                 let answer = s.receive(&inbound.peer.to_string(), &inbound.request).await;
+                let junk = matches!(
+                    answer,
+                    Response::Refused(Refusal::Unopenable | Refusal::Malformed)
+                );
                 let _ = inbound.reply.send(answer);
+                if junk {
+                    s.network().junk_from(inbound.peer).await;
+                }
             }
         }));
         let h = host.clone();

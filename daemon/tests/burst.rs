@@ -180,6 +180,13 @@ fn a_burst_to_an_online_contact_arrives_directly_in_order_exactly_once() {
         BURST as f64 / arrived.as_secs_f64()
     );
 
+    // Events arrive as envelopes are taken, and up to a window of envelopes travel at
+    // once: a few overtake each other (24–37 in runs so far), never most of the burst.
+    assert!(
+        out_of_order <= BURST / 10,
+        "{out_of_order} events out of order"
+    );
+
     // The stranger was told to slow down, then banned; the contact was not.
     assert!(flood.rate_limited > 0, "{flood:?}");
     let bans = bob.call("peers.bans", json!({}));

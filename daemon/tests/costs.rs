@@ -1,6 +1,6 @@
 //! Costs that must not grow with what a node holds, counted in records read from the store
 //! (a measure that, unlike time, does not depend on the machine): taking in a stranger's
-//! first message reads the same few records with ten contacts as with five hundred more.
+//! first message reads the same few records with ten contacts as with a hundred more.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -73,7 +73,7 @@ async fn a_strangers_message_costs_the_same_however_many_contacts() {
     drop(bob);
     let (bob, bob_card) = bob_with(100, &mut rng).await;
     let many = reads_for_a_stranger(&bob, &bob_card).await;
-    println!("records read for a stranger's message: {few} with 10 contacts, {many} with 111");
+    println!("records read for a stranger's message: {few} with 10 contacts, {many} with 110");
     assert_eq!(few, many, "the cost does not grow with the contacts");
     assert!(few < 20, "{few} records");
 }

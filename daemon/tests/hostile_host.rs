@@ -1,7 +1,9 @@
 //! A hostile mailbox host: a raw libp2p peer that is one of the hosts of bob's dead drops
-//! and answers every fetch with a page of envelopes that do not open, always saying there
-//! is more. Bob opens at most a page of it per dead drop per round, and bans it after three
-//! such pages at dead drops only he and his contact can deposit at.
+//! and answers every fetch with a page of junk envelopes that carry no deposit proof,
+//! always saying there is more. Bob takes at most a page of it per dead drop per round,
+//! opens none of it (no deposit proof from the pair at his pairwise dead drops, no stamp at
+//! his intro dead drop), and bans the host after three such pages at dead drops only he and
+//! his contact can deposit at.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,13 +22,15 @@ use libp2p::{identify, Multiaddr, PeerId};
 use rand::RngCore;
 use serde_json::json;
 use sotto_daemon::net::{build_swarm, BehaviourEvent, Frame};
-use sotto_protocol::mailbox::{Refusal, Request, Response};
+use sotto_protocol::deaddrop::Address;
+use sotto_protocol::mailbox::{DepositAuth, Fetched, Refusal, Request, Response};
 
 /// Envelopes in each page the hostile host serves.
 const PAGE: usize = 100;
 
-/// What the hostile host saw: fetches per asking peer.
-type Fetches = Arc<Mutex<HashMap<PeerId, u64>>>;
+/// What the hostile host saw: fetches per asking peer, at pairwise dead drops and at intro
+/// dead drops.
+type Fetches = Arc<Mutex<HashMap<PeerId, (u64, u64)>>>;
 
 /// Run a hostile host on a fresh loopback port until `stop` is set; returns its address
 /// (with `/p2p/…`) once it listens.
@@ -72,14 +76,27 @@ fn hostile_host(stop: Arc<AtomicBool>, fetches: Fetches) -> Multiaddr {
                             Frame::HeaderOnly { .. } => None,
                         };
                         let answer = match request {
-                            Some(Request::Fetch(_)) => {
-                                *fetches.lock().unwrap().entry(peer).or_default() += 1;
+                            Some(Request::Fetch(f)) => {
+                                let seen = &mut *fetches.lock().unwrap();
+                                let (pairwise, intro) = seen.entry(peer).or_default();
+                                if Address::of_intro_key(&f.proof.key) == f.address {
+                                    *intro += 1;
+                                } else {
+                                    *pairwise += 1;
+                                }
                                 let envelopes = (0..PAGE)
                                     .map(|_| {
                                         let mut junk = vec![0u8; 512];
                                         rand::thread_rng().fill_bytes(&mut junk);
                                         junk[0] = 1;
-                                        junk
+                                        Fetched {
+                                            envelope: junk,
+                                            expires_at: u64::MAX,
+                                            auth: DepositAuth::Stamp {
+                                                intro: [7; 32],
+                                                nonce: 0,
+                                            },
+                                        }
                                     })
                                     .collect();
                                 Response::Envelopes {
@@ -141,7 +158,10 @@ fn a_host_serving_junk_costs_a_page_a_round_and_is_banned() {
             .cloned()
     });
     assert!(
-        banned["reason"].as_str().unwrap().contains("do not open"),
+        banned["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nobody deposited"),
         "{banned}"
     );
     let bob_id: PeerId = bob.call("node.status", json!({}))["peer_id"]
@@ -149,20 +169,33 @@ fn a_host_serving_junk_costs_a_page_a_round_and_is_banned() {
         .unwrap()
         .parse()
         .unwrap();
-    let pages = fetches.lock().unwrap().get(&bob_id).copied().unwrap_or(0);
-    // Each round: one page per dead drop at most (an intro drop and two pairwise ones); a
-    // page of junk at a pairwise drop is a strike, the third bans. Without the caps a round
-    // took 64 pages of each dead drop.
+    let (pairwise, intro) = fetches
+        .lock()
+        .unwrap()
+        .get(&bob_id)
+        .copied()
+        .unwrap_or_default();
+    // Each round: one page per pairwise dead drop (two of them), none of it opened: a strike
+    // each, the third bans. At the intro dead drop, at most 1,000 envelopes a round (ten
+    // pages), none with a stamp: none opened either. Without the caps a round took 64
+    // pages of each dead drop and opened every envelope.
     println!(
-        "the junk host served bob {pages} pages ({} envelopes) before the ban",
-        pages * PAGE as u64
+        "the junk host served bob {pairwise} pages at pairwise dead drops and {intro} at his \
+         intro dead drop ({} envelopes, none opened) before the ban",
+        (pairwise + intro) * PAGE as u64
     );
-    assert!((3..=12).contains(&pages), "{pages} pages");
+    assert!((3..=6).contains(&pairwise), "{pairwise} pairwise pages");
+    assert!(intro <= 10 * pairwise, "{intro} intro pages");
     // Banned: bob asks it nothing more.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        fetches.lock().unwrap().get(&bob_id).copied().unwrap_or(0),
-        pages
+        fetches
+            .lock()
+            .unwrap()
+            .get(&bob_id)
+            .copied()
+            .unwrap_or_default(),
+        (pairwise, intro)
     );
     // And bob still hears from alice.
     alice.send("bob", "still here");

@@ -140,6 +140,47 @@ pub enum Refusal {
     RateLimited,
 }
 
+/// An envelope as a fetch returns it: with the expiry and authorisation it was deposited
+/// with, so that the fetcher can tell an envelope someone deposited from one the host made
+/// up ([`Fetched::proof_holds`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    pub envelope: Vec<u8>,
+    pub expires_at: u64,
+    pub auth: DepositAuth,
+}
+
+impl Fetched {
+    /// Was this envelope deposited at the pairwise (or group) dead drop `address` by
+    /// someone holding its drop key? (A host cannot make such a proof; the pair can.)
+    pub fn proof_holds(&self, address: &Address) -> bool {
+        let digest = envelope::digest(&self.envelope);
+        match &self.auth {
+            DepositAuth::Proof(p) => {
+                p.verify_pairwise(address, &Deposit::signed_bytes(&digest, self.expires_at))
+            }
+            DepositAuth::Stamp { .. } => false,
+        }
+    }
+
+    /// Was this envelope deposited at the intro dead drop `address` with a stamp of at least
+    /// `difficulty` bits? (Anyone can make one, at a price: a host too.)
+    pub fn stamp_holds(&self, address: &Address, difficulty: u8) -> bool {
+        match &self.auth {
+            DepositAuth::Stamp { intro, nonce } => {
+                Address::of_intro_key(intro) == *address
+                    && pow::check(
+                        address,
+                        &envelope::digest(&self.envelope),
+                        *nonce,
+                        difficulty,
+                    )
+            }
+            DepositAuth::Proof(_) => false,
+        }
+    }
+}
+
 /// A host's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -149,7 +190,7 @@ pub enum Response {
     AlreadyStored,
     /// A page of what waits, oldest first; `more` if another page follows.
     Envelopes {
-        envelopes: Vec<Vec<u8>>,
+        envelopes: Vec<Fetched>,
         more: bool,
     },
     /// How many of the named envelopes were deleted.
@@ -157,7 +198,9 @@ pub enum Response {
     Refused(Refusal),
 }
 
-const VERSION: u8 = 1;
+/// The version byte of every mailbox message. Version 2 returns each fetched envelope with
+/// its expiry and authorisation; nodes speak one version.
+const VERSION: u8 = 2;
 
 fn to_bytes<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![VERSION];
@@ -496,7 +539,7 @@ mod tests {
             (b[0], b[1])
         })
         .collect();
-        assert_eq!(tags, [(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(tags, [(VERSION, 0), (VERSION, 1), (VERSION, 2)]);
     }
 
     #[test]
@@ -574,13 +617,20 @@ mod tests {
     fn messages_round_trip_and_refuse_other_versions() {
         let d = Request::Deposit(deposit(&Secret::from_bytes([1; 32]), vec![0; 512]));
         let bytes = d.to_bytes().unwrap();
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], 2);
         assert_eq!(Request::from_bytes(&bytes).unwrap(), d);
         let mut other = bytes.clone();
-        other[0] = 2;
-        assert!(Request::from_bytes(&other).is_err());
+        other[0] = 1;
+        assert!(Request::from_bytes(&other).is_err(), "version 1 is refused");
+        let Request::Deposit(deposit) = d else {
+            unreachable!()
+        };
         let r = Response::Envelopes {
-            envelopes: vec![vec![1; 512]],
+            envelopes: vec![Fetched {
+                envelope: deposit.envelope.clone(),
+                expires_at: deposit.expires_at,
+                auth: deposit.auth.clone(),
+            }],
             more: true,
         };
         assert_eq!(Response::from_bytes(&r.to_bytes().unwrap()).unwrap(), r);
@@ -588,8 +638,42 @@ mod tests {
             Response::Refused(Refusal::StampRequired(20))
                 .to_bytes()
                 .unwrap(),
-            vec![1, 4, 2, 20]
+            vec![2, 4, 2, 20]
         );
+    }
+
+    #[test]
+    fn a_fetched_envelope_proves_its_deposit_at_its_drop_only() {
+        let s = Secret::from_bytes([1; 32]);
+        let Request::Deposit(d) = Request::Deposit(deposit(&s, vec![3; 512])) else {
+            unreachable!()
+        };
+        let fetched = Fetched {
+            envelope: d.envelope.clone(),
+            expires_at: d.expires_at,
+            auth: d.auth.clone(),
+        };
+        assert!(fetched.proof_holds(&d.address));
+        // Another drop, another expiry, other bytes, or a stamp: no proof.
+        assert!(!fetched.proof_holds(&s.drop_key(2).address()));
+        let later = Fetched {
+            expires_at: d.expires_at + 1,
+            ..fetched.clone()
+        };
+        assert!(!later.proof_holds(&d.address));
+        let made_up = Fetched {
+            envelope: vec![4; 512],
+            ..fetched.clone()
+        };
+        assert!(!made_up.proof_holds(&d.address));
+        let stamped = Fetched {
+            auth: DepositAuth::Stamp {
+                intro: [0; 32],
+                nonce: 0,
+            },
+            ..fetched
+        };
+        assert!(!stamped.proof_holds(&d.address));
     }
 
     proptest! {

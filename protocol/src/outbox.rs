@@ -24,7 +24,7 @@
 //! Nothing here reads a clock or draws a random number: `now` (ms) and `jitter` in [0, 1)
 //! come in with each input.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
 
 /// The wait after the first failed attempt.
@@ -207,9 +207,11 @@ enum Path {
 #[derive(Debug)]
 pub struct Queue<R> {
     config: Config,
-    lines: HashMap<R, Line>,
+    lines: BTreeMap<R, Line>,
     /// Results waiting to be handed out, before any new send.
     out: VecDeque<Action<R>>,
+    /// Sends and deposits found by the last pass over the lines, not handed out yet.
+    ready: VecDeque<Action<R>>,
     deposits: usize,
 }
 
@@ -217,8 +219,9 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
     pub fn new(config: Config) -> Self {
         Queue {
             config,
-            lines: HashMap::new(),
+            lines: BTreeMap::new(),
             out: VecDeque::new(),
+            ready: VecDeque::new(),
             deposits: 0,
         }
     }
@@ -279,6 +282,17 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         }
     }
 
+    /// Make whatever waits for `to` due at `now` (a new message for it: the queue is tried
+    /// again, in order). Unlike [`Queue::heard`], this keeps what the queue knows of the
+    /// recipient's node (that it failed, or asked for a pause).
+    pub fn due_now(&mut self, to: &R, now: u64) {
+        if let Some(line) = self.lines.get_mut(to) {
+            for e in line.waiting.values_mut() {
+                e.next_attempt_at = e.next_attempt_at.min(now);
+            }
+        }
+    }
+
     /// Forget everything for `to` (its entries were removed from the store). Results of
     /// what is in flight are then ignored.
     pub fn forget(&mut self, to: &R) {
@@ -287,19 +301,23 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
         }
     }
 
-    /// The next action, if any is due at `now`.
+    /// The next action, if any is due at `now`. Call until it gives `None`: the sends and
+    /// deposits of one pass over the recipients are found together (a pass costs one look
+    /// at each recipient, however many actions it yields), and each one handed out must be
+    /// carried out.
     pub fn poll(&mut self, now: u64) -> Option<Action<R>> {
         if let Some(action) = self.out.pop_front() {
             return Some(action);
         }
-        let mut keys: Vec<R> = self.lines.keys().copied().collect();
-        keys.sort_unstable();
-        for to in keys {
-            if let Some(action) = self.next_for(to, now) {
-                return Some(action);
+        if self.ready.is_empty() {
+            let keys: Vec<R> = self.lines.keys().copied().collect();
+            for to in keys {
+                while let Some(action) = self.next_for(to, now) {
+                    self.ready.push_back(action);
+                }
             }
         }
-        None
+        self.ready.pop_front()
     }
 
     /// The next send or deposit for `to` at `now`.
@@ -390,6 +408,9 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
                 self.out.push_back(Action::Delivered { to, seq });
             }
             DirectOutcome::SlowDown { retry_after_ms } => {
+                // It answered: it is there, only busy.
+                line.failing_since = None;
+                line.downs = 0;
                 // Halve once per pause, not once per refused envelope of a window.
                 if line.paused_until <= now {
                     line.window = (line.window / 2).max(1);
@@ -399,6 +420,8 @@ impl<R: Copy + Eq + Hash + Ord> Queue<R> {
                 line.waiting.insert(seq, entry);
             }
             DirectOutcome::Unreachable => {
+                // Not an answer: patience counts only pauses the recipient asked for.
+                line.slowing_since = None;
                 match line.failing_since {
                     // A first failure: try again directly in a moment.
                     None => {
@@ -472,10 +495,9 @@ fn path(line: &Line, direct_ok: bool, patience_ms: u64, now: u64) -> Path {
         return Path::Deposit;
     }
     if line.paused_until > now {
-        let out_of_patience = line.failing_since.is_none()
-            && line
-                .slowing_since
-                .is_some_and(|since| now.saturating_sub(since) > patience_ms);
+        let out_of_patience = line
+            .slowing_since
+            .is_some_and(|since| now.saturating_sub(since) > patience_ms);
         return if out_of_patience {
             Path::Deposit
         } else {
@@ -810,5 +832,56 @@ mod tests {
         q.insert(BOB, Entry::new(1, 0));
         q.set_route(BOB, true);
         assert_eq!(deposits(&drain(&mut q, 0)), [1]);
+    }
+
+    #[test]
+    fn patience_runs_out_even_after_a_dropped_connection() {
+        let config = Config {
+            patience_ms: 1_000,
+            ..Config::default()
+        };
+        let mut q = burst(config, 1);
+        // One failure, then only "slow down".
+        assert_eq!(sends(&drain(&mut q, 0)), [1]);
+        q.direct_result(BOB, 1, DirectOutcome::Unreachable, 0);
+        let mut now = RETRY_DIRECT_MS;
+        let mut deposited = Vec::new();
+        for _ in 0..100 {
+            let actions = drain(&mut q, now);
+            for seq in sends(&actions) {
+                q.direct_result(
+                    BOB,
+                    seq,
+                    DirectOutcome::SlowDown {
+                        retry_after_ms: 300,
+                    },
+                    now,
+                );
+            }
+            deposited.extend(deposits(&actions));
+            if !deposited.is_empty() {
+                break;
+            }
+            now = q.next_wake(now).unwrap();
+        }
+        assert_eq!(
+            deposited,
+            [1],
+            "to the mailbox once patience ran out (at {now})"
+        );
+        assert!(now > 1_000);
+    }
+
+    #[test]
+    fn a_new_message_does_not_count_as_hearing_from_the_recipient() {
+        let mut q = burst(Config::default(), 1);
+        let now = unreachable(&mut q, 0);
+        // Down: the entry goes to the mailbox; a new message makes the queue due but
+        // does not bring the direct path back.
+        assert_eq!(deposits(&drain(&mut q, now)), [1]);
+        q.insert(BOB, Entry::new(2, now));
+        q.due_now(&BOB, now);
+        let actions = drain(&mut q, now);
+        assert!(sends(&actions).is_empty(), "{actions:?}");
     }
 }

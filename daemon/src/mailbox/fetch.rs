@@ -26,8 +26,21 @@ const MAX_PAGES: usize = 64;
 /// holds at most its per-dead-drop quota (1,000 by default); the rest waits for the next
 /// round.
 pub const MAX_ENVELOPES_PER_ROUND: usize = 1_000;
+/// Envelopes in a row that do not open at a pairwise dead drop (each with the pair's
+/// deposit proof: a contact's junk) after which a round stops asking a host for that dead
+/// drop (what is left waits for the next round).
+pub const MAX_JUNK_IN_A_ROW: usize = 32;
+/// The least time between two fetch rounds that new connections woke.
+const MIN_WOKEN_GAP: Duration = Duration::from_secs(5);
 /// How long a burst of new connections may settle before the fetch they woke.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// The least stamp this node asks of an envelope fetched from its intro dead drop: its own
+/// hosting difficulty, but never more than the default (hosts that ask the default must
+/// not be taken for forgers by a node that asks more).
+pub fn stamp_floor(own: u8) -> u8 {
+    own.min(sotto_protocol::pow::DEFAULT_DIFFICULTY)
+}
 
 impl Client {
     /// The addresses and keys of every dead drop this node should look in now, each with
@@ -93,10 +106,15 @@ impl Client {
     /// whether the host answered.
     ///
     /// A host can answer a fetch with anything, and each envelope costs this node a Noise
-    /// open under the account lock, so a round takes at most [`MAX_ENVELOPES_PER_ROUND`]
-    /// from a host, and stops at a page in which nothing opened. Such a page from a
-    /// pairwise dead drop (`pairwise`: nobody but the pair can deposit there) is the host's
-    /// doing and counts towards a ban of the host (`net::Guard::strike`).
+    /// open under the account lock. So a round takes at most [`MAX_ENVELOPES_PER_ROUND`]
+    /// from a host, and opens only what someone paid to deposit. At a pairwise dead drop
+    /// (`pairwise`) every envelope must come with the deposit proof of the drop's key,
+    /// which only the pair can make: one without it was made up by the host; it is not
+    /// opened, and the page counts towards a ban of the host (`net::Guard::strike`). Junk
+    /// with a valid proof was deposited by the contact: deleted, and after
+    /// [`MAX_JUNK_IN_A_ROW`] in a row the round stops. At the intro dead drop an envelope
+    /// must carry a stamp of at least [`stamp_floor`] bits: one without is deleted unopened
+    /// (no strike: a host may take weaker stamps by its own policy).
     async fn fetch_from(
         &self,
         target: &Target,
@@ -111,6 +129,8 @@ impl Client {
         let mut done = Vec::new();
         let mut answered = false;
         let mut handled = 0usize;
+        let mut junk_in_a_row = 0usize;
+        let floor = stamp_floor(self.host.policy().stamp_difficulty);
         'pages: for _ in 0..MAX_PAGES {
             let timestamp = unix_ms();
             let fetch = Fetch {
@@ -134,25 +154,41 @@ impl Client {
                 }
             };
             let mut received: Vec<(AccountKey, MessageId)> = Vec::new();
-            let (mut taken, mut junk) = (0usize, 0usize);
-            for env in &envelopes {
-                if handled >= MAX_ENVELOPES_PER_ROUND {
-                    self.send_receipts(received).await;
-                    break 'pages;
+            let mut forged = 0usize;
+            let mut stop = false;
+            for fetched in &envelopes {
+                if handled >= MAX_ENVELOPES_PER_ROUND
+                    || (pairwise && junk_in_a_row >= MAX_JUNK_IN_A_ROW)
+                {
+                    stop = true;
+                    break;
                 }
                 handled += 1;
-                let digest = envelope::digest(env);
+                let digest = envelope::digest(&fetched.envelope);
                 after = Some(digest);
+                if pairwise && !fetched.proof_holds(&address) {
+                    forged += 1;
+                    junk_in_a_row += 1;
+                    done.push(digest);
+                    continue;
+                }
+                if !pairwise && !fetched.stamp_holds(&address, floor) {
+                    done.push(digest);
+                    continue;
+                }
                 // Taken, seen before, not an envelope at all, or one that can never open:
                 // done with it (left at the host, junk would fill the dead drop until it
                 // expires). One that may open later (an earlier message of its session is
                 // still missing) or could not be stored stays, to be tried again.
-                let got = self.service.receive_detailed("a mailbox host", env).await;
+                let got = self
+                    .service
+                    .receive_detailed("a mailbox host", &fetched.envelope)
+                    .await;
                 match got.response {
-                    wire::Response::Accepted => taken += 1,
+                    wire::Response::Accepted | wire::Response::Duplicate => junk_in_a_row = 0,
                     wire::Response::Refused(
                         wire::Refusal::Malformed | wire::Refusal::Unopenable,
-                    ) => junk += 1,
+                    ) => junk_in_a_row += 1,
                     _ => {}
                 }
                 if matches!(
@@ -168,18 +204,22 @@ impl Client {
                 }
             }
             self.send_receipts(received).await;
-            if taken == 0 && junk > 0 {
-                tracing::debug!("a page of {junk} envelopes that do not open; next round");
-                if let (true, Target::Remote(peer, _)) = (pairwise, target) {
+            if forged > 0 {
+                tracing::debug!("a host served {forged} envelopes without a deposit proof");
+                if let Target::Remote(peer, _) = target {
                     self.service
                         .network()
                         .strike(
                             *peer,
-                            "served envelopes that do not open at a pairwise dead drop",
+                            "served envelopes nobody deposited at a pairwise dead drop",
                         )
                         .await;
                 }
-                break;
+                break 'pages;
+            }
+            if stop {
+                tracing::debug!("stopped fetching from a host: too much junk this round");
+                break 'pages;
             }
             if !more || envelopes.is_empty() {
                 break;
@@ -218,7 +258,9 @@ impl Client {
     /// `shutdown` turns true.
     pub async fn run_fetcher(self, mut shutdown: watch::Receiver<bool>) {
         let interval = Duration::from_millis(self.service.mailbox_config().fetch_interval_ms);
+        let mut last_round = tokio::time::Instant::now();
         loop {
+            last_round = tokio::time::Instant::now().max(last_round);
             match self.fetch_round().await {
                 Ok(n) if n > 0 => tracing::debug!("fetched {n} envelopes from mailboxes"),
                 Ok(_) => {}
@@ -227,8 +269,11 @@ impl Client {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.service.fetch_wake().notified() => {
-                    // Let a burst of new connections settle into one round.
-                    tokio::time::sleep(SETTLE).await;
+                    // Let a burst of new connections settle into one round, and let a peer
+                    // that connects again and again start a round at most every few seconds.
+                    let earliest = last_round + MIN_WOKEN_GAP.min(interval);
+                    tokio::time::sleep_until(earliest.max(tokio::time::Instant::now() + SETTLE))
+                        .await;
                 }
                 _ = shutdown.changed() => return,
             }

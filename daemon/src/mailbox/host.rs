@@ -14,7 +14,9 @@ use libp2p::PeerId;
 use serde::Serialize;
 use sotto_protocol::deaddrop::Address;
 use sotto_protocol::envelope;
-use sotto_protocol::mailbox::{self, Delete, Deposit, Fetch, Policy, Refusal, Request, Response};
+use sotto_protocol::mailbox::{
+    self, Delete, Deposit, Fetch, Fetched, Policy, Refusal, Request, Response,
+};
 use tokio::sync::Mutex;
 
 use crate::clock::unix_ms;
@@ -61,6 +63,10 @@ pub struct HostingStats {
     pub handed_over: u64,
 }
 
+/// What a fetched envelope costs in a page beyond its bytes, at most: length prefix,
+/// expiry, and authorisation.
+const FETCHED_OVERHEAD: usize = 160;
+
 /// Expired envelopes removed in one transaction, at most.
 pub const GC_CHUNK: usize = 512;
 
@@ -81,22 +87,12 @@ pub struct Host {
 /// transport has no address, or the address is loopback (a node on this machine, as the
 /// simulator's are).
 pub fn depositor(from: &PeerId, source: Option<IpAddr>) -> Vec<u8> {
-    let v4 = |ip: std::net::Ipv4Addr| {
-        let mut k = b"4".to_vec();
-        k.extend_from_slice(&ip.octets());
-        k
-    };
-    match source {
-        Some(IpAddr::V4(ip)) if !ip.is_loopback() => v4(ip),
-        Some(IpAddr::V6(ip)) if !ip.is_loopback() => match ip.to_ipv4_mapped() {
-            Some(mapped) if !mapped.is_loopback() => v4(mapped),
-            Some(_) => from.to_bytes(),
-            None => {
-                let mut k = b"6".to_vec();
-                k.extend_from_slice(&ip.octets()[..8]);
-                k
-            }
-        },
+    let key = source.map(crate::net::per_ip::address_key);
+    match key {
+        Some(IpAddr::V4(ip)) if !ip.is_loopback() => [&b"4"[..], &ip.octets()].concat(),
+        Some(IpAddr::V6(ip)) if source.is_some_and(|s| !s.is_loopback()) => {
+            [&b"6"[..], &ip.octets()[..8]].concat()
+        }
         _ => from.to_bytes(),
     }
 }
@@ -263,14 +259,19 @@ impl Host {
             if h.expires_at <= now {
                 return true;
             }
-            // Budget by encoded size: each envelope also costs its length prefix.
-            let cost = h.envelope.len() + 9;
+            // Budget by encoded size: each envelope also costs its length prefix, expiry
+            // and authorisation (a proof is ~100 bytes).
+            let cost = h.envelope.len() + FETCHED_OVERHEAD;
             if !envelopes.is_empty() && bytes + cost > self.policy.page_bytes {
                 more = true;
                 return false;
             }
             bytes += cost;
-            envelopes.push(h.envelope);
+            envelopes.push(Fetched {
+                envelope: h.envelope,
+                expires_at: h.deposit_expires_at,
+                auth: h.auth,
+            });
             true
         })?;
         Ok(Response::Envelopes { envelopes, more })
@@ -561,16 +562,16 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            envelopes.iter().map(|e| e[0]).collect::<Vec<_>>(),
+            envelopes.iter().map(|e| e.envelope[0]).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
 
         // Delete two, naming one twice.
         let key = s.drop_key(1);
         let ids = vec![
-            envelope::digest(&envelopes[0]),
-            envelope::digest(&envelopes[0]),
-            envelope::digest(&envelopes[2]),
+            envelope::digest(&envelopes[0].envelope),
+            envelope::digest(&envelopes[0].envelope),
+            envelope::digest(&envelopes[2].envelope),
         ];
         let now = unix_ms();
         let delete = Request::Delete(Delete {
@@ -671,7 +672,7 @@ mod tests {
                 panic!()
             };
             seen += envelopes.len();
-            after = envelopes.last().map(|e| envelope::digest(e));
+            after = envelopes.last().map(|e| envelope::digest(&e.envelope));
             if !more {
                 break;
             }

@@ -63,7 +63,15 @@ pub struct Guard {
     /// Peers that misbehaved in a way no rate limit sees (a host serving junk), with how
     /// often and since when (monotonic ms).
     strikes: HashMap<PeerId, (u32, u64)>,
+    /// Envelopes that did not open, per peer that sent them, with since when (monotonic
+    /// ms); and contacts' nodes that sent too many, demoted to strangers' limits until then.
+    junk: HashMap<PeerId, (u32, u64)>,
+    demoted: HashMap<PeerId, u64>,
 }
+
+/// Envelopes that do not open a contact's node may send within [`STRIKE_WINDOW`] before it
+/// is held to strangers' limits for as long.
+pub const CONTACT_JUNK: u32 = 32;
 
 /// Misdeeds a peer may commit within [`STRIKE_WINDOW`] before it is banned.
 pub const STRIKES_BEFORE_BAN: u32 = 3;
@@ -92,6 +100,8 @@ impl Guard {
             events: VecDeque::new(),
             contacts: HashSet::new(),
             strikes: HashMap::new(),
+            junk: HashMap::new(),
+            demoted: HashMap::new(),
         };
         for ban in bans {
             if let Some(peer) = ban.peer_id() {
@@ -118,7 +128,7 @@ impl Guard {
             ));
         }
         let kind = match kind {
-            Kind::Envelope if self.contacts.contains(&peer) => Kind::ContactEnvelope,
+            Kind::Envelope if self.is_contact(&peer) => Kind::ContactEnvelope,
             other => other,
         };
         let now = self.clock.ms();
@@ -128,7 +138,9 @@ impl Guard {
             _ => self.limiter.wait_ms(&peer, kind, now),
         };
         // A stranger's envelope also counts against its address's bucket.
-        if let (Verdict::Allow, Kind::Envelope, Some(ip)) = (verdict, kind, source) {
+        if let (Verdict::Allow, Kind::Envelope, Some(ip)) =
+            (verdict, kind, source.map(super::per_ip::address_key))
+        {
             if self.by_ip.check(&ip, Kind::Envelope, now) != Verdict::Allow {
                 wait_ms = self.by_ip.wait_ms(&ip, Kind::Envelope, now);
                 // A new identity sending on from an address that is over its limit is
@@ -184,9 +196,40 @@ impl Guard {
         self.contacts = peers.into_iter().take(MAX_CONTACT_PEERS).collect();
     }
 
-    /// Is `peer` the node of one of this user's contacts?
+    /// Is `peer` the node of one of this user's contacts (and not demoted for junk)?
     pub fn is_contact(&self, peer: &PeerId) -> bool {
         self.contacts.contains(peer)
+            && self
+                .demoted
+                .get(peer)
+                .is_none_or(|until| *until <= self.clock.ms())
+    }
+
+    /// `peer` sent an envelope that did not open. A contact's node gets the contacts' limit
+    /// because it is trusted to send what opens; one that sends [`CONTACT_JUNK`] that do
+    /// not within [`STRIKE_WINDOW`] is held to strangers' limits for as long.
+    pub fn junk_from(&mut self, peer: PeerId) {
+        if !self.contacts.contains(&peer) {
+            return;
+        }
+        let now = self.clock.ms();
+        let window = STRIKE_WINDOW.as_millis() as u64;
+        if !self.junk.contains_key(&peer) && self.junk.len() >= MAX_STRUCK {
+            self.junk.clear();
+        }
+        let entry = self.junk.entry(peer).or_insert((0, now));
+        if now.saturating_sub(entry.1) >= window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        if entry.0 >= CONTACT_JUNK {
+            self.junk.remove(&peer);
+            if self.demoted.len() >= MAX_STRUCK {
+                self.demoted.retain(|_, until| *until > now);
+            }
+            tracing::warn!("a contact's node, {peer}, keeps sending envelopes that do not open: held to strangers' limits for an hour");
+            self.demoted.insert(peer, now.saturating_add(window));
+        }
     }
 
     pub fn is_banned(&self, peer: &PeerId) -> bool {
@@ -417,6 +460,24 @@ mod tests {
         assert!(guard
             .admit(PeerId::random(), Some(ip), Kind::Deposit)
             .is_ok());
+    }
+
+    #[test]
+    fn a_contacts_node_that_sends_junk_is_held_to_strangers_limits() {
+        let mut guard = Guard::new(&Limits::default(), &[]);
+        let (contact, stranger) = (PeerId::random(), PeerId::random());
+        guard.set_contacts([contact]);
+        for _ in 0..CONTACT_JUNK - 1 {
+            guard.junk_from(contact);
+            guard.junk_from(stranger);
+        }
+        assert!(guard.is_contact(&contact));
+        guard.junk_from(contact);
+        assert!(!guard.is_contact(&contact), "demoted");
+        assert!(!guard.is_banned(&contact), "not banned");
+        // Demotion holds when the contacts are shared again.
+        guard.set_contacts([contact]);
+        assert!(!guard.is_contact(&contact));
     }
 
     #[test]

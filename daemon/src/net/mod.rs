@@ -113,6 +113,9 @@ pub(crate) enum Command {
         peer: PeerId,
         reason: &'static str,
     },
+    Junk {
+        peer: PeerId,
+    },
 }
 
 /// A cloneable handle on the swarm task.
@@ -164,6 +167,13 @@ impl Handle {
         map.get(peer)
             .filter(|until| **until > now)
             .map(|until| *until - now)
+    }
+
+    /// `peer` sent an envelope that did not open ([`Guard::junk_from`]).
+    pub async fn junk_from(&self, peer: PeerId) {
+        if self.tx.send(Command::Junk { peer }).await.is_err() {
+            tracing::debug!("the network task has stopped; junk from {peer} not counted");
+        }
     }
 
     /// Count a misdeed of `peer` towards a ban ([`Guard::strike`]).

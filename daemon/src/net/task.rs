@@ -196,6 +196,7 @@ impl Network {
                     self.start_waiting_lookups();
                 }
             }
+            Command::Junk { peer } => self.swarm.behaviour_mut().guard.junk_from(peer),
             Command::Strike { peer, reason } => {
                 self.swarm.behaviour_mut().guard.strike(peer, reason)
             }

@@ -131,7 +131,11 @@ impl Service {
         let mut batch = Batch::new();
         self.stage_account(&mut batch, account)?;
         batch.put_fallback_rotated_at(now_ms);
-        store.commit(batch).await?;
+        if let Err(e) = store.commit(batch).await {
+            // Not stored: the card must keep the key that is stored.
+            self.reload_account(account)?;
+            return Err(e.into());
+        }
         tracing::info!("replaced the fallback key printed in the card");
         Ok(true)
     }

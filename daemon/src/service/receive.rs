@@ -150,8 +150,11 @@ impl Service {
         }
         self.signal(Signal::Heard(sender.key)).await;
         if presence && !sender.contact.request {
-            // The contact's node may have moved.
-            self.share_contact_nodes().await?;
+            // The contact's node may have moved. (The message is stored: a failure here
+            // must not make its sender or host try again.)
+            if let Err(e) = self.share_contact_nodes().await {
+                tracing::warn!("cannot tell the network about contacts' nodes: {e}");
+            }
         }
         Ok(Received {
             response: Response::Accepted,

@@ -37,8 +37,9 @@ impl Service {
         if self.inner.store.outbox_len() >= MAX_OUTBOX {
             return Err(MessageError::OutboxFull { limit: MAX_OUTBOX });
         }
-        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)?;
         let guard = self.inner.account.lock().await;
+        // Taken under the lock: the order of `sent_at` is the order of the outbox.
+        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)?;
         let account = guard.as_ref().ok_or(MessageError::NoAccount)?;
         let (key, contact) = self.resolve(to)?;
         if self.inner.store.is_blocked(&key)? {
