@@ -280,8 +280,7 @@ impl Store {
     /// Apply `batch` atomically and flush it to disk.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.apply(&batch)?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Apply `batch` atomically without waiting for the disk.
@@ -361,9 +360,24 @@ impl Store {
         Ok(())
     }
 
+    /// Wait until everything applied so far is on disk.
+    ///
+    /// The flush runs on a blocking thread of tokio's, not with sled's `flush_async`: that
+    /// one blocks a thread of sled's own small pool until the log is stable, and with
+    /// enough flushes at once (many nodes in one process, as in the simulator) every
+    /// thread of that pool waits for a log write that needs one of them — a deadlock seen
+    /// in a test run, all threads parked.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(flushed) => {
+                flushed?;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Sled(sled::Error::ReportableBug(format!(
+                "the flush task failed: {e}"
+            )))),
+        }
     }
 }
 
