@@ -122,6 +122,69 @@ pub fn contact_block(ctx: &Context, name: &str, block: bool) -> anyhow::Result<(
     })
 }
 
+/// `sotto paths`
+pub fn paths(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("paths.status", json!({}), |p: Value| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        let mut lines = vec![
+            format!(
+                "Private paths: {}. Relaying for others: {}. Relays known: {}.",
+                if p["private"].as_bool().unwrap_or(false) {
+                    "on (mailbox work goes through guard, middle and exit relays)"
+                } else {
+                    "off (mailbox work goes from this node's own PeerId)"
+                },
+                if p["relay"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                n("relays_known"),
+            ),
+            format!(
+                "Requests through paths: {} sent, {} answered; {} paths failed, {} shorter than three relays; {} cells sent.",
+                n("requests"),
+                n("answered"),
+                n("path_failures"),
+                n("short_paths"),
+                n("cells_sent"),
+            ),
+            format!(
+                "As a relay: {} cells passed on, {} answered as exit, {} refused.",
+                n("relayed"),
+                n("exited"),
+                n("refused"),
+            ),
+        ];
+        let guards = p["guards"].as_array().cloned().unwrap_or_default();
+        if guards.is_empty() {
+            lines.push("No guard relay chosen yet.".to_owned());
+        } else {
+            lines.push("Guard relays, in the order they are used:".to_owned());
+            for g in guards {
+                let age_days = now.saturating_sub(g["added_ms"].as_u64().unwrap_or(now)) / 86_400_000;
+                let state = match (g["resting_until_ms"].as_u64(), g["failing_since_ms"].as_u64()) {
+                    (Some(until), _) => format!(
+                        "resting {} s after {} failures in a row",
+                        until.saturating_sub(now).div_ceil(1000),
+                        g["failures_in_a_row"].as_u64().unwrap_or(0)
+                    ),
+                    (None, Some(_)) => "failing".to_owned(),
+                    (None, None) => "working".to_owned(),
+                };
+                lines.push(format!(
+                    "  {}  {} days old  {}  {} paths this run",
+                    output::one_line(g["peer"].as_str().unwrap_or("?")),
+                    age_days,
+                    state,
+                    g["used"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        Ok(lines.join("\n"))
+    })
+}
+
 /// `sotto peers bans`
 pub fn peers_bans(ctx: &Context) -> anyhow::Result<()> {
     ctx.call_and_print("peers.bans", json!({}), |bans: Vec<Value>| {

@@ -114,6 +114,8 @@ enum Command {
     /// Peers this node banned for asking too much
     #[command(subcommand)]
     Peers(PeersCommand),
+    /// Private paths: guard relays, paths built and failed, cells relayed for others
+    Paths,
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -217,6 +219,7 @@ fn main() -> ExitCode {
             commands::requests_reject(&ctx, &name)
         }
         Command::Mailbox(MailboxCommand::Stats) => commands::mailbox_stats(&ctx),
+        Command::Paths => commands::paths(&ctx),
         Command::Completions { shell } => commands::completions(shell, Cli::command()),
     };
     match result {

@@ -68,6 +68,9 @@ pub struct Mailbox {
     pub mailbox_only: bool,
     /// Print this node's PeerId and addresses in the contact card.
     pub publish_address: bool,
+    /// Do this node's own mailbox work (lookups, deposits, fetches, deletes) through
+    /// private paths, so that no host sees its PeerId.
+    pub private_paths: bool,
     /// The limits this node applies as a host (TTL, quotas, proof-of-work difficulty).
     pub policy: sotto_protocol::mailbox::Policy,
 }
@@ -81,6 +84,7 @@ impl Default for Mailbox {
             replicas: 3,
             mailbox_only: false,
             publish_address: false,
+            private_paths: true,
             policy: sotto_protocol::mailbox::Policy::default(),
         }
     }
@@ -100,6 +104,9 @@ pub struct File {
     pub replicas: Option<usize>,
     pub mailbox_only: Option<bool>,
     pub publish_address: Option<bool>,
+    pub private_paths: Option<bool>,
+    pub relay: Option<bool>,
+    pub rate_onion: Option<u32>,
     pub stamp_difficulty: Option<u8>,
     pub mailbox_ttl_secs: Option<u64>,
     pub rate_envelope: Option<u32>,

@@ -43,6 +43,9 @@ pub struct Limits {
     pub fetch: Rate,
     /// Kademlia requests (find node, providers, records) this node answers.
     pub dht: Rate,
+    /// Onion cells (`/sotto/onion/1`) this node relays for a peer: the hop before it on
+    /// someone's private path.
+    pub onion: Rate,
     /// Kademlia lookups this node starts itself: kept below its peers' `dht` limit (a
     /// lookup asks each peer at most once), so that an honest node never trips it.
     pub own_lookups: Rate,
@@ -59,6 +62,9 @@ pub struct Limits {
     pub max_pending: u32,
     /// Established incoming connections from one IP address (see [`crate::net::per_ip`]).
     pub max_connections_per_ip: u32,
+    /// Relay onion cells for others (`--no-relay` turns it off: the node then only sends
+    /// its own).
+    pub relay: bool,
     /// Peers whose buckets are kept; beyond that, the longest idle are forgotten (a
     /// forgotten peer starts again with full buckets, which only helps honest peers).
     pub max_tracked_peers: usize,
@@ -91,6 +97,10 @@ impl Default for Limits {
                 per_minute: 1_200,
                 burst: 1_200,
             },
+            onion: Rate {
+                per_minute: 12_000,
+                burst: 3_000,
+            },
             own_lookups: Rate {
                 per_minute: 1_000,
                 burst: 1_000,
@@ -103,6 +113,7 @@ impl Default for Limits {
             max_pending: 128,
             max_connections_per_ip: 32,
             max_tracked_peers: 10_000,
+            relay: true,
         }
     }
 }
@@ -118,6 +129,7 @@ impl Limits {
             deposit: Rate::per_minute(1_000_000),
             fetch: Rate::per_minute(1_000_000),
             dht: Rate::per_minute(1_000_000),
+            onion: Rate::per_minute(1_000_000),
             own_lookups: Rate::per_minute(1_000_000),
             ..Limits::default()
         }
@@ -133,15 +145,18 @@ pub enum Kind {
     Dht,
     /// An envelope from a contact's node.
     ContactEnvelope,
+    /// An onion cell to relay.
+    Onion,
 }
 
 /// Every kind, in the order of their buckets.
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Envelope,
     Kind::Deposit,
     Kind::Fetch,
     Kind::Dht,
     Kind::ContactEnvelope,
+    Kind::Onion,
 ];
 
 /// A token bucket: `rate` tokens a minute, at most `burst` at once.
@@ -213,7 +228,7 @@ impl Pacer {
 
 #[derive(Clone, Debug)]
 struct PeerState {
-    buckets: [Bucket; 5],
+    buckets: [Bucket; 6],
     /// Refusals in the current window, and when the window started.
     refused: u32,
     window_start_ms: u64,
@@ -257,6 +272,7 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> Limiter<K> {
             Kind::Fetch => self.limits.fetch,
             Kind::Dht => self.limits.dht,
             Kind::ContactEnvelope => self.limits.contact_envelope,
+            Kind::Onion => self.limits.onion,
         }
     }
 

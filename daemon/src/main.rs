@@ -44,6 +44,16 @@ struct Args {
     /// addresses: everything goes through mailboxes
     #[arg(long, env = "SOTTO_MAILBOX_ONLY")]
     mailbox_only: bool,
+    /// Do this node's own mailbox work from its own PeerId instead of through private paths
+    /// (faster; every mailbox host then sees whose dead drops these are)
+    #[arg(long, env = "SOTTO_NO_PRIVATE_PATHS")]
+    no_private_paths: bool,
+    /// Do not relay onion cells of others' private paths (this node still uses paths)
+    #[arg(long, env = "SOTTO_NO_RELAY")]
+    no_relay: bool,
+    /// Onion cells a minute one peer may send this node to relay [default: 12000]
+    #[arg(long, env = "SOTTO_RATE_ONION", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_onion: Option<u32>,
     /// Seconds a dead-drop address lasts [default: 86400]
     #[arg(long, env = "SOTTO_EPOCH_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     epoch_secs: Option<u64>,
@@ -164,6 +174,7 @@ impl Args {
         }
         mailbox.mailbox_only = self.mailbox_only || file.mailbox_only.unwrap_or(false);
         mailbox.publish_address = self.publish_address || file.publish_address.unwrap_or(false);
+        mailbox.private_paths = !self.no_private_paths && file.private_paths.unwrap_or(true);
         Ok(Config {
             data_dir,
             socket,
@@ -211,6 +222,13 @@ impl Args {
         if let Some(r) = positive("rate_dht", self.rate_dht.or(file.rate_dht))? {
             limits.dht = Rate::per_minute(r);
         }
+        if let Some(r) = positive("rate_onion", self.rate_onion.or(file.rate_onion))? {
+            limits.onion = Rate {
+                per_minute: r,
+                burst: r.min(limits.onion.burst).max(1),
+            };
+        }
+        limits.relay = !self.no_relay && file.relay.unwrap_or(true);
         if let Some(n) = positive("ban_after", self.ban_after.or(file.ban_after))? {
             limits.ban_after = n;
         }

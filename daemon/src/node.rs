@@ -19,6 +19,7 @@ use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::mailbox::{self, Host};
 use crate::net::{self, Network};
+use crate::paths::{self, Paths, RelayNode};
 use crate::service::Service;
 use crate::store::{Batch, Store};
 use crate::{delivery, rpc};
@@ -78,6 +79,20 @@ fn transport_key(store: &Store, seed: Option<u64>) -> anyhow::Result<Keypair> {
     Ok(key)
 }
 
+/// The node's onion key: its transport (identity) key in X25519 form.
+fn relay_key(key: &Keypair) -> anyhow::Result<sotto_protocol::onion::RelayKey> {
+    let ed25519 = key
+        .clone()
+        .try_into_ed25519()
+        .context("the transport key is not Ed25519")?;
+    let seed: [u8; 32] = ed25519
+        .secret()
+        .as_ref()
+        .try_into()
+        .context("an Ed25519 secret key is 32 bytes")?;
+    Ok(sotto_protocol::onion::RelayKey::from_ed25519_seed(&seed))
+}
+
 async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     let parent = path
         .parent()
@@ -125,6 +140,7 @@ impl Node {
         }
         let store = Store::open(&config.data_dir.join("store")).context("cannot open the store")?;
         let key = transport_key(&store, config.harness.seed)?;
+        let relay_key = relay_key(&key)?;
         let listener = bind_socket(&config.socket).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -149,15 +165,27 @@ impl Node {
             config.harness.seed,
         )?;
         service.share_contact_nodes().await?;
+        let counters = Arc::new(paths::Counters::default());
+        let private_paths = Paths::new(
+            handle.clone(),
+            store.clone(),
+            counters.clone(),
+            config.limits.relay,
+        )?;
         let host = Arc::new(
             Host::new(store, config.mailbox.policy.clone(), &handle.peer_id())
                 .with_observer(config.harness.observer.clone()),
         );
-        let client = mailbox::Client::new(service.clone(), host.clone());
+        let mut client = mailbox::Client::new(service.clone(), host.clone());
+        if config.mailbox.private_paths {
+            client = client.with_paths(private_paths.clone());
+        }
+        let relay = RelayNode::new(relay_key, handle.clone(), client.as_exit(), counters);
         let host_for_node = host.clone();
         let net::Receivers {
             mut envelopes,
             mailbox: mut requests,
+            mut onion,
             connected,
             mut bans,
         } = receivers;
@@ -184,6 +212,11 @@ impl Node {
                     .handle(&inbound.peer, inbound.source, inbound.request)
                     .await;
                 let _ = inbound.reply.send(answer);
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            while let Some(inbound) = onion.recv().await {
+                relay.serve(inbound);
             }
         }));
         let s = service.clone();
@@ -214,6 +247,7 @@ impl Node {
             listener,
             service.clone(),
             host,
+            (private_paths, config.mailbox.private_paths),
             shutdown_rx,
         )));
         Ok(Node {

@@ -1,9 +1,9 @@
-//! A hostile mailbox host: a raw libp2p peer that is one of the hosts of bob's dead drops
+//! A hostile mailbox host: a raw libp2p peer that is one of the hosts of every dead drop
 //! and answers every fetch with a page of junk envelopes that carry no deposit proof,
-//! always saying there is more. Bob takes at most a page of it per dead drop per round,
-//! opens none of it (no deposit proof from the pair at his pairwise dead drops, no stamp at
-//! his intro dead drop), and bans the host after three such pages at dead drops only he and
-//! his contact can deposit at.
+//! always saying there is more. A fetcher takes at most a page of it per pairwise dead drop
+//! per round, opens none of it (no deposit proof from the pair at pairwise dead drops, no
+//! stamp at intro dead drops), and bans the host after three such pages at dead drops only
+//! the pair can deposit at.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,7 +21,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId};
 use rand::RngCore;
 use serde_json::json;
-use sotto_daemon::net::{build_swarm, BehaviourEvent, Frame};
+use sotto_daemon::net::{BehaviourEvent, Frame};
 use sotto_protocol::deaddrop::Address;
 use sotto_protocol::mailbox::{DepositAuth, Fetched, Refusal, Request, Response};
 
@@ -41,7 +41,19 @@ fn hostile_host(stop: Arc<AtomicBool>, fetches: Fetches) -> Multiaddr {
         rt.block_on(async move {
             let key = libp2p::identity::Keypair::generate_ed25519();
             let me = key.public().to_peer_id();
-            let mut swarm = build_swarm(key, Default::default()).unwrap();
+            // A host, not a relay: it answers no onion cells (so it is never on a path).
+            let limits = sotto_daemon::limits::Limits {
+                relay: false,
+                ..Default::default()
+            };
+            let mut swarm = sotto_daemon::net::build_swarm_with(
+                key,
+                Default::default(),
+                &Default::default(),
+                &limits,
+                &[],
+            )
+            .unwrap();
             swarm
                 .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap();
@@ -148,14 +160,20 @@ fn a_host_serving_junk_costs_a_page_a_round_and_is_banned() {
     alice.send("bob", "hello bob");
     bob.wait_for("alice", "hello bob", "received");
 
-    // Bob fetches every second: his intro dead drop and his pairwise ones with alice.
-    let banned = wait_until(Duration::from_secs(60), "bob to ban the junk host", || {
-        let bans = bob.call("peers.bans", json!({}));
-        bans.as_array()
+    // Alice and bob fetch every second: each an intro dead drop and pairwise ones. Their
+    // mailbox work goes through private paths, and each is the other's only relay, so each
+    // is the other's exit: mallory sees their fetches come from the other's PeerId. Whoever
+    // sees mallory's junk three times at a pairwise dead drop bans it.
+    let ban_of = |d: &Daemon| {
+        d.call("peers.bans", json!({}))
+            .as_array()
             .unwrap()
             .iter()
             .find(|b| b["peer"] == mallory_id.to_string())
             .cloned()
+    };
+    let banned = wait_until(Duration::from_secs(60), "a ban of the junk host", || {
+        ban_of(&alice).or_else(|| ban_of(&bob))
     });
     assert!(
         banned["reason"]
@@ -164,38 +182,32 @@ fn a_host_serving_junk_costs_a_page_a_round_and_is_banned() {
             .contains("nobody deposited"),
         "{banned}"
     );
-    let bob_id: PeerId = bob.call("node.status", json!({}))["peer_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let (pairwise, intro) = fetches
-        .lock()
-        .unwrap()
-        .get(&bob_id)
-        .copied()
-        .unwrap_or_default();
-    // Each round: one page per pairwise dead drop (two of them), none of it opened: a strike
-    // each, the third bans. At the intro dead drop, at most 1,000 envelopes a round (ten
-    // pages), none with a stamp: none opened either. Without the caps a round took 64
-    // pages of each dead drop and opened every envelope.
-    println!(
-        "the junk host served bob {pairwise} pages at pairwise dead drops and {intro} at his \
-         intro dead drop ({} envelopes, none opened) before the ban",
-        (pairwise + intro) * PAGE as u64
-    );
-    assert!((3..=6).contains(&pairwise), "{pairwise} pairwise pages");
-    assert!(intro <= 10 * pairwise, "{intro} intro pages");
-    // Banned: bob asks it nothing more.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
+    let served = || {
         fetches
             .lock()
             .unwrap()
-            .get(&bob_id)
-            .copied()
-            .unwrap_or_default(),
-        (pairwise, intro)
+            .values()
+            .fold((0, 0), |(p, i), (dp, di)| (p + dp, i + di))
+    };
+    let (pairwise, intro) = served();
+    // Each round: one page per pairwise dead drop, none of it opened: a strike each, the
+    // third bans. At the intro dead drop, at most 64 pages a round (an exit cuts each to
+    // one cell, a few envelopes), none with a stamp: none opened either. Without the caps a
+    // round took 64 pages of 100 envelopes of each dead drop and opened every envelope.
+    println!(
+        "the junk host served alice and bob (through their exits) {pairwise} pages at \
+         pairwise dead drops and {intro} at intro dead drops, none opened, before the ban"
+    );
+    assert!((3..=12).contains(&pairwise), "{pairwise} pairwise pages");
+    assert!(intro <= 64 * pairwise, "{intro} intro pages");
+    // Whoever banned it asks it nothing more; the other, whose exit it is, bans it too by
+    // its third page of junk at a pairwise dead drop (intro junk is no strike: anyone with
+    // a stamp may deposit there, so fetches of intro dead drops may go on).
+    std::thread::sleep(Duration::from_secs(3));
+    let (pairwise_after, _) = served();
+    assert!(
+        pairwise_after <= pairwise + 3,
+        "{pairwise_after} pairwise pages after the ban"
     );
     // And bob still hears from alice.
     alice.send("bob", "still here");

@@ -352,7 +352,8 @@ fn mailbox_only_nodes_never_use_the_direct_path() {
             "{}: no direct envelope received",
             d.name
         );
-        assert!(traffic["mailbox_out"].as_u64().unwrap() > 0);
+        // Their mailbox work went through private paths.
+        assert!(traffic["onion_out"].as_u64().unwrap() > 0, "{traffic}");
     }
 }
 
@@ -895,7 +896,11 @@ fn first_contact_gets_through_an_intro_drop_filled_with_junk() {
     use sotto_protocol::deaddrop::Address;
     use sotto_protocol::mailbox::{Deposit, DepositAuth, Request, Response};
 
-    let mut net = Net::new(1, &[]);
+    // The nodes fetch from their own PeerIds: this is about what a fetcher does with junk.
+    // (Through private paths, in a network this small, clearing the 4,000 junk envelopes
+    // took 90 s and more: each page is one cell through three relays, and the two exits
+    // there are share each host's fetch rate limit. See docs/robustness.md.)
+    let mut net = Net::new(1, &["--no-private-paths"]);
     let bob_card = net.bob.card();
     let bob_id: libp2p::PeerId = net.bob.call("node.status", json!({}))["peer_id"]
         .as_str()
@@ -1010,6 +1015,11 @@ fn first_contact_gets_through_an_intro_drop_filled_with_junk() {
 
     // Bob comes back: his fetch deletes the junk, and alice's message arrives.
     net.bob.restart();
+    let started = std::time::Instant::now();
     net.bob
         .wait_for("request-alice", "hello from a stranger", "received");
+    println!(
+        "the first contact arrived {:.1} s after bob came back",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -164,6 +164,7 @@ fn build_peers(
             config.mailbox.fetch_interval_ms = mb.fetch_interval_ms;
             config.mailbox.replicas = mb.replicas;
             config.mailbox.mailbox_only = mb.mailbox_only;
+            config.mailbox.private_paths = mb.private_paths;
             config.mailbox.publish_address = !mb.mailbox_only;
             config.mailbox.policy.stamp_difficulty = mb.stamp_difficulty;
             config.mailbox.policy.ttl_ms = (mb.ttl_s * 1000.0) as u64;

@@ -110,6 +110,9 @@ pub struct Mailbox {
     pub stamp_difficulty: u8,
     /// How long hosts keep envelopes, seconds.
     pub ttl_s: f64,
+    /// Nodes do their mailbox work through private paths (guard, middle, exit), as daemons
+    /// do by default; `false`: from their own PeerIds.
+    pub private_paths: bool,
 }
 
 impl Default for Mailbox {
@@ -121,6 +124,7 @@ impl Default for Mailbox {
             mailbox_only: false,
             stamp_difficulty: 8,
             ttl_s: 3_600.0,
+            private_paths: true,
         }
     }
 }

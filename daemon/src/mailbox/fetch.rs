@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use sotto_protocol::content::MessageId;
 use sotto_protocol::deaddrop::{Address, DropKey};
 use sotto_protocol::envelope;
@@ -32,6 +34,8 @@ pub const MAX_ENVELOPES_PER_ROUND: usize = 1_000;
 pub const MAX_JUNK_IN_A_ROW: usize = 32;
 /// The least time between two fetch rounds that new connections woke.
 const MIN_WOKEN_GAP: Duration = Duration::from_secs(5);
+/// Dead drops fetched at once in a round.
+const DROPS_AT_ONCE: usize = 4;
 /// How long a burst of new connections may settle before the fetch they woke.
 const SETTLE: Duration = Duration::from_millis(200);
 
@@ -79,19 +83,32 @@ impl Client {
     /// and delete it at the host. Returns how many envelopes were taken.
     pub async fn fetch_round(&self) -> Result<usize, Error> {
         let started = unix_ms();
-        let mut taken = 0;
-        let mut complete = true;
-        for (address, key, pairwise) in self.own_drops().await? {
-            let mut reached = false;
-            for target in self.hosts_for(&address).await {
+        // Dead drops a few at a time, and each from all its hosts at once: through private
+        // paths every page is a round trip through three relays, and a round that waited
+        // for each in turn would take as many round trips as pages.
+        let drops = self.own_drops().await?;
+        let results: Vec<(usize, bool)> = futures::stream::iter(drops)
+            .map(|(address, key, pairwise)| async move {
+                let targets = self.hosts_for(&address).await;
+                let fetched = futures::future::join_all(
+                    targets
+                        .iter()
+                        .map(|target| self.fetch_from(target, &address, &key, pairwise)),
+                )
+                .await;
+                let taken: usize = fetched.iter().map(|(n, _)| n).sum();
                 // This node alone is no proof that the dead drop was looked at.
-                let remote = matches!(target, Target::Remote(..));
-                let (n, ok) = self.fetch_from(&target, &address, &key, pairwise).await;
-                taken += n;
-                reached |= ok && remote;
-            }
-            complete &= reached;
-        }
+                let reached = targets
+                    .iter()
+                    .zip(&fetched)
+                    .any(|(t, (_, ok))| *ok && matches!(t, Target::Remote(..)));
+                (taken, reached)
+            })
+            .buffer_unordered(DROPS_AT_ONCE)
+            .collect()
+            .await;
+        let taken: usize = results.iter().map(|(n, _)| n).sum();
+        let complete = results.iter().all(|(_, reached)| *reached);
         if !complete {
             // Some dead drop was out of reach: look at the same epochs again next time.
             return Ok(taken);

@@ -112,7 +112,7 @@ impl Client {
         let me = self.me();
         let mut moved = 0;
         for address in known.due(self.host.addresses()?) {
-            let targets = self.hosts_for(&address).await;
+            let targets = self.hosts_direct(&address).await;
             let ids: Vec<Vec<u8>> = targets.iter().map(|t| t.id_bytes(&me)).collect();
             let still_host = targets.iter().any(|t| matches!(t, Target::Local));
             tracing::debug!(
@@ -139,8 +139,16 @@ impl Client {
                 };
                 let mut placed = false;
                 for target in targets.iter().filter(|t| matches!(t, Target::Remote(..))) {
-                    if let Ok(Response::Stored | Response::AlreadyStored) =
-                        self.ask(target, Request::Deposit(deposit.clone())).await
+                    if let Target::Remote(peer, _) = target {
+                        tracing::debug!(
+                            target: "sotto_daemon::requests",
+                            "handover of {} to {peer}",
+                            address_hex(&address)
+                        );
+                    }
+                    if let Ok(Response::Stored | Response::AlreadyStored) = self
+                        .ask_direct(target, Request::Deposit(deposit.clone()))
+                        .await
                     {
                         placed = true;
                     }

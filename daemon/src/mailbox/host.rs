@@ -132,6 +132,16 @@ impl Host {
         request: Request,
     ) -> Response {
         let from_bytes = from.to_bytes();
+        let (kind, address) = match &request {
+            Request::Deposit(d) => ("deposit", &d.address),
+            Request::Fetch(f) => ("fetch", &f.address),
+            Request::Delete(d) => ("delete", &d.address),
+        };
+        tracing::debug!(
+            target: "sotto_daemon::requests",
+            "mailbox {kind} at {} from {from}",
+            super::address_hex(address)
+        );
         let seen = self.observer.as_ref().map(|_| observed(&request));
         let result = match request {
             Request::Deposit(d) => self.deposit(&depositor(from, source), d).await,

@@ -5,6 +5,12 @@
 //!
 //! A dead drop's hosts are the `replicas` nodes closest to its address in Kademlia's XOR
 //! metric, this node included when it is among them (it then hosts the envelope itself).
+//!
+//! This node's own mailbox work — the lookups of its dead drops' and its contacts' dead
+//! drops' hosts, its deposits, fetches and deletes — goes through private paths
+//! ([`crate::paths`]) unless they are turned off: an exit does it, and no host sees this
+//! node's PeerId. What a host does as a host (handover to closer hosts) goes directly, and
+//! so does the work this node does as an exit for others ([`exit`]).
 
 use std::sync::Arc;
 
@@ -12,11 +18,13 @@ use libp2p::{Multiaddr, PeerId};
 use sotto_protocol::deaddrop::Address;
 use sotto_protocol::mailbox::{Request, Response};
 
-use crate::net::{self, closer};
+use crate::net::{self, closer, PeerAddrs};
+use crate::paths::{PathError, Paths};
 use crate::service::{MessageError, Service};
 use crate::store::StoreError;
 
 pub mod deposit;
+pub mod exit;
 pub mod fetch;
 pub mod handover;
 pub mod host;
@@ -46,6 +54,8 @@ impl Target {
 pub enum Error {
     #[error("the host did not answer: {0}")]
     Network(#[from] net::SendError),
+    #[error("through a private path: {0}")]
+    Path(#[from] PathError),
     #[error("no proof-of-work stamp found at difficulty {difficulty}")]
     NoStamp { difficulty: u8 },
     #[error("the stamp search stopped: {0}")]
@@ -64,11 +74,27 @@ pub enum Error {
 pub struct Client {
     service: Service,
     host: Arc<Host>,
+    /// Private paths for this node's own mailbox work; `None`: it goes directly.
+    paths: Option<Paths>,
 }
 
 impl Client {
     pub fn new(service: Service, host: Arc<Host>) -> Self {
-        Client { service, host }
+        Client {
+            service,
+            host,
+            paths: None,
+        }
+    }
+
+    /// This node's own mailbox work goes through `paths`.
+    pub fn with_paths(mut self, paths: Paths) -> Self {
+        self.paths = Some(paths);
+        self
+    }
+
+    pub fn paths(&self) -> Option<&Paths> {
+        self.paths.as_ref()
     }
 
     pub fn service(&self) -> &Service {
@@ -83,30 +109,99 @@ impl Client {
         self.service.network().peer_id()
     }
 
-    /// The hosts of `address`, closest first.
+    /// The hosts of `address`, closest first, for this node's own mailbox work: found by an
+    /// exit when private paths are on (none if no path worked: the caller tries again
+    /// later), else by this node's own lookup.
     pub async fn hosts_for(&self, address: &Address) -> Vec<Target> {
-        let net = self.service.network();
-        let me = net.peer_id();
-        let peers = net.closest_peers(&address.0).await.unwrap_or_default();
+        let Some(paths) = &self.paths else {
+            return self.hosts_direct(address).await;
+        };
+        match paths.hosts(address).await {
+            Ok(peers) => {
+                // A host this node banned (it served junk, say) is asked nothing, not even
+                // through an exit.
+                let store = self.service.store();
+                let peers = peers
+                    .into_iter()
+                    .filter(|(peer, _)| !store.is_banned(&peer.to_bytes()).unwrap_or(false))
+                    .collect();
+                self.placed(address, peers, true)
+            }
+            Err(PathError::NoRelays) => {
+                // No peer relays (a network of this node alone, or not joined yet): none
+                // can host either, but this node's own host.
+                if self
+                    .service
+                    .network()
+                    .relays()
+                    .await
+                    .is_ok_and(|r| r.is_empty())
+                {
+                    self.placed(address, Vec::new(), false)
+                } else {
+                    Vec::new()
+                }
+            }
+            Err(e) => {
+                tracing::debug!("cannot look up the hosts of {}: {e}", address_hex(address));
+                Vec::new()
+            }
+        }
+    }
+
+    /// The hosts of `address`, closest first, by this node's own Kademlia lookup (for its
+    /// work as a host and as an exit).
+    pub async fn hosts_direct(&self, address: &Address) -> Vec<Target> {
+        let peers = self
+            .service
+            .network()
+            .closest_peers(&address.0)
+            .await
+            .unwrap_or_default();
+        self.placed(address, peers, false)
+    }
+
+    /// `peers` (closest first) as targets, this node in its place among them, cut to the
+    /// replica count. `named`: this node may be among `peers` itself (an exit named it).
+    fn placed(&self, address: &Address, peers: Vec<PeerAddrs>, named: bool) -> Vec<Target> {
+        let me = self.me();
         let mut out = Vec::new();
         let mut placed = false;
         for (peer, addrs) in peers {
-            if !placed && closer(&address.0, &me, &peer) {
+            if peer == me {
+                if named && !placed {
+                    out.push(Target::Local);
+                    placed = true;
+                }
+                continue;
+            }
+            if !placed && !named && closer(&address.0, &me, &peer) {
                 out.push(Target::Local);
                 placed = true;
             }
             out.push(Target::Remote(peer, addrs));
         }
-        if !placed {
+        if !placed && !named {
             out.push(Target::Local);
         }
         out.truncate(self.service.mailbox_config().replicas.max(1));
         out
     }
 
-    /// Send `request` to `target`. (A remote host that asked this node to slow down gets
-    /// nothing for a while: the network handle answers for it.)
+    /// Send `request` to `target` for this node's own mailbox work: through a private path
+    /// when they are on.
     pub async fn ask(&self, target: &Target, request: Request) -> Result<Response, Error> {
+        match (target, &self.paths) {
+            (Target::Remote(peer, addrs), Some(paths)) => {
+                Ok(paths.mailbox(*peer, addrs, request).await?)
+            }
+            _ => self.ask_direct(target, request).await,
+        }
+    }
+
+    /// Send `request` to `target` from this node's own PeerId. (A remote host that asked
+    /// this node to slow down gets nothing for a while: the network handle answers for it.)
+    pub async fn ask_direct(&self, target: &Target, request: Request) -> Result<Response, Error> {
         match target {
             Target::Local => Ok(self.host.handle(&self.me(), None, request).await),
             Target::Remote(peer, addrs) => Ok(self

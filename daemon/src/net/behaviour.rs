@@ -8,7 +8,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, identify, kad, ping, StreamProtocol};
 
-use super::codec::{Codec, FrameCodec, MailboxCodec, Protocol};
+use super::codec::{Codec, FrameCodec, MailboxCodec, OnionCodec, Protocol};
 use super::dht;
 use super::guard::Guard;
 use super::per_ip::PerIp;
@@ -35,13 +35,23 @@ pub struct Behaviour {
     pub kad: dht::Guarded,
     pub envelope: request_response::Behaviour<Codec>,
     pub mailbox: request_response::Behaviour<MailboxCodec>,
+    /// Onion cells of private paths; a node that does not relay only sends them.
+    pub onion: request_response::Behaviour<OnionCodec>,
 }
 
 /// A request-response behaviour for the protocol `P`.
 fn exchange<P: Protocol>(traffic: Arc<Traffic>) -> request_response::Behaviour<FrameCodec<P>> {
+    exchange_with(traffic, ProtocolSupport::Full)
+}
+
+/// … that takes requests only if `support` says so (identify then names the protocol).
+fn exchange_with<P: Protocol>(
+    traffic: Arc<Traffic>,
+    support: ProtocolSupport,
+) -> request_response::Behaviour<FrameCodec<P>> {
     request_response::Behaviour::with_codec(
         FrameCodec::new(traffic),
-        [(StreamProtocol::new(P::ID), ProtocolSupport::Full)],
+        [(StreamProtocol::new(P::ID), support)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_STREAMS),
@@ -88,7 +98,15 @@ impl Behaviour {
             ping: ping::Behaviour::default(),
             kad: dht::Guarded::new(kad, limits, traffic.clone()),
             envelope: exchange(traffic.clone()),
-            mailbox: exchange(traffic),
+            mailbox: exchange(traffic.clone()),
+            onion: exchange_with(
+                traffic,
+                if limits.relay {
+                    ProtocolSupport::Full
+                } else {
+                    ProtocolSupport::Outbound
+                },
+            ),
         }
     }
 }

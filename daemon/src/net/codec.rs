@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
-use sotto_protocol::mailbox;
 use sotto_protocol::wire::{self, Refusal, Response};
+use sotto_protocol::{mailbox, onion};
 
 use super::traffic::{count, Traffic};
 use crate::limits::Kind;
@@ -170,6 +170,56 @@ impl Protocol for Mailbox {
     }
 }
 
+/// `/sotto/onion/1`: one onion cell to relay, one [`onion::Answer`]: the reply cell, or a
+/// refusal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Onion;
+
+impl Protocol for Onion {
+    type Request = onion::Cell;
+    type Answer = onion::Answer;
+    const ID: &'static str = onion::PROTOCOL;
+    const MAX_REQUEST: usize = onion::FRAME_BYTES;
+    const MAX_ANSWER: usize = onion::MAX_ANSWER_BYTES;
+    fn read_request(bytes: Vec<u8>) -> Result<onion::Cell, onion::Answer> {
+        onion::Cell::from_bytes(&bytes).map_err(|e| {
+            tracing::debug!("malformed onion cell: {e}");
+            onion::Answer::Refused(onion::Refusal::Malformed)
+        })
+    }
+    fn kind(_: Option<&onion::Cell>) -> Kind {
+        Kind::Onion
+    }
+    fn refusal(why: Why) -> onion::Answer {
+        onion::Answer::Refused(match why {
+            Why::TooLarge => onion::Refusal::Malformed,
+            Why::RateLimited { retry_after } => {
+                onion::Refusal::SlowDown(u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX))
+            }
+            Why::Busy => onion::Refusal::Busy,
+            Why::Internal => onion::Refusal::Internal,
+        })
+    }
+    fn slow_down(answer: &onion::Answer) -> Option<Duration> {
+        match answer {
+            onion::Answer::Refused(onion::Refusal::SlowDown(ms)) => {
+                Some(Duration::from_millis(u64::from(*ms)).min(MAX_SLOW_DOWN))
+            }
+            onion::Answer::Refused(onion::Refusal::Busy) => Some(BUSY_FOR),
+            _ => None,
+        }
+    }
+    fn encode(answer: &onion::Answer) -> io::Result<Vec<u8>> {
+        Ok(answer.to_bytes())
+    }
+    fn decode(bytes: &[u8]) -> io::Result<onion::Answer> {
+        onion::Answer::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn counters(t: &Traffic) -> (&AtomicU64, &AtomicU64) {
+        (&t.onion_in, &t.onion_out)
+    }
+}
+
 /// The framing of one of sotto's protocols.
 #[derive(Debug)]
 pub struct FrameCodec<P> {
@@ -202,6 +252,8 @@ impl<P> Default for FrameCodec<P> {
 pub type Codec = FrameCodec<Envelopes>;
 /// The codec of `/sotto/mailbox/1`.
 pub type MailboxCodec = FrameCodec<Mailbox>;
+/// The codec of `/sotto/onion/1`.
+pub type OnionCodec = FrameCodec<Onion>;
 
 async fn read_header<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
     let mut len = [0u8; 4];

@@ -5,7 +5,8 @@
 //! to the sender on the same stream.
 //!
 //! The stack: TCP and QUIC, Noise, yamux, identify, ping, Kademlia, and sotto's
-//! request-response protocols `/sotto/envelope/1` and `/sotto/mailbox/1`, each a
+//! request-response protocols `/sotto/envelope/1`, `/sotto/mailbox/1` and
+//! `/sotto/onion/1`, each a
 //! [`codec::Protocol`] on one framing. Every request from a peer passes the [`Guard`]
 //! (rate limits and bans) first.
 //!
@@ -26,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p::{kad, Multiaddr, PeerId};
-use sotto_protocol::mailbox;
 use sotto_protocol::wire::Response;
+use sotto_protocol::{mailbox, onion};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -42,7 +43,7 @@ pub mod traffic;
 pub mod transport;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
-pub use codec::{Codec, Envelopes, Frame, Mailbox, MailboxCodec, Protocol};
+pub use codec::{Codec, Envelopes, Frame, Mailbox, MailboxCodec, Onion, Protocol};
 pub use exchange::{Inbound, Inbox};
 pub use guard::{BanEvent, Guard};
 pub use task::Network;
@@ -60,6 +61,15 @@ const MAX_THROTTLED: usize = 4_096;
 
 /// A peer and the addresses it is known at.
 pub type PeerAddrs = (PeerId, Vec<Multiaddr>);
+
+/// A relay this node heard of: where it is, and whether a connection to it is open now
+/// (the best sign that it is still there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relay {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub connected: bool,
+}
 
 /// What the network looks like right now.
 #[derive(Clone, Debug)]
@@ -94,6 +104,15 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
         request: Frame,
         reply: exchange::Reply<Mailbox>,
+    },
+    Onion {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Frame,
+        reply: exchange::Reply<Onion>,
+    },
+    Relays {
+        reply: oneshot::Sender<Vec<Relay>>,
     },
     Closest {
         key: Vec<u8>,
@@ -274,6 +293,29 @@ impl Handle {
         .await
     }
 
+    /// Send an onion cell to `peer` (the first relay of a path, or the next hop of one this
+    /// node relays) and wait for its answer.
+    pub async fn onion(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        cell: &onion::Cell,
+    ) -> Result<onion::Answer, SendError> {
+        let request = Frame::Bytes(cell.to_bytes());
+        self.request::<Onion>(peer, |reply| Command::Onion {
+            peer,
+            addrs,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Peers known to relay onion cells (they said so in identify), with their addresses.
+    pub async fn relays(&self) -> Result<Vec<Relay>, SendError> {
+        self.ask(|reply| Command::Relays { reply }).await
+    }
+
     /// The peers closest to `key` that a Kademlia lookup finds (not this node), closest
     /// first.
     pub async fn closest_peers(&self, key: &[u8]) -> Result<Vec<PeerAddrs>, SendError> {
@@ -300,6 +342,8 @@ pub struct Receivers {
     pub envelopes: Inbox<Envelopes>,
     /// Mailbox requests that arrived.
     pub mailbox: Inbox<Mailbox>,
+    /// Onion cells that arrived, to relay.
+    pub onion: Inbox<Onion>,
     /// Peers a new connection was made with (dropped when the queue is full).
     pub connected: mpsc::Receiver<PeerId>,
     /// Bans made and run out, to be recorded.

@@ -13,7 +13,7 @@ use libp2p::{identify, kad, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::codec::{Envelopes, Mailbox};
+use super::codec::{Envelopes, Mailbox, Onion, Protocol as _};
 use super::exchange::Exchange;
 use super::guard::BanEvent;
 use super::per_ip::ip_of;
@@ -31,6 +31,10 @@ use crate::store::Ban;
 /// Lookups waiting for the node's own lookup pace, at most; beyond that a lookup finds no
 /// peers at once (its caller tries again next round).
 pub const WAITING_LOOKUPS: usize = 1_024;
+/// Relays remembered, at most (beyond, the one heard of longest ago is forgotten).
+pub const MAX_RELAYS: usize = 1_024;
+/// Addresses remembered per relay, at most.
+const ADDRS_PER_RELAY: usize = 4;
 /// How often bans that ran out are lifted.
 const BAN_TICK: Duration = Duration::from_secs(5);
 
@@ -43,6 +47,11 @@ pub struct Network {
     commands: mpsc::Receiver<Command>,
     envelopes: Exchange<Envelopes>,
     mailbox: Exchange<Mailbox>,
+    onion: Exchange<Onion>,
+    /// Peers that said (in identify) that they relay onion cells: their addresses, when
+    /// this node last heard so (by a counter), and whether a connection to them is open.
+    relays: HashMap<PeerId, (Vec<Multiaddr>, u64, bool)>,
+    relays_heard: u64,
     connected: mpsc::Sender<PeerId>,
     ban_events: mpsc::Sender<BanEvent>,
     traffic: Arc<Traffic>,
@@ -99,6 +108,7 @@ impl Network {
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (envelopes, envelopes_rx) = Exchange::new(INBOUND_QUEUE);
         let (mailbox, mailbox_rx) = Exchange::new(INBOUND_QUEUE);
+        let (onion, onion_rx) = Exchange::new(INBOUND_QUEUE);
         let (connected, connected_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ban_events, bans_rx) = mpsc::channel(COMMAND_QUEUE);
         let network = Network {
@@ -106,6 +116,9 @@ impl Network {
             commands,
             envelopes,
             mailbox,
+            onion,
+            relays: HashMap::new(),
+            relays_heard: 0,
             connected,
             ban_events,
             traffic: traffic.clone(),
@@ -126,6 +139,7 @@ impl Network {
         let receivers = Receivers {
             envelopes: envelopes_rx,
             mailbox: mailbox_rx,
+            onion: onion_rx,
             connected: connected_rx,
             bans: bans_rx,
         };
@@ -158,6 +172,11 @@ impl Network {
                         tracing::debug!("a peer went away before its mailbox answer was sent");
                     }
                 }
+                Some((channel, answer)) = self.onion.next_answer() => {
+                    if self.swarm.behaviour_mut().onion.send_response(channel, answer).is_err() {
+                        tracing::debug!("a peer went away before its onion answer was sent");
+                    }
+                }
             }
         }
         for id in self.listeners.drain(..) {
@@ -186,6 +205,27 @@ impl Network {
                 let b = self.swarm.behaviour_mut();
                 self.mailbox
                     .send(&mut b.mailbox, peer, addrs, request, reply);
+            }
+            Command::Onion {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let b = self.swarm.behaviour_mut();
+                self.onion.send(&mut b.onion, peer, addrs, request, reply);
+            }
+            Command::Relays { reply } => {
+                let _ = reply.send(
+                    self.relays
+                        .iter()
+                        .map(|(peer, (addrs, _, connected))| super::Relay {
+                            peer: *peer,
+                            addrs: addrs.clone(),
+                            connected: *connected,
+                        })
+                        .collect(),
+                );
             }
             Command::Closest { key, reply } => {
                 if self.waiting_lookups.len() >= WAITING_LOOKUPS {
@@ -236,9 +276,22 @@ impl Network {
                 if num_established.get() == 1 {
                     let _ = self.connected.try_send(peer_id);
                 }
+                if let Some(relay) = self.relays.get_mut(&peer_id) {
+                    relay.2 = true;
+                }
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                num_established,
+                ..
+            } => {
                 self.sources.remove(&connection_id);
+                if num_established == 0 {
+                    if let Some(relay) = self.relays.get_mut(&peer_id) {
+                        relay.2 = false;
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 let b = self.swarm.behaviour_mut();
@@ -250,6 +303,11 @@ impl Network {
                 self.mailbox
                     .on_event(event, &mut b.guard, &mut b.mailbox, &self.sources);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Onion(event)) => {
+                let b = self.swarm.behaviour_mut();
+                self.onion
+                    .on_event(event, &mut b.guard, &mut b.onion, &self.sources);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Guard(event)) => self.handle_ban(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_dht_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -257,9 +315,23 @@ impl Network {
                 info,
                 ..
             })) => {
+                let relays = info.protocols.iter().any(|p| p.as_ref() == Onion::ID);
+                if relays {
+                    self.heard_relay(peer_id, &info.listen_addrs);
+                } else {
+                    self.relays.remove(&peer_id);
+                }
                 for addr in info.listen_addrs.into_iter().take(16) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => {
+                // A relay this node cannot reach is no relay to build paths through, until
+                // it is heard from again.
+                self.relays.remove(&peer);
             }
             SwarmEvent::IncomingConnectionError {
                 error,
@@ -270,6 +342,26 @@ impl Network {
             }
             _ => {}
         }
+    }
+
+    /// `peer` relays, at `addrs`; remember it (forgetting the one heard of longest ago when
+    /// the list is full).
+    fn heard_relay(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        self.relays_heard += 1;
+        if !self.relays.contains_key(&peer) && self.relays.len() >= MAX_RELAYS {
+            if let Some(oldest) = self
+                .relays
+                .iter()
+                .min_by_key(|(_, (_, heard, _))| *heard)
+                .map(|(p, _)| *p)
+            {
+                self.relays.remove(&oldest);
+            }
+        }
+        let addrs = addrs.iter().take(ADDRS_PER_RELAY).cloned().collect();
+        let connected = self.swarm.is_connected(&peer);
+        self.relays
+            .insert(peer, (addrs, self.relays_heard, connected));
     }
 
     /// Pass a ban made or lifted on to be recorded, in the order they happened.

@@ -13,6 +13,9 @@ pub struct Traffic {
     pub envelope_out: AtomicU64,
     pub mailbox_in: AtomicU64,
     pub mailbox_out: AtomicU64,
+    /// Onion cells relayed, sent and answered (requests and replies, both ways).
+    pub onion_in: AtomicU64,
+    pub onion_out: AtomicU64,
     /// Kademlia closest-peer lookups this node finished, and how many requests they sent
     /// and how many of those were answered, in all.
     pub lookups: AtomicU64,
@@ -37,6 +40,8 @@ pub struct TrafficView {
     pub envelope_out: u64,
     pub mailbox_in: u64,
     pub mailbox_out: u64,
+    pub onion_in: u64,
+    pub onion_out: u64,
     pub lookups: u64,
     pub lookup_requests: u64,
     pub lookup_successes: u64,
@@ -64,6 +69,8 @@ impl Traffic {
             envelope_out: get(&self.envelope_out),
             mailbox_in: get(&self.mailbox_in),
             mailbox_out: get(&self.mailbox_out),
+            onion_in: get(&self.onion_in),
+            onion_out: get(&self.onion_out),
             lookups: get(&self.lookups),
             lookup_requests: get(&self.lookup_requests),
             lookup_successes: get(&self.lookup_successes),

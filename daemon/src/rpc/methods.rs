@@ -113,7 +113,15 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &Value) -> Resul
     match method {
         "account.create" => to_value(service.create_account(str_param(params, "name")?).await),
         "account.get" => to_value(service.account().await),
-        "node.status" => to_value(service.status().await),
+        "node.status" => {
+            let mut status = to_value(service.status().await)?;
+            if let Some(object) = status.as_object_mut() {
+                let paths = node.paths.view(node.private).await;
+                object.insert("paths".into(), to_value::<_, RpcError>(Ok(paths))?);
+            }
+            Ok(status)
+        }
+        "paths.status" => to_value::<_, RpcError>(Ok(node.paths.view(node.private).await)),
         "contact.add" => to_value(
             service
                 .add_contact(str_param(params, "card")?, opt_str_param(params, "name")?)

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::events::cursor_of;
 use crate::mailbox::Host;
+use crate::paths::Paths;
 use crate::service::Service;
 
 mod methods;
@@ -35,11 +36,15 @@ pub const BAD_CARD: i64 = -32004;
 pub const NAME_TAKEN: i64 = -32005;
 pub const OWN_CARD: i64 = -32006;
 
-/// What the control server serves: the service, and the mailbox host (for its figures).
+/// What the control server serves: the service, the mailbox host and the private paths
+/// (for their figures).
 #[derive(Clone)]
 struct Node {
     service: Service,
     host: Arc<Host>,
+    paths: Paths,
+    /// Whether this node's own mailbox work takes private paths.
+    private: bool,
 }
 
 /// An error answer.
@@ -63,9 +68,15 @@ pub async fn serve(
     listener: UnixListener,
     service: Service,
     host: Arc<Host>,
+    (paths, private): (Paths, bool),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let node = Node { service, host };
+    let node = Node {
+        service,
+        host,
+        paths,
+        private,
+    };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {

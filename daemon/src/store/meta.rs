@@ -1,14 +1,14 @@
 //! What the node keeps about itself: its transport key, the key its pickles are encrypted
 //! with, the account snapshot, when it last fetched its dead drops completely, and the bans
-//! it made.
+//! it made, and its guard relays.
 
 use sotto_protocol::chat::Snapshot;
 
 use super::schema::{
-    Tree, META_ACCOUNT, META_FALLBACK_ROTATED_AT, META_LAST_FETCH_EPOCH, META_PICKLE_KEY,
-    META_TRANSPORT_KEY,
+    Tree, META_ACCOUNT, META_FALLBACK_ROTATED_AT, META_GUARDS, META_LAST_FETCH_EPOCH,
+    META_PICKLE_KEY, META_TRANSPORT_KEY,
 };
-use super::{be_u64, Ban, Batch, Store, StoreError};
+use super::{be_u64, Ban, Batch, GuardRecord, Store, StoreError};
 
 impl Store {
     /// The libp2p key, in its protobuf encoding.
@@ -46,6 +46,13 @@ impl Store {
         Ok(self
             .get_raw(Tree::Meta, META_FALLBACK_ROTATED_AT)?
             .and_then(|v| be_u64(&v)))
+    }
+
+    /// The node's guard relays, in the order it prefers them.
+    pub fn guards(&self) -> Result<Vec<GuardRecord>, StoreError> {
+        Ok(self
+            .get::<Vec<GuardRecord>>(Tree::Meta, META_GUARDS, "guards")?
+            .unwrap_or_default())
     }
 
     pub fn is_banned(&self, peer: &[u8]) -> Result<bool, StoreError> {
@@ -96,6 +103,10 @@ impl Batch {
 
     pub fn put_last_fetch_epoch(&mut self, epoch: u64) {
         self.put_raw(Tree::Meta, META_LAST_FETCH_EPOCH, epoch.to_be_bytes());
+    }
+
+    pub fn put_guards(&mut self, guards: &[GuardRecord]) -> Result<(), StoreError> {
+        self.put(Tree::Meta, META_GUARDS, &guards.to_vec())
     }
 
     pub fn put_ban(&mut self, ban: &Ban) -> Result<(), StoreError> {

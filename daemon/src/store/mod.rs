@@ -30,8 +30,8 @@ mod records;
 mod schema;
 
 pub use records::{
-    Ban, Contact, Direction, HostStats, Hosted, InboxSecret, Message, OutboxEntry, Route, Seq,
-    State, Usage,
+    Ban, Contact, Direction, GuardRecord, HostStats, Hosted, InboxSecret, Message, OutboxEntry,
+    Route, Seq, State, Usage,
 };
 use schema::{Tree, TREES};
 
@@ -105,6 +105,17 @@ pub struct Store {
     /// Records counted once at open and kept up to date by every commit (sled's own count
     /// walks a whole tree).
     counts: Arc<Counts>,
+    /// Group commit: one flush at a time, shared by everyone waiting.
+    flushes: Arc<Flushes>,
+}
+
+/// Flushes asked for, and the last one known to be on disk.
+#[derive(Default)]
+struct Flushes {
+    /// Bumped by each caller of [`Store::flush`] after its writes were applied.
+    asked: std::sync::atomic::AtomicU64,
+    /// Under the lock: every ask up to this number is on disk.
+    done: tokio::sync::Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -133,6 +144,7 @@ impl Store {
             db,
             trees,
             counts: Arc::default(),
+            flushes: Arc::default(),
         };
         store.check_schema()?;
         store
@@ -362,16 +374,28 @@ impl Store {
 
     /// Wait until everything applied so far is on disk.
     ///
-    /// The flush runs on a blocking thread of tokio's, not with sled's `flush_async`: that
-    /// one blocks a thread of sled's own small pool until the log is stable, and with
-    /// enough flushes at once (many nodes in one process, as in the simulator) every
-    /// thread of that pool waits for a log write that needs one of them — a deadlock seen
-    /// in a test run, all threads parked.
+    /// One flush at a time per store (group commit): a caller that finds one under way
+    /// waits for it, then for the next one unless someone else's already covered its
+    /// writes; so a burst of commits costs a few flushes, not one each. The flush runs on a
+    /// blocking thread of tokio's, not with sled's `flush_async`: that one blocks a thread
+    /// of sled's own small pool until the log is stable, and with enough flushes at once
+    /// (many nodes in one process, as in the simulator) every thread of that pool waited for
+    /// a log write that needed one of them — a deadlock seen in a test run.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.flushes.asked.fetch_add(1, SeqCst) + 1;
+        let mut done = self.flushes.done.lock().await;
+        if *done >= mine {
+            return Ok(());
+        }
+        // Everyone who asked by now applied their writes before asking: this flush covers
+        // them all.
+        let covers = self.flushes.asked.load(SeqCst);
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(flushed) => {
                 flushed?;
+                *done = covers;
                 Ok(())
             }
             Err(e) => Err(StoreError::Sled(sled::Error::ReportableBug(format!(

@@ -243,3 +243,18 @@ impl Ban {
         PeerId::from_bytes(&self.peer).ok()
     }
 }
+
+/// One of the node's guard relays (the first hop of its private paths), as the store keeps
+/// them, in the order the node prefers them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardRecord {
+    /// PeerId bytes.
+    pub peer: Vec<u8>,
+    /// Binary multiaddrs it was last heard at (at most 4).
+    pub addrs: Vec<Vec<u8>>,
+    pub added_ms: u64,
+    /// When the node stops using it, however well it does (its rotation).
+    pub retire_ms: u64,
+    /// Since when every attempt to use it failed, if the last one did.
+    pub failing_since_ms: Option<u64>,
+}

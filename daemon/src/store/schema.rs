@@ -80,6 +80,9 @@ pub(super) const META_LAST_FETCH_EPOCH: &[u8] = b"last_fetch_epoch";
 /// When the fallback key was last replaced (ms, big-endian).
 pub(super) const META_FALLBACK_ROTATED_AT: &[u8] = b"fallback_rotated_at";
 
+/// The node's guard relays ([`super::GuardRecord`]s, in order).
+pub(super) const META_GUARDS: &[u8] = b"guards";
+
 /// `a ‖ b`.
 pub(super) fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len());

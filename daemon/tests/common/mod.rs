@@ -40,6 +40,9 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Print the node's address in its card (`--publish-address`).
     pub publish: bool,
+    /// Where its log goes, and the log filter (`SOTTO_LOG`); `None`: standard error, as
+    /// `SOTTO_TEST_LOG` says.
+    pub log: Option<(PathBuf, String)>,
     child: Option<Child>,
 }
 
@@ -79,10 +82,41 @@ impl Daemon {
             socket: root.join(format!("{name}.sock")),
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
             child: None,
         };
         d.restart();
         d
+    }
+
+    /// As [`Daemon::start_node`], its log (filtered by `filter`) appended to `<name>.log`
+    /// under `root`.
+    pub fn start_logged(
+        root: &std::path::Path,
+        name: &str,
+        extra: &[&str],
+        filter: &str,
+    ) -> Daemon {
+        let mut d = Daemon {
+            publish: false,
+            name: name.to_owned(),
+            data_dir: root.join(name),
+            socket: root.join(format!("{name}.sock")),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: Some((root.join(format!("{name}.log")), filter.to_owned())),
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    /// What the node logged so far (with [`Daemon::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|(path, _)| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
     }
 
     pub fn command(&self) -> Command {
@@ -105,6 +139,14 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some((path, filter)) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            cmd.env("SOTTO_LOG", filter).stderr(file);
+        }
         cmd
     }
 
