@@ -240,3 +240,67 @@ fn a_node_whose_guards_die_picks_new_ones_and_still_delivers() {
     assert!(!working.is_empty(), "a new guard carries her paths: {p}");
     assert!(p["path_failures"].as_u64().unwrap() > 0, "{p}");
 }
+
+/// How long a message takes to reach mailbox hosts (`message.send` until `on_hosts`), for
+/// mailbox-only nodes, through private paths and from the node's own PeerId: 100 messages
+/// each, in a network of eight. A measurement (docs/benchmarks.md), run by hand:
+/// `cargo test --release -p sotto-daemon --test private_paths -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_deposit_latency_through_paths() {
+    for (label, extra) in [
+        ("private paths", &[][..]),
+        ("direct", &["--no-private-paths"][..]),
+    ] {
+        let root = root();
+        let hub = Daemon::start_node(root.path(), "hub", false, extra);
+        let join = |name: &str, more: &[&str]| {
+            let mut args: Vec<&str> = extra.to_vec();
+            args.extend_from_slice(more);
+            Daemon::join(root.path(), name, &hub, &args)
+        };
+        let _relays: Vec<Daemon> = (1..6).map(|i| join(&format!("relay{i}"), &[])).collect();
+        let alice = join("alice", &["--mailbox-only"]);
+        let bob = join("bob", &["--mailbox-only"]);
+        alice.init();
+        bob.init();
+        alice.add(&bob);
+        bob.add(&alice);
+        alice.send("bob", "warm-up");
+        bob.wait_for("alice", "warm-up", "received");
+        let mut samples = Vec::new();
+        for i in 0..100 {
+            let text = format!("{label} {i}");
+            let started = std::time::Instant::now();
+            alice.send("bob", &text);
+            // Polled every millisecond (wait_until's 50 ms would be the resolution).
+            loop {
+                let placed = alice
+                    .messages("bob")
+                    .iter()
+                    .any(|m| m["text"] == text && m["state"] != "queued");
+                if placed {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{text} not on hosts"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            samples.push(started.elapsed());
+        }
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        println!(
+            "{label}: send to on_hosts p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms ({} messages)",
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.9).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            samples.len()
+        );
+        if label == "private paths" {
+            println!("alice: {}", paths(&alice));
+        }
+    }
+}
