@@ -60,11 +60,13 @@ enum Change {
 }
 
 /// Run the outbox worker until `shutdown` turns true: `signals` come from the service,
-/// `connected` names peers this node just connected to.
+/// `connected` names peers this node just connected to. A fetch round is woken when the
+/// node was without connections (it is back) or a contact's node connects; not by every
+/// connection (relays and hosts connect all the time, and each round costs paths).
 pub async fn run(
     mailbox: mailbox::Client,
     mut signals: mpsc::Receiver<Signal>,
-    mut connected: mpsc::Receiver<PeerId>,
+    mut connected: mpsc::Receiver<crate::net::Connected>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let service = mailbox.service().clone();
@@ -105,9 +107,12 @@ pub async fn run(
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(wait) => {}
             Some(signal) = signals.recv() => worker.on_signal(signal),
-            Some(peer) = connected.recv() => {
-                worker.service.fetch_wake().notify_one();
-                if let Some(key) = worker.by_peer.get(&peer).copied() {
+            Some(c) = connected.recv() => {
+                let contact = worker.by_peer.get(&c.peer).copied();
+                if c.was_alone || contact.is_some() {
+                    worker.service.fetch_wake().notify_one();
+                }
+                if let Some(key) = contact {
                     worker.queue.heard(&key, unix_ms());
                 }
             }

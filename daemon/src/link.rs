@@ -81,11 +81,62 @@ pub struct HostEvent {
     pub action: HostAction,
 }
 
-/// Sees every mailbox request a node answers. Called on the host's request path; it must
-/// return quickly.
+/// What a relay did with one onion cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayStep {
+    /// Passed it on to the next hop (PeerId bytes).
+    Forward { next: Vec<u8> },
+    /// Was its exit and had this request done (`None`: one part of a request in parts,
+    /// not complete yet).
+    Exit { request: Option<ExitSeen> },
+}
+
+/// What an exit reads in the request that came out of a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitSeen {
+    /// A lookup of the hosts of `address`.
+    Hosts { address: [u8; 32] },
+    /// A mailbox request for `host` (PeerId bytes) at `address`.
+    Mailbox {
+        host: Vec<u8>,
+        kind: MailboxKind,
+        address: [u8; 32],
+    },
+}
+
+/// The kind of a mailbox request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailboxKind {
+    Deposit,
+    Fetch,
+    Delete,
+}
+
+/// One onion cell a node took as a relay: who handed it over, the relay's place on the path
+/// (which it reads off the cell's layer), and what it did with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayEvent {
+    /// Milliseconds since the Unix epoch, by the relay's clock, when the cell was peeled.
+    pub at_ms: u64,
+    /// The PeerId bytes of the relay and of the hop before it.
+    pub relay: Vec<u8>,
+    pub prev: Vec<u8>,
+    /// 0 for the first relay of a path.
+    pub hop: Option<usize>,
+    pub step: RelayStep,
+}
+
+/// Sees every mailbox request a node answers and every onion cell it relays. Called on the
+/// request path; it must return quickly.
 pub trait Observer: Send + Sync {
     fn host_event(&self, event: HostEvent);
+    fn relay_event(&self, _event: RelayEvent) {}
 }
+
+/// A fault injected into a relay: called with each cell (its wire form) this node passes on
+/// to a next hop, after its layer is peeled; it may change the bytes (a test's hostile
+/// relay flips a bit). Never set for a real node.
+pub type Tamper = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
 
 /// The simulator's settings for one node.
 #[derive(Clone, Default)]
@@ -93,6 +144,7 @@ pub struct Harness {
     pub transport: Transport,
     pub link: LinkModel,
     pub observer: Option<Arc<dyn Observer>>,
+    pub tamper: Option<Tamper>,
     /// Draw the node's libp2p key, its account keys and its per-contact inbox secrets from
     /// a generator seeded with this, so that a simulation's PeerIds and dead-drop
     /// addresses are the same on every run. Never set for a real node.
@@ -105,6 +157,7 @@ impl fmt::Debug for Harness {
             .field("transport", &self.transport)
             .field("link", &self.link)
             .field("observer", &self.observer.is_some())
+            .field("tamper", &self.tamper.is_some())
             .field("seed", &self.seed)
             .finish()
     }

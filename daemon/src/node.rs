@@ -180,7 +180,9 @@ impl Node {
         if config.mailbox.private_paths {
             client = client.with_paths(private_paths.clone());
         }
-        let relay = RelayNode::new(relay_key, handle.clone(), client.as_exit(), counters);
+        let relay = RelayNode::new(relay_key, handle.clone(), client.as_exit(), counters)
+            .with_observer(config.harness.observer.clone())
+            .with_tamper(config.harness.tamper.clone());
         let host_for_node = host.clone();
         let net::Receivers {
             mut envelopes,

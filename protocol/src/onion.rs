@@ -222,6 +222,13 @@ impl Cell {
         &self.body[..self.len]
     }
 
+    /// The place on its path of the relay that receives this cell (0 = the first), which
+    /// that relay reads off the size of its layer (see the module documentation); `None`
+    /// for a cell no sender builds.
+    pub fn hop_index(&self) -> Option<usize> {
+        (0..MAX_HOPS).find(|&i| layer_len(i) == self.len)
+    }
+
     /// The cell as it goes on the wire: always [`FRAME_BYTES`].
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FRAME_BYTES);
@@ -677,6 +684,18 @@ mod tests {
             let replies = answer_back(&layers, b"stored");
             let last = replies.last().unwrap();
             assert_eq!(open_reply(&pending, last).unwrap(), b"stored");
+        }
+    }
+
+    #[test]
+    fn a_relay_reads_its_place_on_the_path_off_its_layer() {
+        for hops in 1..=MAX_HOPS {
+            let (net, mut rng) = net(hops, 11);
+            let (cell, _) = build(&net.path, b"x", NOW, &mut rng).unwrap();
+            let (cells, _, _) = carry(&net, cell, &mut rng);
+            let places: Vec<Option<usize>> = cells.iter().map(Cell::hop_index).collect();
+            let expected: Vec<Option<usize>> = (0..hops).map(Some).collect();
+            assert_eq!(places, expected, "{hops} hops");
         }
     }
 

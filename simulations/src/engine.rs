@@ -183,6 +183,7 @@ fn build_peers(
                     seed: node_seed(seed ^ 0x6c69_6e6b, i),
                 },
                 observer: Some(observer),
+                tamper: None,
                 seed: Some(node_seed(seed, i)),
             };
         })?;
@@ -448,6 +449,7 @@ impl World<'_> {
             v
         };
         let observations = self.recorder.take(&peer_ids);
+        let relay_observations = self.recorder.take_relays(&peer_ids);
         let (_, peak, _) = process_memory();
         timing.peak_rss_kib = peak;
         timing.wall_ms = now_ms() - self.start_ms;
@@ -465,6 +467,7 @@ impl World<'_> {
             skipped: traffic.skipped,
             send_errors: traffic.send_errors,
             observations,
+            relay_observations,
             observations_dropped: self.recorder.dropped(),
             samples,
             spam,

@@ -48,6 +48,11 @@ enum Command {
         /// Use this many nodes instead of the scenario's `network.nodes`.
         #[arg(long)]
         nodes: Option<usize>,
+        /// Every node does its own mailbox work from its own PeerId, whatever the
+        /// scenario's `mailbox.private_paths` says (the "before" of a privacy or latency
+        /// measurement).
+        #[arg(long)]
+        no_private_paths: bool,
     },
 }
 
@@ -67,7 +72,17 @@ async fn main() -> ExitCode {
             out,
             seed,
             nodes,
-        } => match run(&scenario, json, out.as_deref(), seed, nodes).await {
+            no_private_paths,
+        } => match run(
+            &scenario,
+            json,
+            out.as_deref(),
+            seed,
+            nodes,
+            no_private_paths,
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sotto-sim: {e:#}");
@@ -104,9 +119,13 @@ async fn run(
     out: Option<&std::path::Path>,
     seed: Option<u64>,
     nodes: Option<usize>,
+    no_private_paths: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut scenario = sotto_sim::scenario::Scenario::load(path)?;
+    if no_private_paths {
+        scenario.mailbox.private_paths = false;
+    }
     if let Some(n) = nodes {
         scenario.network.nodes = n;
         scenario

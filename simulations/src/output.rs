@@ -140,17 +140,21 @@ fn timeseries_csv(run: &Run) -> String {
 
 fn privacy_csv(summary: &Summary) -> String {
     let mut s = String::from(
-        "f,colluders,observations,conversations,linkage,linkage_by_address,guesses,precision,span_mean,span_max,span_share,anonymity_mean,f_squared,one_drop\n",
+        "f,colluders,observations,relay_observations,conversations,strategy,linkage,chance,linkage_hosts,precision_hosts,linkage_relays,precision_relays,linkage_timing,precision_timing,linkage_by_address,guesses,precision,span_mean,span_max,span_share,anonymity_mean,messages_to_disclosure,f_squared,one_drop\n",
     );
     for p in &summary.privacy {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.4},{:.4},{},{:.4},{:.3},{},{:.4},{:.2},{:.4},{:.4}",
+            "{},{},{},{},{},{},{:.4},{:.4},{},{:.4},{},{:.4},{:.3},{},{:.4},{:.2},{},{:.4},{:.4}",
             p.fraction,
             p.colluders,
             p.observations,
+            p.relay_observations,
             p.conversations,
+            p.strategy,
             p.linkage,
+            p.chance,
+            strategies_csv(p),
             p.linkage_by_address,
             p.guesses,
             p.precision,
@@ -158,11 +162,38 @@ fn privacy_csv(summary: &Summary) -> String {
             p.span_max,
             p.span_share,
             p.anonymity_mean,
+            p.messages_to_disclosure
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_default(),
             p.f_squared,
             p.one_drop
         );
     }
     s
+}
+
+/// Each strategy's linkage and precision, as CSV fields (hosts, relays, timing).
+fn strategies_csv(p: &crate::privacy::Figures) -> String {
+    ["hosts", "relays", "timing"]
+        .iter()
+        .map(|name| {
+            p.strategies
+                .iter()
+                .find(|s| s.name == *name)
+                .map(|s| format!("{:.4},{:.4}", s.linkage, s.precision))
+                .unwrap_or_else(|| ",".into())
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Each strategy's linkage and precision, for the report.
+fn strategies_md(p: &crate::privacy::Figures) -> String {
+    p.strategies
+        .iter()
+        .map(|s| format!("{:.3} ({:.3})", s.linkage, s.precision))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 type Series = (String, Vec<(f64, f64)>, RGBColor);
@@ -371,12 +402,22 @@ pub fn report(s: &Summary) -> String {
     let _ = writeln!(r, "# sotto-sim: {}\n", s.scenario);
     let _ = writeln!(
         r,
-        "- seed: {}\n- code: sotto-sim {}\n- nodes: {}, conversations: {} ({} ready before traffic)\n- duration: {} s of traffic, {} s drain; wall time {:.1} s, peak RSS {:.0} MiB\n",
+        "- seed: {}\n- code: sotto-sim {}\n- nodes: {}, conversations: {} ({} ready before traffic)\n- mailbox: {}; private paths {}\n- duration: {} s of traffic, {} s drain; wall time {:.1} s, peak RSS {:.0} MiB\n",
         s.seed,
         s.code_version,
         s.nodes,
         s.conversations,
         s.conversations_ready,
+        if s.settings.mailbox.mailbox_only {
+            "every message through dead drops (mailbox-only)"
+        } else {
+            "direct to online contacts, dead drops for offline ones"
+        },
+        if s.settings.mailbox.private_paths {
+            "on"
+        } else {
+            "off"
+        },
         s.settings.duration_s,
         s.settings.drain_s,
         s.timing.wall_ms as f64 / 1000.0,
@@ -454,28 +495,34 @@ pub fn report(s: &Summary) -> String {
     if s.observations_dropped > 0 {
         let _ = writeln!(
             r,
-            "\n**The recorder was full: {} host events were not kept, so the privacy figures \
+            "\n**The recorder was full: {} host and relay events were not kept, so the privacy figures \
              below are computed on part of what the colluders saw (they understate linkage).**",
             s.observations_dropped
         );
     }
     let _ = writeln!(
         r,
-        "\n## Privacy against colluding hosts\n\n| f | colluders | linkage | by dead drop | precision | span mean / max (epochs) | span share | anonymity set | f² | 1−(1−f)^k |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n## Privacy against colluding peers (hosts and relays)\n\nThe figures of the strategy whose linkage is furthest above chance (what naming as many pairs at random would link); each strategy's linkage (precision) beside them.\n\n| f | colluders | best | linkage | chance | hosts / relays / timing: linkage (precision) | by dead drop | precision | span mean / max (epochs) | span share | anonymity set | messages to disclosure (median) | f² | 1−(1−f)^k |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for p in &s.privacy {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.2} / {} | {:.3} | {:.1} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.2} / {} | {:.3} | {:.1} | {} | {:.3} | {:.3} |",
             p.fraction,
             p.colluders,
+            p.strategy,
             p.linkage,
+            p.chance,
+            strategies_md(p),
             p.linkage_by_address,
             p.precision,
             p.span_mean,
             p.span_max,
             p.span_share,
             p.anonymity_mean,
+            p.messages_to_disclosure
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_else(|| "–".into()),
             p.f_squared,
             p.one_drop
         );

@@ -37,6 +37,9 @@ pub struct Totals {
     pub envelope_out: u64,
     pub mailbox_in: u64,
     pub mailbox_out: u64,
+    /// Onion cells sent and relayed (requests and replies).
+    pub onion_in: u64,
+    pub onion_out: u64,
     pub lookups: u64,
     pub lookup_requests: u64,
     pub lookup_successes: u64,
@@ -50,6 +53,8 @@ impl Totals {
             envelope_out: get(&t.envelope_out),
             mailbox_in: get(&t.mailbox_in),
             mailbox_out: get(&t.mailbox_out),
+            onion_in: get(&t.onion_in),
+            onion_out: get(&t.onion_out),
             lookups: get(&t.lookups),
             lookup_requests: get(&t.lookup_requests),
             lookup_successes: get(&t.lookup_successes),
@@ -61,14 +66,17 @@ impl Totals {
         self.envelope_out += o.envelope_out;
         self.mailbox_in += o.mailbox_in;
         self.mailbox_out += o.mailbox_out;
+        self.onion_in += o.onion_in;
+        self.onion_out += o.onion_out;
         self.lookups += o.lookups;
         self.lookup_requests += o.lookup_requests;
         self.lookup_successes += o.lookup_successes;
     }
 
-    /// Bytes this node sent on sotto's protocols (frames; not Noise, yamux, Kademlia).
+    /// Bytes this node sent on sotto's protocols (frames, onion cells as relay and as
+    /// sender included; not Noise, yamux, Kademlia).
     pub fn bytes_out(&self) -> u64 {
-        self.envelope_out + self.mailbox_out
+        self.envelope_out + self.mailbox_out + self.onion_out
     }
 }
 

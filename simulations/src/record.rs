@@ -5,7 +5,9 @@
 use std::sync::Mutex;
 
 use serde::Serialize;
-use sotto_daemon::link::{HostAction, HostEvent, Observer};
+use sotto_daemon::link::{
+    ExitSeen, HostAction, HostEvent, MailboxKind, Observer, RelayEvent, RelayStep,
+};
 
 use crate::peer::Totals;
 
@@ -91,12 +93,53 @@ pub struct Observation {
     pub stored: bool,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Deposit,
     Fetch,
     Delete,
+}
+
+impl From<MailboxKind> for Kind {
+    fn from(k: MailboxKind) -> Self {
+        match k {
+            MailboxKind::Deposit => Kind::Deposit,
+            MailboxKind::Fetch => Kind::Fetch,
+            MailboxKind::Delete => Kind::Delete,
+        }
+    }
+}
+
+/// One onion cell a relay peeled, with nodes named by index (`None`: not a node of the run).
+#[derive(Clone, Debug)]
+pub struct RelayObservation {
+    pub at_ms: u64,
+    pub relay: usize,
+    pub prev: Option<usize>,
+    /// The relay's place on the path (0 = first), as it reads it off the layer.
+    pub hop: Option<usize>,
+    pub step: Step,
+}
+
+/// What a relay did with a cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Forward {
+        next: Option<usize>,
+    },
+    /// As the exit: a lookup of an address's hosts.
+    Lookup {
+        address: [u8; 32],
+    },
+    /// As the exit: a mailbox request at `address` for `host`.
+    Mailbox {
+        host: Option<usize>,
+        kind: Kind,
+        address: [u8; 32],
+    },
+    /// As the exit: one part of a request in parts.
+    Part,
 }
 
 /// A sample of the network, every `report.sample_s`.
@@ -160,6 +203,9 @@ pub struct Run {
     pub send_errors: usize,
     #[serde(skip)]
     pub observations: Vec<Observation>,
+    /// Every onion cell any node relayed.
+    #[serde(skip)]
+    pub relay_observations: Vec<RelayObservation>,
     /// Host events the recorder could not keep ([`MAX_EVENTS`] reached).
     pub observations_dropped: u64,
     pub samples: Vec<Sample>,
@@ -177,11 +223,47 @@ pub struct Run {
 /// so that any set of colluders can be given their share afterwards.
 pub struct Recorder {
     events: Mutex<Vec<HostEvent>>,
+    relays: Mutex<Relays>,
     /// The most events kept.
     capacity: usize,
     /// Events not kept because the recorder was full (reported with the privacy figures,
     /// which are then computed on part of what the colluders saw).
     dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Relay events, kept small: PeerIds are interned as they come (a run has few of them).
+#[derive(Default)]
+struct Relays {
+    ids: std::collections::HashMap<Vec<u8>, u32>,
+    names: Vec<Vec<u8>>,
+    events: Vec<RawRelay>,
+}
+
+struct RawRelay {
+    at_ms: u64,
+    relay: u32,
+    prev: u32,
+    hop: Option<u8>,
+    step: RawStep,
+}
+
+enum RawStep {
+    Forward(u32),
+    Lookup([u8; 32]),
+    Mailbox(u32, Kind, [u8; 32]),
+    Part,
+}
+
+impl Relays {
+    fn id(&mut self, peer: Vec<u8>) -> u32 {
+        if let Some(&i) = self.ids.get(&peer) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(peer.clone());
+        self.ids.insert(peer, i);
+        i
+    }
 }
 
 /// The most host events a recorder keeps (about 200 bytes each).
@@ -198,6 +280,41 @@ impl Observer for Recorder {
             }
         }
     }
+
+    fn relay_event(&self, event: RelayEvent) {
+        let Ok(mut r) = self.relays.lock() else {
+            return;
+        };
+        if r.events.len() >= self.capacity {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let relay = r.id(event.relay);
+        let prev = r.id(event.prev);
+        let step = match event.step {
+            RelayStep::Forward { next } => RawStep::Forward(r.id(next)),
+            RelayStep::Exit { request: None } => RawStep::Part,
+            RelayStep::Exit {
+                request: Some(ExitSeen::Hosts { address }),
+            } => RawStep::Lookup(address),
+            RelayStep::Exit {
+                request:
+                    Some(ExitSeen::Mailbox {
+                        host,
+                        kind,
+                        address,
+                    }),
+            } => RawStep::Mailbox(r.id(host), kind.into(), address),
+        };
+        r.events.push(RawRelay {
+            at_ms: event.at_ms,
+            relay,
+            prev,
+            hop: event.hop.and_then(|h| u8::try_from(h).ok()),
+            step,
+        });
+    }
 }
 
 impl Default for Recorder {
@@ -211,6 +328,7 @@ impl Recorder {
     pub fn with_capacity(capacity: usize) -> Self {
         Recorder {
             events: Mutex::default(),
+            relays: Mutex::default(),
             capacity,
             dropped: Default::default(),
         }
@@ -256,6 +374,47 @@ impl Recorder {
                     address,
                     amount,
                     stored,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Recorder {
+    /// Every relay event recorded, with nodes named by their index in `peers`.
+    pub fn take_relays(&self, peers: &[Vec<u8>]) -> Vec<RelayObservation> {
+        let index: std::collections::HashMap<&[u8], usize> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_slice(), i))
+            .collect();
+        let r = match self.relays.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(_) => return Vec::new(),
+        };
+        let node = |id: u32| -> Option<usize> {
+            r.names
+                .get(id as usize)
+                .and_then(|p| index.get(p.as_slice()).copied())
+        };
+        r.events
+            .iter()
+            .filter_map(|e| {
+                Some(RelayObservation {
+                    at_ms: e.at_ms,
+                    relay: node(e.relay)?,
+                    prev: node(e.prev),
+                    hop: e.hop.map(usize::from),
+                    step: match e.step {
+                        RawStep::Forward(next) => Step::Forward { next: node(next) },
+                        RawStep::Lookup(address) => Step::Lookup { address },
+                        RawStep::Mailbox(host, kind, address) => Step::Mailbox {
+                            host: node(host),
+                            kind,
+                            address,
+                        },
+                        RawStep::Part => Step::Part,
+                    },
                 })
             })
             .collect()

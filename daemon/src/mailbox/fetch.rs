@@ -1,4 +1,5 @@
-//! Fetching: on start, when woken (a new connection), and every fetch interval, this node
+//! Fetching: on start, when woken (back online, or a contact's node connected), and every
+//! fetch interval, this node
 //! looks in each of its dead drops (its intro dead drop, and each contact's pairwise drops
 //! of the epochs since its last complete fetch) at every host, hands what it finds to the
 //! service, deletes what was taken, and sends each sender one receipt.
@@ -271,7 +272,8 @@ impl Client {
         }
     }
 
-    /// Fetch on start, when woken (a new connection), and every fetch interval, until
+    /// Fetch on start, when woken (back online, or a contact's node connected), and every
+    /// fetch interval, until
     /// `shutdown` turns true.
     pub async fn run_fetcher(self, mut shutdown: watch::Receiver<bool>) {
         let interval = Duration::from_millis(self.service.mailbox_config().fetch_interval_ms);

@@ -337,6 +337,14 @@ impl Handle {
 }
 
 /// What the network hands to the rest of the node.
+/// A peer this node just connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connected {
+    pub peer: PeerId,
+    /// This node had no connection before: it is back online, or just joined.
+    pub was_alone: bool,
+}
+
 pub struct Receivers {
     /// Envelopes that arrived.
     pub envelopes: Inbox<Envelopes>,
@@ -345,7 +353,7 @@ pub struct Receivers {
     /// Onion cells that arrived, to relay.
     pub onion: Inbox<Onion>,
     /// Peers a new connection was made with (dropped when the queue is full).
-    pub connected: mpsc::Receiver<PeerId>,
+    pub connected: mpsc::Receiver<Connected>,
     /// Bans made and run out, to be recorded.
     pub bans: mpsc::Receiver<BanEvent>,
 }

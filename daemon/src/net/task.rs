@@ -52,7 +52,7 @@ pub struct Network {
     /// this node last heard so (by a counter), and whether a connection to them is open.
     relays: HashMap<PeerId, (Vec<Multiaddr>, u64, bool)>,
     relays_heard: u64,
-    connected: mpsc::Sender<PeerId>,
+    connected: mpsc::Sender<super::Connected>,
     ban_events: mpsc::Sender<BanEvent>,
     traffic: Arc<Traffic>,
     listen_addrs: Vec<Multiaddr>,
@@ -274,7 +274,11 @@ impl Network {
                     self.sources.insert(connection_id, ip);
                 }
                 if num_established.get() == 1 {
-                    let _ = self.connected.try_send(peer_id);
+                    let was_alone = self.swarm.connected_peers().take(2).count() == 1;
+                    let _ = self.connected.try_send(super::Connected {
+                        peer: peer_id,
+                        was_alone,
+                    });
                 }
                 if let Some(relay) = self.relays.get_mut(&peer_id) {
                     relay.2 = true;

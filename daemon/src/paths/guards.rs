@@ -31,6 +31,9 @@ const FIRST_REST_MS: u64 = 10_000;
 const MAX_REST_MS: u64 = 600_000;
 /// Addresses kept per guard.
 const ADDRS: usize = 4;
+/// Paths in a row that failed after a guard (each with another middle and exit) before
+/// the guard itself is taken for failing.
+pub const PATHS_FAILED_AFTER: u32 = 5;
 
 /// One guard: its record and how it does now.
 #[derive(Clone, Debug)]
@@ -38,6 +41,8 @@ struct Guard {
     record: GuardRecord,
     peer: PeerId,
     failures: u32,
+    /// Paths in a row that failed after this guard.
+    failed_after: u32,
     resting_until_ms: u64,
     used: u64,
 }
@@ -85,6 +90,7 @@ impl Guards {
                     record,
                     peer,
                     failures: 0,
+                    failed_after: 0,
                     resting_until_ms: 0,
                     used: 0,
                 })
@@ -181,6 +187,7 @@ impl Guards {
                             },
                             peer: *peer,
                             failures: 0,
+                            failed_after: 0,
                             resting_until_ms: 0,
                             used: 0,
                         });
@@ -216,8 +223,23 @@ impl Guards {
             return false;
         };
         g.failures = 0;
+        g.failed_after = 0;
         g.resting_until_ms = 0;
         g.record.failing_since_ms.take().is_some()
+    }
+
+    /// A path through `peer` failed after it: at a later relay, or at the guard itself,
+    /// which may damage or drop what it passes on and blame the next hop (one path cannot
+    /// tell them apart). After [`PATHS_FAILED_AFTER`] such paths in a row the guard is
+    /// taken for failing: `Some(changed)`, as [`Guards::failed`]; else `None`.
+    pub fn failed_after(&mut self, peer: &PeerId, now_ms: u64) -> Option<bool> {
+        let g = self.guards.iter_mut().find(|g| &g.peer == peer)?;
+        g.failed_after = g.failed_after.saturating_add(1);
+        if g.failed_after < PATHS_FAILED_AFTER {
+            return None;
+        }
+        g.failed_after = 0;
+        Some(self.failed(peer, now_ms))
     }
 
     /// `peer` could not be reached, or refused to carry a cell. True if its record changed.
@@ -269,6 +291,30 @@ mod tests {
             guards.succeeded(&again.peer);
         }
         assert_eq!(guards.records().len(), 1);
+    }
+
+    #[test]
+    fn a_guard_after_which_path_after_path_fails_is_taken_for_failing() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let me = PeerId::random();
+        let relays = relays(20);
+        let mut guards = Guards::default();
+        let first = guards.pick(0, &me, &relays, &[], &mut rng).unwrap().peer;
+        // A path that works in between clears the count.
+        for _ in 0..PATHS_FAILED_AFTER - 1 {
+            assert_eq!(guards.failed_after(&first, 10), None);
+        }
+        guards.succeeded(&first);
+        for _ in 0..PATHS_FAILED_AFTER - 1 {
+            assert_eq!(guards.failed_after(&first, 20), None);
+        }
+        assert_eq!(
+            guards.pick(30, &me, &relays, &[], &mut rng).unwrap().peer,
+            first
+        );
+        assert_eq!(guards.failed_after(&first, 40), Some(true));
+        let next = guards.pick(50, &me, &relays, &[], &mut rng).unwrap().peer;
+        assert_ne!(next, first, "the next guard carries the paths meanwhile");
     }
 
     #[test]

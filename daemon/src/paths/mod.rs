@@ -475,6 +475,17 @@ impl Paths {
                     add(&c.path_failures);
                     tracing::debug!("private path failed: {e}");
                     self.suspect(&path);
+                    let blamed = self.guards().failed_after(&path.guard, unix_ms());
+                    if let Some(changed) = blamed {
+                        tracing::warn!(
+                            "guard relay {} is failing: {} paths in a row failed after it",
+                            path.guard,
+                            guards::PATHS_FAILED_AFTER
+                        );
+                        if changed {
+                            self.persist();
+                        }
+                    }
                     last = e;
                 }
                 // Another exit may reach the host.

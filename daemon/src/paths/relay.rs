@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::{add, Counters};
 use crate::clock::unix_ms;
+use crate::link::{ExitSeen, MailboxKind, Observer, RelayEvent, RelayStep, Tamper};
 use crate::net::{Handle, Inbound, Onion};
 
 /// How far a layer's time may be from the relay's clock.
@@ -89,6 +90,15 @@ struct Inner {
     replays: Mutex<Replays>,
     permits: Arc<Semaphore>,
     counters: Arc<Counters>,
+    observer: Option<Arc<dyn Observer>>,
+    tamper: Option<Tamper>,
+}
+
+/// A cell being answered, as the observer is told of it.
+struct Seen {
+    at_ms: u64,
+    from: PeerId,
+    hop: Option<usize>,
 }
 
 impl Relay {
@@ -104,7 +114,38 @@ impl Relay {
                 replays: Mutex::new(Replays::default()),
                 permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 counters,
+                observer: None,
+                tamper: None,
             }),
+        }
+    }
+
+    /// Tell `observer` of every cell this relay peels (the simulator's colluders pool
+    /// what their relays saw; see [`crate::link`]). Call before the relay is cloned.
+    pub fn with_observer(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observer = observer;
+        }
+        self
+    }
+
+    /// Have `tamper` change every cell this relay passes on (a test's hostile relay).
+    pub fn with_tamper(mut self, tamper: Option<Tamper>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tamper = tamper;
+        }
+        self
+    }
+
+    fn observe(&self, seen: &Seen, step: RelayStep) {
+        if let Some(observer) = &self.inner.observer {
+            observer.relay_event(RelayEvent {
+                at_ms: seen.at_ms,
+                relay: self.inner.me.to_bytes(),
+                prev: seen.from.to_bytes(),
+                hop: seen.hop,
+                step,
+            });
         }
     }
 
@@ -154,6 +195,11 @@ impl Relay {
             tracing::debug!("refused a cell from {from}: {refusal}");
             return Answer::Refused(refusal);
         }
+        let seen = Seen {
+            at_ms: unix_ms(),
+            from,
+            hop: cell.hop_index(),
+        };
         match &layer.peeled {
             Peeled::Forward { next, addr, cell } => {
                 let Ok(next) = PeerId::from_bytes(next) else {
@@ -165,6 +211,18 @@ impl Relay {
                 let addrs: Vec<Multiaddr> = Multiaddr::try_from(addr.clone()).into_iter().collect();
                 add(&inner.counters.relayed);
                 tracing::debug!(target: "sotto_daemon::requests", "onion cell from {from} to {next}");
+                self.observe(
+                    &seen,
+                    RelayStep::Forward {
+                        next: next.to_bytes(),
+                    },
+                );
+                let tampered = inner.tamper.as_ref().and_then(|tamper| {
+                    let mut bytes = cell.to_bytes();
+                    tamper(&mut bytes);
+                    Cell::from_bytes(&bytes).ok()
+                });
+                let cell = tampered.as_ref().unwrap_or(cell);
                 match inner.net.onion(next, addrs, cell).await {
                     Ok(Answer::Reply(reply)) => match onion::wrap_reply(&layer, &reply) {
                         Ok(wrapped) => Answer::Reply(wrapped),
@@ -183,7 +241,7 @@ impl Relay {
             Peeled::Exit { request } => {
                 add(&inner.counters.exited);
                 tracing::debug!(target: "sotto_daemon::requests", "onion cell from {from} at its exit");
-                let from_exit = self.exit(from, source, request).await;
+                let from_exit = self.exit(&seen, source, request).await;
                 let bytes = match from_exit.to_bytes() {
                     Ok(b) => b,
                     Err(e) => {
@@ -200,7 +258,7 @@ impl Relay {
     }
 
     /// The exit's side of a cell's content.
-    async fn exit(&self, from: PeerId, source: Option<IpAddr>, content: &[u8]) -> FromExit {
+    async fn exit(&self, seen: &Seen, source: Option<IpAddr>, content: &[u8]) -> FromExit {
         let step = self
             .inner
             .exit
@@ -208,16 +266,45 @@ impl Relay {
             .unwrap_or_else(|p| p.into_inner())
             .receive(unix_ms(), content);
         match step {
-            Step::Reply(from_exit) => from_exit,
-            Step::Run { stream, request } => match (self.inner.work)(from, source, request).await {
-                Ok(answer) => self
-                    .inner
-                    .exit
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .answered(unix_ms(), stream, answer),
-                Err(refusal) => FromExit::Refused(refusal),
-            },
+            Step::Reply(from_exit) => {
+                self.observe(seen, RelayStep::Exit { request: None });
+                from_exit
+            }
+            Step::Run { stream, request } => {
+                if self.inner.observer.is_some() {
+                    let request = Some(exit_seen(&request));
+                    self.observe(seen, RelayStep::Exit { request });
+                }
+                match (self.inner.work)(seen.from, source, request).await {
+                    Ok(answer) => self
+                        .inner
+                        .exit
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .answered(unix_ms(), stream, answer),
+                    Err(refusal) => FromExit::Refused(refusal),
+                }
+            }
+        }
+    }
+}
+
+/// What an exit reads in `request`, for the observer.
+fn exit_seen(request: &ExitRequest) -> ExitSeen {
+    use sotto_protocol::mailbox::Request;
+    match request {
+        ExitRequest::Hosts { address } => ExitSeen::Hosts { address: address.0 },
+        ExitRequest::Mailbox { host, request, .. } => {
+            let (kind, address) = match request {
+                Request::Deposit(d) => (MailboxKind::Deposit, d.address.0),
+                Request::Fetch(f) => (MailboxKind::Fetch, f.address.0),
+                Request::Delete(d) => (MailboxKind::Delete, d.address.0),
+            };
+            ExitSeen::Mailbox {
+                host: host.clone(),
+                kind,
+                address,
+            }
         }
     }
 }
