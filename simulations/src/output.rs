@@ -140,12 +140,12 @@ fn timeseries_csv(run: &Run) -> String {
 
 fn privacy_csv(summary: &Summary) -> String {
     let mut s = String::from(
-        "f,colluders,observations,relay_observations,conversations,strategy,linkage,chance,linkage_hosts,precision_hosts,linkage_relays,precision_relays,linkage_timing,precision_timing,linkage_by_address,guesses,precision,span_mean,span_max,span_share,anonymity_mean,messages_to_disclosure,f_squared,one_drop\n",
+        "f,colluders,observations,relay_observations,conversations,strategy,linkage,chance,linkage_hosts,precision_hosts,linkage_relays,precision_relays,linkage_timing,precision_timing,linkage_by_address,guesses,precision,span_mean,span_max,span_share,anonymity_mean,messages_to_disclosure,both_guards_colluding,named_with_both_guards_colluding,f_squared,one_drop\n",
     );
     for p in &summary.privacy {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.4},{:.4},{},{:.4},{},{:.4},{:.3},{},{:.4},{:.2},{},{:.4},{:.4}",
+            "{},{},{},{},{},{},{:.4},{:.4},{},{:.4},{},{:.4},{:.3},{},{:.4},{:.2},{},{:.4},{:.4},{:.4},{:.4}",
             p.fraction,
             p.colluders,
             p.observations,
@@ -165,6 +165,8 @@ fn privacy_csv(summary: &Summary) -> String {
             p.messages_to_disclosure
                 .map(|m| format!("{m:.1}"))
                 .unwrap_or_default(),
+            p.both_guards_colluding,
+            p.named_with_both_guards_colluding,
             p.f_squared,
             p.one_drop
         );
@@ -502,12 +504,12 @@ pub fn report(s: &Summary) -> String {
     }
     let _ = writeln!(
         r,
-        "\n## Privacy against colluding peers (hosts and relays)\n\nThe figures of the strategy whose linkage is furthest above chance (what naming as many pairs at random would link); each strategy's linkage (precision) beside them.\n\n| f | colluders | best | linkage | chance | hosts / relays / timing: linkage (precision) | by dead drop | precision | span mean / max (epochs) | span share | anonymity set | messages to disclosure (median) | f² | 1−(1−f)^k |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n## Privacy against colluding peers (hosts and relays)\n\nThe figures of the strategy whose linkage is furthest above chance (what naming as many pairs at random would link); each strategy's linkage (precision) beside them.\n\n| f | colluders | best | linkage | chance | hosts / relays / timing: linkage (precision) | by dead drop | precision | span mean / max (epochs) | span share | anonymity set | messages to disclosure (median) | both guards collude: of all / of named | f² | 1−(1−f)^k |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for p in &s.privacy {
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.2} / {} | {:.3} | {:.1} | {} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.2} / {} | {:.3} | {:.1} | {} | {:.3} / {:.3} | {:.3} | {:.3} |",
             p.fraction,
             p.colluders,
             p.strategy,
@@ -523,6 +525,8 @@ pub fn report(s: &Summary) -> String {
             p.messages_to_disclosure
                 .map(|m| format!("{m:.1}"))
                 .unwrap_or_else(|| "–".into()),
+            p.both_guards_colluding,
+            p.named_with_both_guards_colluding,
             p.f_squared,
             p.one_drop
         );

@@ -123,6 +123,12 @@ pub struct Figures {
     /// Messages a named conversation had sent (both ways) when the colluders first named it:
     /// the median over named conversations (`None` when none is named).
     pub messages_to_disclosure: Option<f64>,
+    /// Where the colluders' view comes from (from every relay's records, which no
+    /// attacker has): the share of measured conversations whose two nodes each sent cells
+    /// through a colluding first relay (guard) during the run, and the share of the
+    /// conversations the best strategy named correctly for which that holds.
+    pub both_guards_colluding: f64,
+    pub named_with_both_guards_colluding: f64,
     /// Conversations between two honest (non-colluding) nodes: the ones measured.
     pub conversations: usize,
     /// Share of those whose two nodes the colluders name.
@@ -201,19 +207,23 @@ pub fn analyse(
                     fig
                 })
                 .collect();
-            let mut best = scored
-                .iter()
-                .enumerate()
-                .max_by(|(i, a), (j, b)| {
-                    (a.linkage - a.chance)
-                        .total_cmp(&(b.linkage - b.chance))
-                        .then(a.precision.total_cmp(&b.precision))
-                        .then(j.cmp(i))
-                })
-                .map(|(_, b)| b.clone())
-                .expect("three strategies");
+            // Furthest above chance; on a tie the more precise, then the first.
+            let mut top = 0;
+            for (i, s) in scored.iter().enumerate().skip(1) {
+                let t = &scored[top];
+                let order = (s.linkage - s.chance)
+                    .total_cmp(&(t.linkage - t.chance))
+                    .then(s.precision.total_cmp(&t.precision));
+                if order == std::cmp::Ordering::Greater {
+                    top = i;
+                }
+            }
+            let mut best = scored[top].clone();
             best.observations = seen.len();
             best.relay_observations = relayed.len();
+            let (both, named) = guard_exposure(run, &bad, &scored_named(&attacks, &scored, &best));
+            best.both_guards_colluding = both;
+            best.named_with_both_guards_colluding = named;
             best.strategies = scored
                 .iter()
                 .map(|s| Strategy {
@@ -227,6 +237,48 @@ pub fn analyse(
             best
         })
         .collect()
+}
+
+/// The pairs the strategy of `best` guessed.
+fn scored_named<'a>(
+    attacks: &'a [Attack],
+    scored: &[Figures],
+    best: &Figures,
+) -> Vec<&'a (usize, usize)> {
+    scored
+        .iter()
+        .position(|f| f.strategy == best.strategy)
+        .map(|i| attacks[i].guesses.keys().collect())
+        .unwrap_or_default()
+}
+
+/// The share of measured conversations whose two nodes both used a colluding first relay,
+/// and the share of those `named` correctly for which that holds (see [`Figures`]).
+fn guard_exposure(run: &Run, bad: &BTreeSet<usize>, named: &[&(usize, usize)]) -> (f64, f64) {
+    let mut exposed: HashSet<usize> = HashSet::new();
+    for r in &run.relay_observations {
+        if r.hop == Some(0) && bad.contains(&r.relay) {
+            if let Some(p) = r.prev {
+                exposed.insert(p);
+            }
+        }
+    }
+    let named: HashSet<(usize, usize)> = named.iter().map(|p| **p).collect();
+    let (mut measured, mut both, mut right, mut right_both) = (0usize, 0usize, 0usize, 0usize);
+    for &(a, b) in &run.conversations {
+        if bad.contains(&a) || bad.contains(&b) {
+            continue;
+        }
+        measured += 1;
+        let exp = exposed.contains(&a) && exposed.contains(&b);
+        both += usize::from(exp);
+        if named.contains(&pair(a, b)) {
+            right += 1;
+            right_both += usize::from(exp);
+        }
+    }
+    let share = |x: usize, of: usize| if of == 0 { 0.0 } else { x as f64 / of as f64 };
+    (share(both, measured), share(right_both, right))
 }
 
 /// The median number of messages a conversation named by `attack` had sent when it was
@@ -311,6 +363,13 @@ fn onion_hops() -> usize {
     sotto_protocol::onion::MAX_HOPS
 }
 
+/// A request at an address a colluder saw: time, address, side, the hop it came from, the
+/// observer's place on the path.
+type Request = (u64, [u8; 32], Side, usize, Option<usize>);
+
+/// Per side and origin at one address: (weight of the evidence, first seen).
+type Support = BTreeMap<(Side, usize), (u32, u64)>;
+
 /// The relays and timing strategies (see the module documentation).
 fn trace(
     seen: &[&Observation],
@@ -343,7 +402,7 @@ fn trace(
     firsts.sort_unstable();
     // Every request at an address a colluder saw: (time, address, side, the hop it came
     // from, the observer's place).
-    let mut requests: Vec<(u64, [u8; 32], Side, usize, Option<usize>)> = Vec::new();
+    let mut requests: Vec<Request> = Vec::new();
     let side = |k: Kind| match k {
         Kind::Deposit => Side::Sender,
         Kind::Fetch | Kind::Delete => Side::Recipient,
@@ -368,7 +427,7 @@ fn trace(
         }
     }
     // Support per address, side and origin: (weight, first seen).
-    let mut support: BTreeMap<[u8; 32], BTreeMap<(Side, usize), (u32, u64)>> = BTreeMap::new();
+    let mut support: BTreeMap<[u8; 32], Support> = BTreeMap::new();
     let mut first_at: BTreeMap<[u8; 32], u64> = BTreeMap::new();
     for &(t, address, side, prev, hop) in &requests {
         let f = first_at.entry(address).or_insert(t);
@@ -638,6 +697,8 @@ fn score(
         },
         strategies: Vec::new(),
         messages_to_disclosure: None,
+        both_guards_colluding: 0.0,
+        named_with_both_guards_colluding: 0.0,
         conversations: measured.len(),
         linkage: linked as f64 / m,
         linkage_by_address: by_address as f64 / m,
