@@ -42,6 +42,10 @@ pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never
 /// runs into a full disk half-way through a write (sled writes whole log segments).
 pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+/// How often, and how long apart, opening a store retries while sled's file lock is held
+/// (see [`Store::open`]): 2 s in all.
+const LOCK_TRIES: u32 = 80;
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +135,25 @@ struct Counts {
 impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        // sled's flusher thread lets go of the store's file lock up to its flush period
+        // (500 ms) after the last handle is dropped: a store closed and opened again in
+        // one process (a restarted node in the simulator or a test) waits that out.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if tries < LOCK_TRIES && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(LOCK_WAIT);
+                }
+                other => break other?,
+            }
+        };
         let trees = TREES
             .iter()
             .map(|(_, name)| db.open_tree(name))
