@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::inproc::{config, free_port, private_dir, texts};
+use common::inproc::{config, free_port, private_dir, states, texts};
 use serde_json::{json, Value};
 use sotto_daemon::config::Config;
 use sotto_daemon::node::Node;
-use sotto_daemon::service::Service;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// One JSON-RPC call on a node's control socket.
@@ -47,17 +46,6 @@ async fn until<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not within {secs} s");
-}
-
-async fn states(service: &Service, with: &str) -> Vec<String> {
-    let list = service.messages(Some(with), None).unwrap();
-    serde_json::to_value(list)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["state"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

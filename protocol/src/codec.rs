@@ -64,6 +64,34 @@ pub fn decode_limited<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T
     })
 }
 
+/// `value` encoded (at most `limit` bytes) behind a version byte, for messages whose
+/// version is checked before anything else is read.
+pub fn encode_versioned<T: Serialize>(
+    version: u8,
+    value: &T,
+    limit: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![version];
+    out.extend(encode_limited(value, limit as u64)?);
+    Ok(out)
+}
+
+/// A message [`encode_versioned`] wrote with `version`; `what` names the message in errors.
+pub fn decode_versioned<T: DeserializeOwned>(
+    version: u8,
+    what: &str,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        Some((&v, rest)) if v == version => decode_limited(rest, limit as u64),
+        Some((v, _)) => Err(CodecError::Malformed(format!(
+            "{what} version {v}, expected {version}"
+        ))),
+        None => Err(CodecError::Malformed(format!("empty {what}"))),
+    }
+}
+
 /// Decode a `T` with the default limit, [`MAX_SIZE`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_limited(bytes, MAX_SIZE)

@@ -203,19 +203,11 @@ pub enum Response {
 const VERSION: u8 = 2;
 
 fn to_bytes<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![VERSION];
-    out.extend(codec::encode_limited(value, limit as u64)?);
-    Ok(out)
+    codec::encode_versioned(VERSION, value, limit)
 }
 
 fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
-    match bytes.split_first() {
-        Some((&VERSION, rest)) => codec::decode_limited(rest, limit as u64),
-        Some((v, _)) => Err(CodecError::Malformed(format!(
-            "mailbox message version {v}, expected {VERSION}"
-        ))),
-        None => Err(CodecError::Malformed("empty mailbox message".into())),
-    }
+    codec::decode_versioned(VERSION, "mailbox message", bytes, limit)
 }
 
 impl Request {

@@ -336,7 +336,7 @@ fn origin(
     mut prev: usize,
     mut hop: Option<usize>,
 ) -> Result<usize, (u64, usize, Option<usize>)> {
-    for _ in 0..=onion_hops() {
+    for _ in 0..=sotto_protocol::onion::MAX_HOPS {
         if hop == Some(0) {
             return Ok(prev);
         }
@@ -357,10 +357,6 @@ fn origin(
         (at_ms, prev, hop) = (t, before, place);
     }
     Err((at_ms, prev, hop))
-}
-
-fn onion_hops() -> usize {
-    sotto_protocol::onion::MAX_HOPS
 }
 
 /// A request at an address a colluder saw: time, address, side, the hop it came from, the

@@ -50,15 +50,25 @@ pub async fn card(service: &Service) -> String {
     panic!("no card with an address");
 }
 
-pub async fn texts(service: &Service, with: &str) -> Vec<String> {
+/// One field of every message with `with`, in history order.
+fn field_of_messages(service: &Service, with: &str, field: &str) -> Vec<String> {
     let list = service.messages(Some(with), None).unwrap();
     serde_json::to_value(list)
         .unwrap()
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .map(|m| m[field].as_str().unwrap().to_owned())
         .collect()
+}
+
+pub async fn texts(service: &Service, with: &str) -> Vec<String> {
+    field_of_messages(service, with, "text")
+}
+
+#[allow(dead_code)]
+pub async fn states(service: &Service, with: &str) -> Vec<String> {
+    field_of_messages(service, with, "state")
 }
 
 pub async fn wait_text(service: &Service, with: &str, text: &str) {
