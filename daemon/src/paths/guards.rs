@@ -5,8 +5,13 @@
 //!
 //! Guards are used in the order they were chosen: the first that is not resting. A guard
 //! that fails rests (10 s, doubling with each failure in a row, up to 10 minutes) and the
-//! next one carries the paths meanwhile; when every guard rests, a new one is sampled, up
-//! to [`MAX_GUARDS`]. A guard that failed every attempt for [`PATIENCE_MS`] is dropped.
+//! next one carries the paths meanwhile. When every guard rests, a new one is sampled at
+//! once only while there are fewer than [`PRIMARY_GUARDS`]; beyond those, one more only when
+//! every guard has failed every attempt for [`WIDEN_EVERY_MS`] and the newest is that old,
+//! up to [`MAX_GUARDS`]; meanwhile the guard whose rest ends first is tried early. So a node whose paths fail for reasons that are not its guards'
+//! (its own link, an overloaded network) meets few relays as guards, not one more each
+//! time its guards rest: each new guard is one more chance of a colluding one. A guard that
+//! failed every attempt for [`PATIENCE_MS`] is dropped.
 //! Guards are not chosen from the nodes of this user's contacts, unless those are the only
 //! relays there are and the node has no guard at all.
 //!
@@ -21,6 +26,11 @@ use crate::store::GuardRecord;
 
 /// Guards sampled at most.
 pub const MAX_GUARDS: usize = 8;
+/// Guards sampled at once when all known ones rest.
+pub const PRIMARY_GUARDS: usize = 3;
+/// Beyond the primary guards, one more at most this often, and only when every guard has
+/// failed every attempt for this long.
+pub const WIDEN_EVERY_MS: u64 = 10 * 60 * 1000;
 /// A guard is retired this long after it was chosen, plus up to as long again at random.
 pub const LIFETIME_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// A guard every attempt on which failed for this long is dropped.
@@ -173,8 +183,15 @@ impl Guards {
                     // them than no path at all.
                     candidates = relays.iter().filter(fresh).collect();
                 }
+                let long_ago = |t: u64| now_ms.saturating_sub(t) >= WIDEN_EVERY_MS;
+                let may_widen = self.guards.len() < PRIMARY_GUARDS
+                    || (self.guards.len() < MAX_GUARDS
+                        && self.guards.iter().all(|g| {
+                            long_ago(g.record.added_ms)
+                                && g.record.failing_since_ms.is_some_and(long_ago)
+                        }));
                 match candidates.choose(rng) {
-                    Some((peer, addrs)) if self.guards.len() < MAX_GUARDS => {
+                    Some((peer, addrs)) if may_widen => {
                         self.guards.push(Guard {
                             record: GuardRecord {
                                 peer: peer.to_bytes(),
@@ -344,15 +361,26 @@ mod tests {
         let relays = relays(30);
         let contacts: Vec<PeerId> = relays[..10].iter().map(|(p, _)| *p).collect();
         let mut guards = Guards::default();
-        for t in 0..50 {
-            let p = guards.pick(t, &me, &relays, &contacts, &mut rng).unwrap();
+        // Every path fails, a pick a minute for a day: the primary guards at once, then
+        // one more every ten minutes at most, never more than the bound.
+        let minute = 60_000;
+        for t in 0..24 * 60 {
+            let now = t * minute;
+            let p = guards.pick(now, &me, &relays, &contacts, &mut rng).unwrap();
             assert!(!contacts.contains(&p.peer), "never a contact's node");
             assert_ne!(p.peer, me);
-            guards.failed(&p.peer, t);
+            guards.failed(&p.peer, now);
+            let widened = (now / WIDEN_EVERY_MS) as usize;
+            assert!(
+                guards.records().len() <= (PRIMARY_GUARDS + widened).min(MAX_GUARDS),
+                "{} guards after {} minutes",
+                guards.records().len(),
+                t
+            );
         }
         assert_eq!(guards.records().len(), MAX_GUARDS);
         // Failing for longer than the patience: all dropped, fresh ones sampled.
-        let later = PATIENCE_MS + 100;
+        let later = 24 * 60 * minute + PATIENCE_MS;
         let p = guards
             .pick(later, &me, &relays, &contacts, &mut rng)
             .unwrap();
@@ -388,4 +416,24 @@ mod tests {
             relays.iter().find(|r| r.0 == p.peer).unwrap().1
         );
     }
+
+    #[test]
+    fn guards_that_fail_now_and_then_do_not_widen_the_set_beyond_the_primaries() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let me = PeerId::random();
+        let relays = relays(30);
+        let mut guards = Guards::default();
+        // An overloaded network: every guard fails most paths, but each works now and then.
+        let minute = 60_000;
+        for t in 0..24 * 60u64 {
+            let p = guards.pick(t * minute, &me, &relays, &[], &mut rng).unwrap();
+            if t % 7 == 0 {
+                guards.succeeded(&p.peer);
+            } else {
+                guards.failed(&p.peer, t * minute);
+            }
+        }
+        assert_eq!(guards.records().len(), PRIMARY_GUARDS);
+    }
+
 }
