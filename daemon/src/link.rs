@@ -138,6 +138,24 @@ pub trait Observer: Send + Sync {
 /// relay flips a bit). Never set for a real node.
 pub type Tamper = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
 
+/// Bytes crossing one raw connection of a node, below Noise: what a wire capture between
+/// this node and the other end shows (multistream-select, then Noise frames).
+#[derive(Debug)]
+pub struct WireBytes<'a> {
+    /// The connection's number at this node.
+    pub connection: u64,
+    /// The address this node dialed; `None` for a connection it accepted.
+    pub dialed: Option<&'a libp2p::Multiaddr>,
+    /// Written by this node (else read from the other end).
+    pub outbound: bool,
+    pub bytes: &'a [u8],
+}
+
+/// Sees every byte of every raw connection of a node, as a capture on the wire would (a
+/// test's capture between two relays). Never set for a real node; only with
+/// [`Transport::Tcp`] or [`Transport::Memory`].
+pub type WireTap = Arc<dyn Fn(WireBytes<'_>) + Send + Sync>;
+
 /// The simulator's settings for one node.
 #[derive(Clone, Default)]
 pub struct Harness {
@@ -145,6 +163,7 @@ pub struct Harness {
     pub link: LinkModel,
     pub observer: Option<Arc<dyn Observer>>,
     pub tamper: Option<Tamper>,
+    pub wire_tap: Option<WireTap>,
     /// Draw the node's libp2p key, its account keys and its per-contact inbox secrets from
     /// a generator seeded with this, so that a simulation's PeerIds and dead-drop
     /// addresses are the same on every run. Never set for a real node.
@@ -158,6 +177,7 @@ impl fmt::Debug for Harness {
             .field("link", &self.link)
             .field("observer", &self.observer.is_some())
             .field("tamper", &self.tamper.is_some())
+            .field("wire_tap", &self.wire_tap.is_some())
             .field("seed", &self.seed)
             .finish()
     }
@@ -181,6 +201,25 @@ pub struct Delayed<S> {
     timer: Option<Pin<Box<Sleep>>>,
     eof: bool,
     error: Option<io::Error>,
+    tap: Option<Tap>,
+}
+
+/// A [`WireTap`] and what it is told about the connection.
+struct Tap {
+    tap: WireTap,
+    connection: u64,
+    dialed: Option<libp2p::Multiaddr>,
+}
+
+impl Tap {
+    fn saw(&self, outbound: bool, bytes: &[u8]) {
+        (self.tap)(WireBytes {
+            connection: self.connection,
+            dialed: self.dialed.as_ref(),
+            outbound,
+            bytes,
+        });
+    }
 }
 
 impl<S> Delayed<S> {
@@ -196,7 +235,24 @@ impl<S> Delayed<S> {
             timer: None,
             eof: false,
             error: None,
+            tap: None,
         }
+    }
+
+    /// Tell `tap` every byte written and read: connection number `connection`, which this
+    /// node dialed at `dialed` (`None`: accepted).
+    pub fn tapped(
+        mut self,
+        tap: Option<WireTap>,
+        connection: u64,
+        dialed: Option<libp2p::Multiaddr>,
+    ) -> Self {
+        self.tap = tap.map(|tap| Tap {
+            tap,
+            connection,
+            dialed,
+        });
+        self
     }
 
     fn due(&mut self, now: Instant) -> Instant {
@@ -229,6 +285,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Delayed<S> {
             match Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
                 Poll::Ready(Ok(0)) => this.eof = true,
                 Poll::Ready(Ok(n)) => {
+                    if let Some(tap) = &this.tap {
+                        tap.saw(false, &chunk[..n]);
+                    }
                     let due = this.due(Instant::now());
                     this.held.push_back((due, chunk[..n].to_vec()));
                     this.held_bytes += n;
@@ -282,7 +341,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Delayed<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(tap)) = (&written, &this.tap) {
+            tap.saw(true, &buf[..*n]);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

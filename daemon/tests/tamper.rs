@@ -8,45 +8,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::inproc::{config, free_port, private_dir, states, texts};
-use serde_json::{json, Value};
+use common::inproc::{config, free_port, paths_network, private_dir, rpc, states, texts, until};
 use sotto_daemon::config::Config;
 use sotto_daemon::node::Node;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-
-/// One JSON-RPC call on a node's control socket.
-async fn rpc(socket: &Path, method: &str) -> Value {
-    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let line = format!(
-        "{}\n",
-        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}})
-    );
-    s.write_all(line.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply).await.unwrap();
-    let mut v: Value = serde_json::from_str(&reply).unwrap();
-    v["result"].take()
-}
-
-/// Wait (at most `secs` seconds) until `f` holds.
-async fn until<F: std::future::Future<Output = bool>>(
-    secs: u64,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) {
-    for _ in 0..secs * 10 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {secs} s");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_flips_a_bit_breaks_only_its_paths_and_nothing_is_lost_or_doubled() {
@@ -64,49 +32,8 @@ async fn a_relay_that_flips_a_bit_breaks_only_its_paths_and_nothing_is_lost_or_d
         count.fetch_add(1, Ordering::Relaxed);
         cell[3 + 200] ^= 0x10;
     }));
-    // Nodes 7 and 8 (alice and bob): mailbox-only, relaying for nobody.
-    for c in &mut configs[7..] {
-        c.mailbox.mailbox_only = true;
-        c.limits.relay = false;
-    }
-
-    let hub = Node::start(&configs[0]).await.unwrap();
-    let hub_addr = format!(
-        "{}/p2p/{}",
-        configs[0].listen[0],
-        hub.service().network().peer_id()
-    );
-    for c in &mut configs[1..] {
-        c.bootstrap = vec![hub_addr.parse().unwrap()];
-    }
-    let mut relays = vec![hub];
-    for c in &configs[1..7] {
-        relays.push(Node::start(c).await.unwrap());
-    }
-    let alice = Node::start(&configs[7]).await.unwrap();
-    let bob = Node::start(&configs[8]).await.unwrap();
-    for node in [&alice, &bob] {
-        until(60, "relays known", || async {
-            rpc(node.socket(), "paths.status").await["relays_known"]
-                .as_u64()
-                .unwrap()
-                >= 5
-        })
-        .await;
-    }
-    alice.service().create_account("alice").await.unwrap();
-    bob.service().create_account("bob").await.unwrap();
-    let card_a = alice.service().account().await.unwrap().card;
-    let card_b = bob.service().account().await.unwrap().card;
-    alice
-        .service()
-        .add_contact(&card_b, Some("bob"))
-        .await
-        .unwrap();
-    bob.service()
-        .add_contact(&card_a, Some("alice"))
-        .await
-        .unwrap();
+    // Nodes 7 and 8 are alice and bob.
+    let (relays, alice, bob) = paths_network(&mut configs).await;
 
     // Bob is away; alice writes until the tampering relay has broken one of her paths (it
     // is one relay in seven: a middle on part of her paths, or her guard). After a path

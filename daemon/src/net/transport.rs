@@ -13,7 +13,7 @@ use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use super::behaviour::Behaviour;
 use super::traffic::Traffic;
 use crate::limits::Limits;
-use crate::link::{Delayed, Harness, LinkModel, Transport};
+use crate::link::{Delayed, Harness, Transport};
 use crate::store::Ban;
 
 /// How long a connection with no open stream is kept.
@@ -33,7 +33,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Each connection draws its delays from a generator seeded by the link's seed, this node's
 /// PeerId and the connection's number at this node, so that a run's draws do not depend on
 /// what other nodes in the same process do.
-fn delayed<T>(transport: T, key: &Keypair, link: LinkModel) -> Result<Stack, BoxError>
+fn delayed<T>(transport: T, key: &Keypair, harness: &Harness) -> Result<Stack, BoxError>
 where
     T: libp2p::Transport + Send + Unpin + 'static,
     T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -53,10 +53,16 @@ where
             (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
         });
     let links = Arc::new(AtomicU64::new(0));
+    let (link, tap) = (harness.link, harness.wire_tap.clone());
     Ok(transport
-        .map(move |stream, _| {
+        .map(move |stream, endpoint| {
+            use libp2p::core::ConnectedPoint;
             let n = links.fetch_add(1, Ordering::Relaxed);
-            Delayed::new(stream, link, salt ^ n)
+            let dialed = match endpoint {
+                ConnectedPoint::Dialer { address, .. } => Some(address),
+                ConnectedPoint::Listener { .. } => None,
+            };
+            Delayed::new(stream, link, salt ^ n).tapped(tap.clone(), n, dialed)
         })
         .upgrade(Version::V1)
         .authenticate(noise::Config::new(key)?)
@@ -76,7 +82,6 @@ pub fn build_swarm_with(
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(IDLE_CONNECTION);
     let behaviour = |key: &Keypair| Behaviour::with_limits(key, traffic, limits, bans);
-    let link = harness.link;
     Ok(match harness.transport {
         Transport::Standard => builder
             .with_tcp(
@@ -93,7 +98,7 @@ pub fn build_swarm_with(
                 delayed(
                     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
                     key,
-                    link,
+                    harness,
                 )
             })?
             .with_behaviour(behaviour)?
@@ -104,7 +109,7 @@ pub fn build_swarm_with(
                 delayed(
                     libp2p::core::transport::MemoryTransport::default(),
                     key,
-                    link,
+                    harness,
                 )
             })?
             .with_behaviour(behaviour)?

@@ -426,7 +426,9 @@ mod tests {
         // An overloaded network: every guard fails most paths, but each works now and then.
         let minute = 60_000;
         for t in 0..24 * 60u64 {
-            let p = guards.pick(t * minute, &me, &relays, &[], &mut rng).unwrap();
+            let p = guards
+                .pick(t * minute, &me, &relays, &[], &mut rng)
+                .unwrap();
             if t % 7 == 0 {
                 guards.succeeded(&p.peer);
             } else {
@@ -435,5 +437,4 @@ mod tests {
         }
         assert_eq!(guards.records().len(), PRIMARY_GUARDS);
     }
-
 }
