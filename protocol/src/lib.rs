@@ -37,6 +37,7 @@ pub mod content;
 pub mod deaddrop;
 pub mod envelope;
 pub mod exit;
+pub mod group;
 pub mod identity;
 pub mod mailbox;
 pub mod onion;

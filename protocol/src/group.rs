@@ -1,0 +1,845 @@
+//! Groups: membership as a log of signed changes every member replays the same way, a
+//! group secret that changes with every change of membership, and per-member Megolm sender
+//! keys.
+//!
+//! - **Changes.** Membership, roles, name and description change only through a
+//!   [`Change`] signed by its author's account key. Every member keeps the group's changes
+//!   in a [`Log`] and computes the group's [`State`] by replaying them in one order,
+//!   `(lamport, hash)`, checking at each step that the author may make the change (an admin,
+//!   or, to leave or rekey, a member). A change that may not be made at its place is skipped
+//!   by everyone alike. So members that hold the same changes hold the same state, whatever
+//!   order the changes arrived in: concurrent changes converge.
+//! - **Secret.** A change that adds, removes or lets a member go carries a [`Rekey`]: a
+//!   fresh group secret sealed to the seal key (from the card) of each member of the group
+//!   after the change, and to nobody else. The last rekey in replay order names the
+//!   current secret. A removed member never learns the next secret; a new member learns
+//!   no earlier one. The secret yields the group's dead drops (rotating per epoch like a
+//!   pair's) and the key of the group envelopes left there ([`seal_payload`]).
+//! - **Sender keys.** Each member encrypts its messages with its own Megolm session and
+//!   announces the session key in a [`SenderKey`] signed by its account key, inside a group
+//!   envelope under the current secret: only current members can read it. A new secret
+//!   means a new session.
+//!
+//! Sans-I/O: time and randomness come in as arguments.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload as AeadPayload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vodozemac::megolm::{
+    GroupSession, InboundGroupSession, MegolmMessage, SessionConfig, SessionKey,
+};
+use vodozemac::{Curve25519PublicKey, Curve25519SecretKey};
+use zeroize::Zeroizing;
+
+use crate::codec::{self, CodecError};
+use crate::deaddrop;
+use crate::envelope::SealKey;
+use crate::identity::{AccountKey, Identity};
+use crate::padding;
+
+/// The group formats this code writes and reads.
+pub const VERSION: u8 = 1;
+/// Members at most.
+pub const MAX_MEMBERS: usize = 1_024;
+/// Changes a group's log holds at most.
+pub const MAX_CHANGES: usize = 4_096;
+/// The longest group name and description, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 100;
+pub const MAX_DESCRIPTION_BYTES: usize = 1_024;
+/// The longest member name (from the member's card).
+pub const MAX_MEMBER_NAME_BYTES: usize = 64;
+/// Members added by one change at most.
+pub const MAX_ADDED: usize = 256;
+/// The largest encoded change (a rekey for [`MAX_MEMBERS`] members fits).
+pub const MAX_CHANGE_BYTES: usize = 60 * 1024;
+/// The largest payload of one group envelope.
+pub const MAX_PAYLOAD_BYTES: usize = 62 * 1024;
+/// Messages a sender encrypts with one Megolm session before it starts another.
+pub const SESSION_MESSAGES: u32 = 100;
+/// The longest a sender uses one Megolm session.
+pub const SESSION_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Bytes of a sealed secret for one member: the secret and the AEAD tag.
+const BOX_BYTES: usize = 32 + 16;
+
+const CHANGE_DOMAIN: &[u8] = b"sotto/group/change/v1";
+const SENDER_KEY_DOMAIN: &[u8] = b"sotto/group/sender-key/v1";
+const ID_DOMAIN: &[u8] = b"sotto/group/id/v1";
+const REKEY_INFO: &[u8] = b"sotto/group/rekey/v1";
+const DROP_INFO: &[u8] = b"sotto/group/drop/v1";
+const ENVELOPE_INFO: &[u8] = b"sotto/group/envelope/v1";
+
+/// Why a group message or change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the change is for another group")]
+    OtherGroup,
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("the group's log is full ({MAX_CHANGES} changes)")]
+    LogFull,
+    #[error("the group envelope does not open with this secret")]
+    Unopenable,
+    #[error("megolm: {0}")]
+    Megolm(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// A group's id: random, bound to its creator (see [`GroupId::derive`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupId(pub [u8; 16]);
+
+impl GroupId {
+    /// The id of a group `creator` made with `nonce`: nobody else can make a create change
+    /// for it.
+    pub fn derive(creator: &AccountKey, nonce: &[u8; 16]) -> Self {
+        let d = Sha256::new()
+            .chain_update(ID_DOMAIN)
+            .chain_update(creator.0)
+            .chain_update(nonce)
+            .finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d[..16]);
+        GroupId(id)
+    }
+
+    /// Parse the 32-hex-digit form printed by `Display`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(GroupId(id))
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupId({self})")
+    }
+}
+
+/// A member as a change names it: the account, the seal key its group secrets are sealed
+/// to, and the name its card gives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub account: AccountKey,
+    pub seal_key: [u8; 32],
+    pub name: String,
+}
+
+/// What a change does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Make the group; the author, who must be one of `members`, is its first admin.
+    /// `nonce` makes the id.
+    Create {
+        nonce: [u8; 16],
+        name: String,
+        description: String,
+        members: Vec<Member>,
+    },
+    Add(Vec<Member>),
+    Remove(AccountKey),
+    Leave,
+    Rename(String),
+    Describe(String),
+    MakeAdmin(AccountKey),
+    /// A new secret and nothing else (after a member left, or when a member was not
+    /// covered by the last rekey).
+    Rekey,
+}
+
+impl Op {
+    /// Does this change need a new secret? (Every change of who is in the group.)
+    pub fn rekeys(&self) -> bool {
+        matches!(
+            self,
+            Op::Create { .. } | Op::Add(_) | Op::Remove(_) | Op::Leave | Op::Rekey
+        )
+    }
+}
+
+/// A fresh group secret, sealed to each member's seal key: X25519 between a one-off key
+/// and the member's, HKDF-SHA-256, ChaCha20-Poly1305 (the member's account key as
+/// associated data). Boxes name their member by the first 8 bytes of its account key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rekey {
+    pub ephemeral: [u8; 32],
+    pub boxes: Vec<([u8; 8], Vec<u8>)>,
+}
+
+/// One signed change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub group: GroupId,
+    /// One more than the highest lamport its author had seen in the group's log.
+    pub lamport: u64,
+    pub author: AccountKey,
+    /// Milliseconds since the Unix epoch, by the author's clock (shown, never trusted).
+    pub at_ms: u64,
+    pub op: Op,
+    pub rekey: Option<Rekey>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    group: &'a GroupId,
+    lamport: u64,
+    author: &'a AccountKey,
+    at_ms: u64,
+    op: &'a Op,
+    rekey: &'a Option<Rekey>,
+}
+
+impl Change {
+    /// A change by `identity`, signed, with a rekey to `secret` if given.
+    pub fn new(
+        identity: &Identity,
+        group: GroupId,
+        lamport: u64,
+        at_ms: u64,
+        op: Op,
+        rekey: Option<Rekey>,
+    ) -> Result<Self, GroupError> {
+        let mut change = Change {
+            group,
+            lamport,
+            author: identity.public(),
+            at_ms,
+            op,
+            rekey,
+            signature: Vec::new(),
+        };
+        change.check_bounds()?;
+        change.signature = identity
+            .sign(CHANGE_DOMAIN, &change.signed_bytes()?)
+            .to_vec();
+        Ok(change)
+    }
+
+    fn signed_bytes(&self) -> Result<Vec<u8>, GroupError> {
+        Ok(codec::encode_limited(
+            &Signed {
+                group: &self.group,
+                lamport: self.lamport,
+                author: &self.author,
+                at_ms: self.at_ms,
+                op: &self.op,
+                rekey: &self.rekey,
+            },
+            MAX_CHANGE_BYTES as u64,
+        )?)
+    }
+
+    /// The change's hash: its place among changes of the same lamport, and its name.
+    pub fn hash(&self) -> [u8; 32] {
+        let bytes = codec::encode(self).unwrap_or_default();
+        Sha256::digest(bytes).into()
+    }
+
+    fn check_bounds(&self) -> Result<(), GroupError> {
+        let member_ok = |m: &Member| m.name.len() <= MAX_MEMBER_NAME_BYTES;
+        match &self.op {
+            Op::Create {
+                name,
+                description,
+                members,
+                ..
+            } => {
+                if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                    return Err(GroupError::Invalid("a group name is 1 to 100 bytes"));
+                }
+                if description.len() > MAX_DESCRIPTION_BYTES {
+                    return Err(GroupError::Invalid("the description is too long"));
+                }
+                if members.len() > MAX_ADDED || !members.iter().all(member_ok) {
+                    return Err(GroupError::Invalid("too many members, or a name too long"));
+                }
+            }
+            Op::Add(members)
+                if members.is_empty()
+                    || members.len() > MAX_ADDED
+                    || !members.iter().all(member_ok) =>
+            {
+                return Err(GroupError::Invalid(
+                    "an add names 1 to 256 members with names of at most 64 bytes",
+                ));
+            }
+            Op::Rename(name) if name.is_empty() || name.len() > MAX_NAME_BYTES => {
+                return Err(GroupError::Invalid("a group name is 1 to 100 bytes"));
+            }
+            Op::Describe(d) if d.len() > MAX_DESCRIPTION_BYTES => {
+                return Err(GroupError::Invalid("the description is too long"));
+            }
+            _ => {}
+        }
+        if let Some(r) = &self.rekey {
+            if r.boxes.len() > MAX_MEMBERS || r.boxes.iter().any(|(_, b)| b.len() != BOX_BYTES) {
+                return Err(GroupError::Invalid("a malformed rekey"));
+            }
+        }
+        if self.op.rekeys() != self.rekey.is_some() {
+            return Err(GroupError::Invalid(
+                "a change of membership must carry a rekey, and only such a change",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check the bounds and the author's signature (not whether the author may make it:
+    /// that depends on the state, see [`Log::state`]).
+    pub fn verify(&self) -> Result<(), GroupError> {
+        self.check_bounds()?;
+        if let Op::Create { nonce, .. } = &self.op {
+            if GroupId::derive(&self.author, nonce) != self.group {
+                return Err(GroupError::Invalid("a create change for another group id"));
+            }
+        }
+        self.author
+            .verify(CHANGE_DOMAIN, &self.signed_bytes()?, &self.signature)
+            .map_err(|_| GroupError::BadSignature)
+    }
+}
+
+/// A member as the state holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    pub seal_key: [u8; 32],
+    pub name: String,
+    pub admin: bool,
+    /// The lamport of the change that added the member.
+    pub since: u64,
+}
+
+/// A group as the replay of its log leaves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub id: GroupId,
+    pub name: String,
+    pub description: String,
+    pub creator: AccountKey,
+    pub created_ms: u64,
+    pub members: BTreeMap<AccountKey, MemberState>,
+    /// The hash of the change whose rekey holds the current secret.
+    pub key_change: Option<[u8; 32]>,
+    /// Changes skipped in the replay: their author could not make them there.
+    pub skipped: usize,
+    /// The highest lamport in the log.
+    pub lamport: u64,
+}
+
+impl State {
+    pub fn is_member(&self, key: &AccountKey) -> bool {
+        self.members.contains_key(key)
+    }
+
+    pub fn is_admin(&self, key: &AccountKey) -> bool {
+        self.members.get(key).is_some_and(|m| m.admin)
+    }
+
+    /// Members the current secret was not sealed to (added by a change concurrent with the
+    /// last rekey): an admin should rekey.
+    pub fn uncovered(&self, log: &Log) -> Vec<AccountKey> {
+        let covered: BTreeSet<[u8; 8]> = self
+            .key_change
+            .and_then(|h| log.by_hash(&h))
+            .and_then(|c| c.rekey.as_ref())
+            .map(|r| r.boxes.iter().map(|(t, _)| *t).collect())
+            .unwrap_or_default();
+        self.members
+            .keys()
+            .filter(|k| !covered.contains(&tag(k)))
+            .copied()
+            .collect()
+    }
+}
+
+fn tag(key: &AccountKey) -> [u8; 8] {
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&key.0[..8]);
+    t
+}
+
+/// A group's changes, in replay order.
+#[derive(Clone, Debug)]
+pub struct Log {
+    id: GroupId,
+    changes: BTreeMap<(u64, [u8; 32]), Change>,
+}
+
+impl Log {
+    /// An empty log of group `id`.
+    pub fn new(id: GroupId) -> Self {
+        Log {
+            id,
+            changes: BTreeMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Add a change after checking its signature. `Ok(false)`: already there.
+    pub fn insert(&mut self, change: Change) -> Result<bool, GroupError> {
+        if change.group != self.id {
+            return Err(GroupError::OtherGroup);
+        }
+        change.verify()?;
+        let key = (change.lamport, change.hash());
+        if self.changes.contains_key(&key) {
+            return Ok(false);
+        }
+        if self.changes.len() >= MAX_CHANGES {
+            return Err(GroupError::LogFull);
+        }
+        self.changes.insert(key, change);
+        Ok(true)
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = &Change> {
+        self.changes.values()
+    }
+
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<&Change> {
+        self.changes.values().find(|c| &c.hash() == hash)
+    }
+
+    /// The lamport for this node's next change.
+    pub fn next_lamport(&self) -> u64 {
+        self.changes.keys().next_back().map_or(0, |(l, _)| l + 1)
+    }
+
+    /// Replay the log. `None` until the log holds the group's create change.
+    pub fn state(&self) -> Option<State> {
+        let mut state: Option<State> = None;
+        let mut skipped = 0;
+        for ((lamport, hash), change) in &self.changes {
+            match state.as_mut() {
+                None => {
+                    let creates = match &change.op {
+                        Op::Create { members, .. } => {
+                            members.iter().any(|m| m.account == change.author)
+                        }
+                        _ => false,
+                    };
+                    if let (
+                        true,
+                        Op::Create {
+                            name,
+                            description,
+                            members,
+                            ..
+                        },
+                    ) = (creates, &change.op)
+                    {
+                        let mut s = State {
+                            id: self.id,
+                            name: name.clone(),
+                            description: description.clone(),
+                            creator: change.author,
+                            created_ms: change.at_ms,
+                            members: BTreeMap::new(),
+                            key_change: Some(*hash),
+                            skipped: 0,
+                            lamport: *lamport,
+                        };
+                        for m in members {
+                            add(&mut s, m, *lamport);
+                        }
+                        if let Some(creator) = s.members.get_mut(&change.author) {
+                            creator.admin = true;
+                        }
+                        state = Some(s);
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                Some(s) => {
+                    if apply(s, change, *lamport) {
+                        if change.rekey.is_some() {
+                            s.key_change = Some(*hash);
+                        }
+                    } else {
+                        skipped += 1;
+                    }
+                    s.lamport = *lamport;
+                }
+            }
+        }
+        state.map(|mut s| {
+            s.skipped = skipped;
+            s
+        })
+    }
+}
+
+fn add(s: &mut State, m: &Member, lamport: u64) -> bool {
+    if s.members.contains_key(&m.account) {
+        return true;
+    }
+    if s.members.len() >= MAX_MEMBERS {
+        return false;
+    }
+    s.members.insert(
+        m.account,
+        MemberState {
+            seal_key: m.seal_key,
+            name: m.name.clone(),
+            admin: false,
+            since: lamport,
+        },
+    );
+    true
+}
+
+/// Apply one change at its place in the replay; false (and no effect) if its author may not
+/// make it there.
+fn apply(s: &mut State, c: &Change, lamport: u64) -> bool {
+    let admin = s.is_admin(&c.author);
+    let member = s.is_member(&c.author);
+    match &c.op {
+        Op::Create { .. } => false,
+        Op::Add(members) if admin => {
+            let new: BTreeSet<&AccountKey> = members
+                .iter()
+                .map(|m| &m.account)
+                .filter(|k| !s.members.contains_key(k))
+                .collect();
+            if s.members.len() + new.len() > MAX_MEMBERS {
+                return false;
+            }
+            for m in members {
+                add(s, m, lamport);
+            }
+            true
+        }
+        Op::Remove(key) if admin && s.members.contains_key(key) && key != &c.author => {
+            s.members.remove(key);
+            ensure_admin(s);
+            true
+        }
+        Op::Leave if member => {
+            s.members.remove(&c.author);
+            ensure_admin(s);
+            true
+        }
+        Op::Rename(name) if admin => {
+            s.name = name.clone();
+            true
+        }
+        Op::Describe(d) if admin => {
+            s.description = d.clone();
+            true
+        }
+        Op::MakeAdmin(key) if admin && s.members.contains_key(key) => {
+            if let Some(m) = s.members.get_mut(key) {
+                m.admin = true;
+            }
+            true
+        }
+        Op::Rekey if member => true,
+        _ => false,
+    }
+}
+
+/// A group left without an admin makes its longest-standing member one (the smallest
+/// `since`, then the smallest key): every member picks the same.
+fn ensure_admin(s: &mut State) {
+    if s.members.values().any(|m| m.admin) {
+        return;
+    }
+    if let Some(key) = s
+        .members
+        .iter()
+        .min_by_key(|(k, m)| (m.since, **k))
+        .map(|(k, _)| *k)
+    {
+        if let Some(m) = s.members.get_mut(&key) {
+            m.admin = true;
+        }
+    }
+}
+
+/// A group secret. Neither `Debug` nor `Serialize`.
+#[derive(Clone)]
+pub struct GroupSecret(Zeroizing<[u8; 32]>);
+
+impl GroupSecret {
+    pub fn generate(rng: &mut impl rand::RngCore) -> Self {
+        let mut s = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(s.as_mut());
+        GroupSecret(s)
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        GroupSecret(Zeroizing::new(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn derive(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        // 32 bytes is always a valid HKDF-SHA-256 output length.
+        let _ = Hkdf::<Sha256>::new(None, self.0.as_ref()).expand(info, out.as_mut());
+        out
+    }
+
+    /// The secret of the group's dead drops under this group secret.
+    pub fn drop_secret(&self) -> deaddrop::Secret {
+        deaddrop::Secret::from_bytes(*self.derive(DROP_INFO))
+    }
+
+    /// Seal this secret to each of `members` (account, seal key).
+    pub fn rekey(
+        &self,
+        members: &[(AccountKey, [u8; 32])],
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+    ) -> Result<Rekey, GroupError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        let ephemeral = Curve25519SecretKey::from_slice(&seed);
+        let ephemeral_public = Curve25519PublicKey::from(&ephemeral).to_bytes();
+        let mut boxes = Vec::with_capacity(members.len());
+        for (account, seal) in members {
+            let key = box_key(&ephemeral, seal)
+                .ok_or(GroupError::Invalid("a member's seal key is not usable"))?;
+            let sealed = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
+                .encrypt(
+                    Nonce::from_slice(&[0u8; 12]),
+                    AeadPayload {
+                        msg: self.0.as_ref(),
+                        aad: &box_aad(&ephemeral_public, account),
+                    },
+                )
+                .map_err(|_| GroupError::Invalid("sealing a secret failed"))?;
+            boxes.push((tag(account), sealed));
+        }
+        Ok(Rekey {
+            ephemeral: ephemeral_public,
+            boxes,
+        })
+    }
+
+    /// The secret `rekey` sealed to `me`, if it sealed one.
+    pub fn open_rekey(rekey: &Rekey, me: &AccountKey, seal: &SealKey) -> Option<GroupSecret> {
+        let (_, sealed) = rekey.boxes.iter().find(|(t, _)| t == &tag(me))?;
+        let mine = Curve25519SecretKey::from_slice(&seal.secret_bytes());
+        let shared = mine.diffie_hellman(&Curve25519PublicKey::from_bytes(rekey.ephemeral))?;
+        let key = hkdf32(shared.as_bytes(), REKEY_INFO);
+        let plain = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
+            .decrypt(
+                Nonce::from_slice(&[0u8; 12]),
+                AeadPayload {
+                    msg: sealed,
+                    aad: &box_aad(&rekey.ephemeral, me),
+                },
+            )
+            .ok()?;
+        let bytes: [u8; 32] = plain.as_slice().try_into().ok()?;
+        Some(GroupSecret::from_bytes(bytes))
+    }
+}
+
+fn hkdf32(ikm: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    let _ = Hkdf::<Sha256>::new(None, ikm).expand(info, out.as_mut());
+    out
+}
+
+fn box_key(ephemeral: &Curve25519SecretKey, seal: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    let shared = ephemeral.diffie_hellman(&Curve25519PublicKey::from_bytes(*seal))?;
+    Some(hkdf32(shared.as_bytes(), REKEY_INFO))
+}
+
+fn box_aad(ephemeral: &[u8; 32], account: &AccountKey) -> Vec<u8> {
+    let mut aad = ephemeral.to_vec();
+    aad.extend_from_slice(&account.0);
+    aad
+}
+
+/// A member's Megolm session key, signed by its account key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderKey {
+    pub group: GroupId,
+    pub member: AccountKey,
+    pub session_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl SenderKey {
+    pub fn new(identity: &Identity, group: GroupId, session: &GroupSession) -> Self {
+        let session_key = session.session_key().to_bytes();
+        let signature = identity
+            .sign(SENDER_KEY_DOMAIN, &sender_key_bytes(&group, &session_key))
+            .to_vec();
+        SenderKey {
+            group,
+            member: identity.public(),
+            session_key,
+            signature,
+        }
+    }
+
+    /// The inbound session, if the signature holds.
+    pub fn open(&self) -> Result<InboundGroupSession, GroupError> {
+        self.member
+            .verify(
+                SENDER_KEY_DOMAIN,
+                &sender_key_bytes(&self.group, &self.session_key),
+                &self.signature,
+            )
+            .map_err(|_| GroupError::BadSignature)?;
+        let key = SessionKey::from_bytes(&self.session_key)
+            .map_err(|e| GroupError::Megolm(e.to_string()))?;
+        Ok(InboundGroupSession::new(&key, SessionConfig::version_1()))
+    }
+}
+
+fn sender_key_bytes(group: &GroupId, session_key: &[u8]) -> Vec<u8> {
+    let mut m = group.0.to_vec();
+    m.extend_from_slice(session_key);
+    m
+}
+
+/// A group message: content encrypted in its sender's Megolm session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub group: GroupId,
+    pub sender: AccountKey,
+    pub session_id: String,
+    pub megolm: Vec<u8>,
+}
+
+impl Sent {
+    /// Encrypt `plaintext` in `session`.
+    pub fn encrypt(
+        group: GroupId,
+        sender: AccountKey,
+        session: &mut GroupSession,
+        plaintext: &[u8],
+    ) -> Self {
+        Sent {
+            group,
+            sender,
+            session_id: session.session_id(),
+            megolm: session.encrypt(plaintext).to_bytes(),
+        }
+    }
+
+    /// Decrypt with the sender's inbound session: the plaintext and the message index.
+    pub fn decrypt(&self, session: &mut InboundGroupSession) -> Result<(Vec<u8>, u32), GroupError> {
+        if session.session_id() != self.session_id {
+            return Err(GroupError::Invalid("not this session's message"));
+        }
+        let message = MegolmMessage::from_bytes(&self.megolm)
+            .map_err(|e| GroupError::Megolm(e.to_string()))?;
+        let d = session
+            .decrypt(&message)
+            .map_err(|e| GroupError::Megolm(e.to_string()))?;
+        Ok((d.plaintext, d.message_index))
+    }
+}
+
+/// What one group envelope carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Change(Change),
+    SenderKey(SenderKey),
+    Message(Sent),
+}
+
+/// `payload` in a group envelope under `secret`: a version byte, a random 12-byte nonce,
+/// ChaCha20-Poly1305 of the padded encoding, the whole one of the envelope bucket sizes.
+pub fn seal_payload(
+    secret: &GroupSecret,
+    payload: &Payload,
+    rng: &mut impl rand::RngCore,
+) -> Result<Vec<u8>, GroupError> {
+    let plain = codec::encode_limited(payload, MAX_PAYLOAD_BYTES as u64)?;
+    let total = padding::bucket_for(1 + 12 + 16 + 4 + plain.len())
+        .ok_or(GroupError::Invalid("the payload is too large"))?;
+    let padded = Zeroizing::new(
+        padding::pad_to(&plain, total - 1 - 12 - 16)
+            .ok_or(GroupError::Invalid("the payload is too large"))?,
+    );
+    let mut nonce = [0u8; 12];
+    rng.fill_bytes(&mut nonce);
+    let key = secret.derive(ENVELOPE_INFO);
+    let sealed = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            AeadPayload {
+                msg: padded.as_slice(),
+                aad: &[VERSION],
+            },
+        )
+        .map_err(|_| GroupError::Invalid("sealing failed"))?;
+    let mut out = Vec::with_capacity(total);
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Open a group envelope under `secret`.
+pub fn open_payload(secret: &GroupSecret, envelope: &[u8]) -> Result<Payload, GroupError> {
+    if !padding::is_bucket(envelope.len()) {
+        return Err(GroupError::Invalid("not an envelope size"));
+    }
+    let (&version, rest) = envelope.split_first().ok_or(GroupError::Unopenable)?;
+    if version != VERSION {
+        return Err(GroupError::Unopenable);
+    }
+    let (nonce, sealed) = rest.split_at(12);
+    let key = secret.derive(ENVELOPE_INFO);
+    let padded = Zeroizing::new(
+        ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
+            .decrypt(
+                Nonce::from_slice(nonce),
+                AeadPayload {
+                    msg: sealed,
+                    aad: &[VERSION],
+                },
+            )
+            .map_err(|_| GroupError::Unopenable)?,
+    );
+    let plain = padding::unpad(&padded).ok_or(GroupError::Invalid("bad padding"))?;
+    Ok(codec::decode_limited(plain, MAX_PAYLOAD_BYTES as u64)?)
+}
+
+/// A new Megolm session for this member's messages.
+pub fn new_session() -> GroupSession {
+    GroupSession::new(SessionConfig::version_1())
+}
+
+#[cfg(test)]
+mod tests;

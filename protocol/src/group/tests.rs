@@ -1,0 +1,424 @@
+use super::*;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
+use rand::SeedableRng;
+
+/// A user: account identity and seal key.
+struct User {
+    id: Identity,
+    seal: SealKey,
+    name: &'static str,
+}
+
+impl User {
+    fn new(name: &'static str, seed: u8) -> User {
+        User {
+            id: Identity::from_seed(&[seed; 32]),
+            seal: SealKey::from_secret(&[seed.wrapping_add(100); 32]),
+            name,
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            account: self.id.public(),
+            seal_key: self.seal.public(),
+            name: self.name.into(),
+        }
+    }
+
+    fn key(&self) -> AccountKey {
+        self.id.public()
+    }
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(7)
+}
+
+/// A rekey of a fresh secret to the members `state` would have after `op` (the caller
+/// names them).
+fn rekey_to(members: &[&User], rng: &mut StdRng) -> (GroupSecret, Rekey) {
+    let secret = GroupSecret::generate(rng);
+    let to: Vec<(AccountKey, [u8; 32])> =
+        members.iter().map(|u| (u.key(), u.seal.public())).collect();
+    let rekey = secret.rekey(&to, rng).unwrap();
+    (secret, rekey)
+}
+
+fn create(by: &User, others: &[&User], rng: &mut StdRng) -> (Log, GroupSecret) {
+    let nonce = [9u8; 16];
+    let id = GroupId::derive(&by.key(), &nonce);
+    let mut all = vec![by];
+    all.extend_from_slice(others);
+    let (secret, rekey) = rekey_to(&all, rng);
+    let change = Change::new(
+        &by.id,
+        id,
+        0,
+        1,
+        Op::Create {
+            nonce,
+            name: "friends".into(),
+            description: String::new(),
+            members: all.iter().map(|u| u.member()).collect(),
+        },
+        Some(rekey),
+    )
+    .unwrap();
+    let mut log = Log::new(id);
+    assert!(log.insert(change).unwrap());
+    (log, secret)
+}
+
+fn change(by: &User, log: &Log, op: Op, rekey: Option<Rekey>) -> Change {
+    Change::new(&by.id, log.id(), log.next_lamport(), 2, op, rekey).unwrap()
+}
+
+#[test]
+fn the_creator_is_admin_and_every_member_opens_the_secret_nobody_else() {
+    let mut rng = rng();
+    let (alice, bob, carol, eve) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+        User::new("eve", 4),
+    );
+    let (log, secret) = create(&alice, &[&bob, &carol], &mut rng);
+    let state = log.state().unwrap();
+    assert_eq!(state.members.len(), 3);
+    assert!(state.is_admin(&alice.key()));
+    assert!(!state.is_admin(&bob.key()));
+    assert_eq!(state.name, "friends");
+    let rekey = log
+        .by_hash(&state.key_change.unwrap())
+        .unwrap()
+        .rekey
+        .clone()
+        .unwrap();
+    for u in [&alice, &bob, &carol] {
+        let opened = GroupSecret::open_rekey(&rekey, &u.key(), &u.seal).unwrap();
+        assert_eq!(opened.bytes(), secret.bytes());
+    }
+    assert!(GroupSecret::open_rekey(&rekey, &eve.key(), &eve.seal).is_none());
+    // Eve's key with bob's tag: the AEAD binds the box to bob's account and seal key.
+    assert!(GroupSecret::open_rekey(&rekey, &bob.key(), &eve.seal).is_none());
+    assert!(state.uncovered(&log).is_empty());
+}
+
+#[test]
+fn a_forged_or_tampered_change_is_refused_and_a_non_admin_change_is_skipped() {
+    let mut rng = rng();
+    let (alice, bob, eve) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("eve", 4),
+    );
+    let (mut log, _) = create(&alice, &[&bob], &mut rng);
+    // Tampered: the op changed after signing.
+    let mut c = change(&alice, &log, Op::Rename("new".into()), None);
+    c.op = Op::Rename("evil".into());
+    assert!(matches!(log.insert(c), Err(GroupError::BadSignature)));
+    // Claimed by alice, signed by eve.
+    let mut c = change(&eve, &log, Op::Rename("evil".into()), None);
+    c.author = alice.key();
+    assert!(matches!(log.insert(c), Err(GroupError::BadSignature)));
+    // Another group.
+    let mut other = change(&alice, &log, Op::Rename("x".into()), None);
+    other.group = GroupId([0; 16]);
+    assert!(matches!(log.insert(other), Err(GroupError::OtherGroup)));
+    // A membership change without a rekey.
+    assert!(Change::new(&alice.id, log.id(), 1, 0, Op::Remove(bob.key()), None).is_err());
+    // Signed properly by a member who is not an admin, and by a stranger: kept in the
+    // log (they verify) but skipped by the replay.
+    let (_, rekey) = rekey_to(&[&alice, &bob, &eve], &mut rng);
+    log.insert(change(&bob, &log, Op::Add(vec![eve.member()]), Some(rekey)))
+        .unwrap();
+    log.insert(change(&eve, &log, Op::Rename("eve's".into()), None))
+        .unwrap();
+    let state = log.state().unwrap();
+    assert!(!state.is_member(&eve.key()));
+    assert_eq!(state.name, "friends");
+    assert_eq!(state.skipped, 2);
+    // A create change for this id by someone else cannot be made.
+    let forged = Change::new(
+        &eve.id,
+        log.id(),
+        0,
+        0,
+        Op::Create {
+            nonce: [9; 16],
+            name: "mine".into(),
+            description: String::new(),
+            members: vec![eve.member()],
+        },
+        Some(rekey_to(&[&eve], &mut rng).1),
+    )
+    .unwrap();
+    assert!(matches!(log.insert(forged), Err(GroupError::Invalid(_))));
+}
+
+#[test]
+fn a_removed_member_cannot_open_the_next_secret_and_a_new_one_no_earlier_secret() {
+    let mut rng = rng();
+    let (alice, bob, carol, dave) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+        User::new("dave", 5),
+    );
+    let (mut log, first) = create(&alice, &[&bob, &carol], &mut rng);
+    let first_rekey = log.changes().next().unwrap().rekey.clone().unwrap();
+    let (second, rekey) = rekey_to(&[&alice, &bob], &mut rng);
+    log.insert(change(&alice, &log, Op::Remove(carol.key()), Some(rekey)))
+        .unwrap();
+    let (third, rekey) = rekey_to(&[&alice, &bob, &dave], &mut rng);
+    log.insert(change(
+        &alice,
+        &log,
+        Op::Add(vec![dave.member()]),
+        Some(rekey),
+    ))
+    .unwrap();
+    let state = log.state().unwrap();
+    assert!(!state.is_member(&carol.key()));
+    assert!(state.is_member(&dave.key()));
+    let rekeys: Vec<Rekey> = log.changes().filter_map(|c| c.rekey.clone()).collect();
+    assert_eq!(rekeys.len(), 3);
+    // Carol holds the first secret only.
+    assert!(GroupSecret::open_rekey(&rekeys[1], &carol.key(), &carol.seal).is_none());
+    assert!(GroupSecret::open_rekey(&rekeys[2], &carol.key(), &carol.seal).is_none());
+    // Dave holds the third only.
+    assert!(GroupSecret::open_rekey(&first_rekey, &dave.key(), &dave.seal).is_none());
+    assert!(GroupSecret::open_rekey(&rekeys[1], &dave.key(), &dave.seal).is_none());
+    let d = GroupSecret::open_rekey(&rekeys[2], &dave.key(), &dave.seal).unwrap();
+    assert_eq!(d.bytes(), third.bytes());
+    // Each secret has its own dead drops.
+    let addrs: BTreeSet<_> = [&first, &second, &third]
+        .iter()
+        .map(|s| s.drop_secret().drop_key(5).address())
+        .collect();
+    assert_eq!(addrs.len(), 3);
+    // What is sealed under the second secret does not open with the first or the third.
+    let env = seal_payload(
+        &second,
+        &Payload::Change(log.changes().last().unwrap().clone()),
+        &mut rng,
+    )
+    .unwrap();
+    assert!(padding::is_bucket(env.len()));
+    assert!(matches!(
+        open_payload(&first, &env),
+        Err(GroupError::Unopenable)
+    ));
+    assert!(matches!(
+        open_payload(&third, &env),
+        Err(GroupError::Unopenable)
+    ));
+    assert!(open_payload(&second, &env).is_ok());
+}
+
+#[test]
+fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
+    let mut rng = rng();
+    let (alice, bob, carol) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    );
+    let (mut log, _) = create(&alice, &[&bob], &mut rng);
+    let (_, rekey) = rekey_to(&[&alice, &bob, &carol], &mut rng);
+    log.insert(change(
+        &alice,
+        &log,
+        Op::Add(vec![carol.member()]),
+        Some(rekey),
+    ))
+    .unwrap();
+    let (_, rekey) = rekey_to(&[&bob, &carol], &mut rng);
+    log.insert(change(&alice, &log, Op::Leave, Some(rekey)))
+        .unwrap();
+    let state = log.state().unwrap();
+    assert!(state.is_admin(&bob.key()), "bob was there first");
+    assert!(!state.is_admin(&carol.key()));
+}
+
+#[test]
+fn a_member_added_beside_a_concurrent_rekey_is_reported_uncovered() {
+    let mut rng = rng();
+    let (alice, bob, carol, dave) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+        User::new("dave", 5),
+    );
+    let (mut log, _) = create(&alice, &[&bob], &mut rng);
+    let lamport = log.next_lamport();
+    // Alice adds carol while bob (made admin) adds dave: same lamport, neither saw the other.
+    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    let lamport = lamport + 1;
+    let (_, r1) = rekey_to(&[&alice, &bob, &carol], &mut rng);
+    let (_, r2) = rekey_to(&[&alice, &bob, &dave], &mut rng);
+    let c1 = Change::new(
+        &alice.id,
+        log.id(),
+        lamport,
+        3,
+        Op::Add(vec![carol.member()]),
+        Some(r1),
+    )
+    .unwrap();
+    let c2 = Change::new(
+        &bob.id,
+        log.id(),
+        lamport,
+        3,
+        Op::Add(vec![dave.member()]),
+        Some(r2),
+    )
+    .unwrap();
+    log.insert(c1).unwrap();
+    log.insert(c2).unwrap();
+    let state = log.state().unwrap();
+    assert_eq!(state.members.len(), 4);
+    assert_eq!(state.uncovered(&log).len(), 1, "the loser's new member");
+}
+
+#[test]
+fn the_log_is_bounded() {
+    let mut rng = rng();
+    let alice = User::new("alice", 1);
+    let (mut log, _) = create(&alice, &[], &mut rng);
+    for i in 1..MAX_CHANGES {
+        let c = Change::new(
+            &alice.id,
+            log.id(),
+            i as u64,
+            0,
+            Op::Rename(format!("{i}")),
+            None,
+        )
+        .unwrap();
+        log.insert(c).unwrap();
+    }
+    let one_more = change(&alice, &log, Op::Rename("more".into()), None);
+    assert!(matches!(log.insert(one_more), Err(GroupError::LogFull)));
+}
+
+#[test]
+fn a_rekey_for_the_largest_group_fits_one_change() {
+    let mut rng = rng();
+    let users: Vec<User> = (0..MAX_MEMBERS)
+        .map(|_| User {
+            id: Identity::generate(&mut rng),
+            seal: SealKey::generate(&mut rng),
+            name: "m",
+        })
+        .collect();
+    let to: Vec<(AccountKey, [u8; 32])> =
+        users.iter().map(|u| (u.key(), u.seal.public())).collect();
+    let secret = GroupSecret::generate(&mut rng);
+    let rekey = secret.rekey(&to, &mut rng).unwrap();
+    let c = Change::new(
+        &users[0].id,
+        GroupId([1; 16]),
+        3,
+        0,
+        Op::Rekey,
+        Some(rekey.clone()),
+    )
+    .unwrap();
+    let env = seal_payload(&secret, &Payload::Change(c), &mut rng).unwrap();
+    assert!(env.len() <= crate::envelope::MAX_BYTES);
+    let last = users.last().unwrap();
+    assert!(GroupSecret::open_rekey(&rekey, &last.key(), &last.seal).is_some());
+}
+
+#[test]
+fn megolm_sender_keys_open_only_with_their_signature_and_only_forwards() {
+    let alice = User::new("alice", 1);
+    let eve = User::new("eve", 4);
+    let group = GroupId([1; 16]);
+    let mut session = new_session();
+    let early = Sent::encrypt(group, alice.key(), &mut session, b"before you joined");
+    let key = SenderKey::new(&alice.id, group, &session);
+    let mut inbound = key.open().unwrap();
+    let sent = Sent::encrypt(group, alice.key(), &mut session, b"hello");
+    let (plain, index) = sent.decrypt(&mut inbound).unwrap();
+    assert_eq!(plain, b"hello");
+    assert_eq!(index, 1);
+    // The key was shared at index 1: the message before it does not decrypt.
+    assert!(early.decrypt(&mut inbound).is_err());
+    // A key claimed for alice but signed by eve.
+    let mut forged = SenderKey::new(&eve.id, group, &new_session());
+    forged.member = alice.key();
+    assert!(matches!(forged.open(), Err(GroupError::BadSignature)));
+    // A message of another session.
+    let other = Sent::encrypt(group, alice.key(), &mut new_session(), b"x");
+    assert!(other.decrypt(&mut inbound).is_err());
+}
+
+/// Random changes by two admins and a member, some of which the replay must skip.
+fn ops(users: &[User], picks: &[(u8, u8, u8)], rng: &mut StdRng, log: &Log) -> Vec<Change> {
+    picks
+        .iter()
+        .enumerate()
+        .map(|(i, (who, what, whom))| {
+            let by = &users[usize::from(*who) % 3];
+            let target = &users[usize::from(*whom) % users.len()];
+            let all: Vec<&User> = users.iter().collect();
+            let op = match what % 6 {
+                0 => Op::Add(vec![target.member()]),
+                1 => Op::Remove(target.key()),
+                2 => Op::Rename(format!("name {i}")),
+                3 => Op::MakeAdmin(target.key()),
+                4 => Op::Leave,
+                _ => Op::Describe(format!("about {i}")),
+            };
+            let rekey = op.rekeys().then(|| rekey_to(&all, rng).1);
+            // Lamports collide often: concurrent changes.
+            Change::new(&by.id, log.id(), 1 + (i as u64) / 2, 0, op, rekey).unwrap()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn members_holding_the_same_changes_hold_the_same_state(
+        picks in proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 1..16),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let users: Vec<User> = (0..5).map(|i| User::new("u", i + 1)).collect();
+        let (mut base, _) = create(&users[0], &[&users[1], &users[2]], &mut rng);
+        base.insert(change(&users[0], &base, Op::MakeAdmin(users[1].key()), None)).unwrap();
+        let changes = ops(&users, &picks, &mut rng, &base);
+        let mut states = Vec::new();
+        for _ in 0..3 {
+            let mut order = changes.clone();
+            order.shuffle(&mut rng);
+            let mut log = base.clone();
+            for c in order {
+                log.insert(c).unwrap();
+            }
+            states.push(log.state().unwrap());
+        }
+        prop_assert_eq!(&states[0], &states[1]);
+        prop_assert_eq!(&states[0], &states[2]);
+        prop_assert!(states[0].members.is_empty() || states[0].members.values().any(|m| m.admin));
+    }
+
+    #[test]
+    fn opening_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let secret = GroupSecret::from_bytes([3; 32]);
+        let _ = open_payload(&secret, &bytes);
+        let mut padded = bytes.clone();
+        padded.resize(512, 0);
+        let _ = open_payload(&secret, &padded);
+        let _ = codec::decode_limited::<Change>(&bytes, MAX_CHANGE_BYTES as u64);
+    }
+}
