@@ -73,6 +73,21 @@ pub struct Mailbox {
     pub private_paths: bool,
     /// The limits this node applies as a host (TTL, quotas, proof-of-work difficulty).
     pub policy: sotto_protocol::mailbox::Policy,
+    /// Whose invitation to a group joins this node at once (the rest wait for `group join`).
+    pub groups_from: GroupsFrom,
+}
+
+/// Whose invitation to a group joins the node at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupsFrom {
+    /// An admin who is a contact (not a message request).
+    #[default]
+    Contacts,
+    /// Nobody: every invitation waits.
+    Nobody,
+    /// Anyone, a stranger too.
+    Everyone,
 }
 
 impl Default for Mailbox {
@@ -86,6 +101,7 @@ impl Default for Mailbox {
             publish_address: false,
             private_paths: true,
             policy: sotto_protocol::mailbox::Policy::default(),
+            groups_from: GroupsFrom::default(),
         }
     }
 }
@@ -108,6 +124,7 @@ pub struct File {
     pub relay: Option<bool>,
     pub rate_onion: Option<u32>,
     pub stamp_difficulty: Option<u8>,
+    pub groups_from: Option<GroupsFrom>,
     pub mailbox_ttl_secs: Option<u64>,
     pub rate_envelope: Option<u32>,
     pub rate_contact_envelope: Option<u32>,

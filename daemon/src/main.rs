@@ -48,6 +48,10 @@ struct Args {
     /// (faster; every mailbox host then sees whose dead drops these are)
     #[arg(long, env = "SOTTO_NO_PRIVATE_PATHS")]
     no_private_paths: bool,
+    /// Whose invitation to a group joins you at once; the others wait for `sotto group join`
+    /// [default: contacts]
+    #[arg(long, env = "SOTTO_GROUPS_FROM", value_enum)]
+    groups_from: Option<config::GroupsFrom>,
     /// Do not relay onion cells of others' private paths (this node still uses paths)
     #[arg(long, env = "SOTTO_NO_RELAY")]
     no_relay: bool,
@@ -175,6 +179,7 @@ impl Args {
         mailbox.mailbox_only = self.mailbox_only || file.mailbox_only.unwrap_or(false);
         mailbox.publish_address = self.publish_address || file.publish_address.unwrap_or(false);
         mailbox.private_paths = !self.no_private_paths && file.private_paths.unwrap_or(true);
+        mailbox.groups_from = self.groups_from.or(file.groups_from).unwrap_or_default();
         Ok(Config {
             data_dir,
             socket,

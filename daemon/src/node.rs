@@ -238,6 +238,9 @@ impl Node {
         tasks.push(tokio::spawn(
             client.clone().run_fetcher(shutdown_rx.clone()),
         ));
+        tasks.push(tokio::spawn(
+            client.clone().run_group_outbox(shutdown_rx.clone()),
+        ));
         let period = Duration::from_millis(config.mailbox.fetch_interval_ms.min(60_000));
         tasks.push(tokio::spawn(
             client.run_maintenance(period, shutdown_rx.clone()),

@@ -60,6 +60,61 @@ pub enum Body {
     Presence(Presence),
     /// The sender received these messages (at most [`MAX_RECEIPT_IDS`]).
     Receipt(Vec<MessageId>),
+    /// One part of an invitation to a group: the group's log, and in the last part the
+    /// current secret. Sent automatically, never shown as a message.
+    GroupInvite(GroupInvite),
+}
+
+/// The bytes of changes one invitation part carries at most (a part fits one message).
+pub const MAX_INVITE_PART_BYTES: usize = 24 * 1024;
+
+/// One part of an invitation to a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInvite {
+    pub group: crate::group::GroupId,
+    /// This part's number, from 0, of `parts`.
+    pub part: u16,
+    pub parts: u16,
+    /// Changes of the group's log, without their rekeys.
+    pub changes: Vec<crate::group::Change>,
+    /// In the last part: the group's current secret and the hash of the change that made it.
+    pub secret: Option<([u8; 32], [u8; 32])>,
+}
+
+impl GroupInvite {
+    /// `changes` (stripped) in parts that fit one message each, the secret in the last.
+    pub fn split(
+        group: crate::group::GroupId,
+        changes: &[crate::group::Change],
+        secret: ([u8; 32], [u8; 32]),
+    ) -> Vec<GroupInvite> {
+        let mut chunks: Vec<Vec<crate::group::Change>> = vec![Vec::new()];
+        let mut bytes = 0usize;
+        for c in changes {
+            let c = c.stripped();
+            let size = codec::encode(&c).map(|b| b.len()).unwrap_or(0);
+            if bytes + size > MAX_INVITE_PART_BYTES && !chunks.last().is_none_or(Vec::is_empty) {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(last) = chunks.last_mut() {
+                last.push(c);
+            }
+        }
+        let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, changes)| GroupInvite {
+                group,
+                part: u16::try_from(i).unwrap_or(u16::MAX),
+                parts,
+                changes,
+                secret: (i + 1 == usize::from(parts)).then_some(secret),
+            })
+            .collect()
+    }
 }
 
 /// The most message ids in one receipt.
@@ -127,7 +182,7 @@ impl Content {
     pub fn as_text(&self) -> Option<&str> {
         match &self.body {
             Body::Text(t) => Some(t),
-            Body::Presence(_) | Body::Receipt(_) => None,
+            Body::Presence(_) | Body::Receipt(_) | Body::GroupInvite(_) => None,
         }
     }
 
@@ -160,6 +215,16 @@ impl Content {
             }
             Body::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
                 Err(ContentError::Invalid("a receipt names too many messages"))
+            }
+            Body::GroupInvite(i)
+                if i.parts == 0
+                    || i.part >= i.parts
+                    || usize::from(i.parts) > crate::group::MAX_CHANGES
+                    || i.changes.len() > crate::group::MAX_CHANGES =>
+            {
+                Err(ContentError::Invalid(
+                    "an invitation part out of its bounds",
+                ))
             }
             _ => Ok(content),
         }

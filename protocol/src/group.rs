@@ -9,11 +9,12 @@
 //!   or, to leave or rekey, a member). A change that may not be made at its place is skipped
 //!   by everyone alike. So members that hold the same changes hold the same state, whatever
 //!   order the changes arrived in: concurrent changes converge.
-//! - **Secret.** A change that adds, removes or lets a member go carries a [`Rekey`]: a
+//! - **Secret.** A change that adds or removes a member carries a [`Rekey`]: a
 //!   fresh group secret sealed to the seal key (from the card) of each member of the group
 //!   after the change, and to nobody else. The last rekey in replay order names the
 //!   current secret. A removed member never learns the next secret; a new member learns
-//!   no earlier one. The secret yields the group's dead drops (rotating per epoch like a
+//!   no earlier one. A member who leaves does not choose the next secret: an admin rekeys
+//!   after it ([`State::stale_key`]). The secret yields the group's dead drops (rotating per epoch like a
 //!   pair's) and the key of the group envelopes left there ([`seal_payload`]).
 //! - **Sender keys.** Each member encrypts its messages with its own Megolm session and
 //!   announces the session key in a [`SenderKey`] signed by its account key, inside a group
@@ -29,8 +30,9 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use vodozemac::megolm::{GroupSession, InboundGroupSession};
 use vodozemac::megolm::{
-    GroupSession, InboundGroupSession, MegolmMessage, SessionConfig, SessionKey,
+    GroupSessionPickle, InboundGroupSessionPickle, MegolmMessage, SessionConfig, SessionKey,
 };
 use vodozemac::{Curve25519PublicKey, Curve25519SecretKey};
 use zeroize::Zeroizing;
@@ -52,8 +54,8 @@ pub const MAX_NAME_BYTES: usize = 100;
 pub const MAX_DESCRIPTION_BYTES: usize = 1_024;
 /// The longest member name (from the member's card).
 pub const MAX_MEMBER_NAME_BYTES: usize = 64;
-/// Members added by one change at most.
-pub const MAX_ADDED: usize = 256;
+/// Members added by one change at most (so that a change fits one invitation part).
+pub const MAX_ADDED: usize = 128;
 /// The largest encoded change (a rekey for [`MAX_MEMBERS`] members fits).
 pub const MAX_CHANGE_BYTES: usize = 60 * 1024;
 /// The largest payload of one group envelope.
@@ -167,11 +169,13 @@ pub enum Op {
 }
 
 impl Op {
-    /// Does this change need a new secret? (Every change of who is in the group.)
+    /// Does this change carry a new secret? Every change of who is in the group but a
+    /// leave: the member who leaves must not choose the next secret. After a leave an
+    /// admin rekeys ([`State::stale_key`]).
     pub fn rekeys(&self) -> bool {
         matches!(
             self,
-            Op::Create { .. } | Op::Add(_) | Op::Remove(_) | Op::Leave | Op::Rekey
+            Op::Create { .. } | Op::Add(_) | Op::Remove(_) | Op::Rekey
         )
     }
 }
@@ -195,6 +199,9 @@ pub struct Change {
     /// Milliseconds since the Unix epoch, by the author's clock (shown, never trusted).
     pub at_ms: u64,
     pub op: Op,
+    /// The SHA-256 of the rekey's encoding: what the signature covers, so that a change can
+    /// travel without its rekey once the rekey has done its work ([`Change::stripped`]).
+    pub rekey_digest: Option<[u8; 32]>,
     pub rekey: Option<Rekey>,
     pub signature: Vec<u8>,
 }
@@ -206,7 +213,11 @@ struct Signed<'a> {
     author: &'a AccountKey,
     at_ms: u64,
     op: &'a Op,
-    rekey: &'a Option<Rekey>,
+    rekey_digest: &'a Option<[u8; 32]>,
+}
+
+fn rekey_digest(rekey: &Rekey) -> [u8; 32] {
+    Sha256::digest(codec::encode(rekey).unwrap_or_default()).into()
 }
 
 impl Change {
@@ -225,6 +236,7 @@ impl Change {
             author: identity.public(),
             at_ms,
             op,
+            rekey_digest: rekey.as_ref().map(rekey_digest),
             rekey,
             signature: Vec::new(),
         };
@@ -243,16 +255,29 @@ impl Change {
                 author: &self.author,
                 at_ms: self.at_ms,
                 op: &self.op,
-                rekey: &self.rekey,
+                rekey_digest: &self.rekey_digest,
             },
             MAX_CHANGE_BYTES as u64,
         )?)
     }
 
-    /// The change's hash: its place among changes of the same lamport, and its name.
+    /// The change's hash: its place among changes of the same lamport, and its name. The
+    /// same with or without the rekey.
     pub fn hash(&self) -> [u8; 32] {
-        let bytes = codec::encode(self).unwrap_or_default();
-        Sha256::digest(bytes).into()
+        let signed = self.signed_bytes().unwrap_or_default();
+        Sha256::new()
+            .chain_update(&signed)
+            .chain_update(&self.signature)
+            .finalize()
+            .into()
+    }
+
+    /// The change without its rekey (still verifiable).
+    pub fn stripped(&self) -> Change {
+        Change {
+            rekey: None,
+            ..self.clone()
+        }
     }
 
     fn check_bounds(&self) -> Result<(), GroupError> {
@@ -280,7 +305,7 @@ impl Change {
                     || !members.iter().all(member_ok) =>
             {
                 return Err(GroupError::Invalid(
-                    "an add names 1 to 256 members with names of at most 64 bytes",
+                    "an add names 1 to 128 members with names of at most 64 bytes",
                 ));
             }
             Op::Rename(name) if name.is_empty() || name.len() > MAX_NAME_BYTES => {
@@ -296,7 +321,9 @@ impl Change {
                 return Err(GroupError::Invalid("a malformed rekey"));
             }
         }
-        if self.op.rekeys() != self.rekey.is_some() {
+        if self.op.rekeys() != self.rekey_digest.is_some()
+            || (self.rekey.is_some() && self.rekey_digest.is_none())
+        {
             return Err(GroupError::Invalid(
                 "a change of membership must carry a rekey, and only such a change",
             ));
@@ -311,6 +338,11 @@ impl Change {
         if let Op::Create { nonce, .. } = &self.op {
             if GroupId::derive(&self.author, nonce) != self.group {
                 return Err(GroupError::Invalid("a create change for another group id"));
+            }
+        }
+        if let (Some(rekey), Some(digest)) = (&self.rekey, &self.rekey_digest) {
+            if &rekey_digest(rekey) != digest {
+                return Err(GroupError::BadSignature);
             }
         }
         self.author
@@ -355,15 +387,39 @@ impl State {
         self.members.get(key).is_some_and(|m| m.admin)
     }
 
-    /// Members the current secret was not sealed to (added by a change concurrent with the
-    /// last rekey): an admin should rekey.
-    pub fn uncovered(&self, log: &Log) -> Vec<AccountKey> {
-        let covered: BTreeSet<[u8; 8]> = self
+    /// Was the current secret sealed to someone who is no member now (a member who left),
+    /// or not to every member? Then an admin should rekey. False when the log no longer
+    /// holds that rekey.
+    pub fn stale_key(&self, log: &Log) -> bool {
+        let Some(rekey) = self
             .key_change
             .and_then(|h| log.by_hash(&h))
             .and_then(|c| c.rekey.as_ref())
-            .map(|r| r.boxes.iter().map(|(t, _)| *t).collect())
-            .unwrap_or_default();
+        else {
+            return false;
+        };
+        let members: BTreeSet<[u8; 8]> = self.members.keys().map(tag).collect();
+        let covered: BTreeSet<[u8; 8]> = rekey.boxes.iter().map(|(t, _)| *t).collect();
+        members != covered
+    }
+
+    /// The admin that rekeys when the key is stale: the one with the smallest account key,
+    /// so that admins do not all rekey at once.
+    pub fn rekeying_admin(&self) -> Option<AccountKey> {
+        self.members.iter().find(|(_, m)| m.admin).map(|(k, _)| *k)
+    }
+
+    /// Members the current secret was not sealed to (added by a change concurrent with the
+    /// last rekey): an admin should rekey. Empty when the log holds that rekey no more.
+    pub fn uncovered(&self, log: &Log) -> Vec<AccountKey> {
+        let Some(rekey) = self
+            .key_change
+            .and_then(|h| log.by_hash(&h))
+            .and_then(|c| c.rekey.as_ref())
+        else {
+            return Vec::new();
+        };
+        let covered: BTreeSet<[u8; 8]> = rekey.boxes.iter().map(|(t, _)| *t).collect();
         self.members
             .keys()
             .filter(|k| !covered.contains(&tag(k)))
@@ -406,14 +462,18 @@ impl Log {
         self.changes.is_empty()
     }
 
-    /// Add a change after checking its signature. `Ok(false)`: already there.
+    /// Add a change after checking its signature. `Ok(false)`: already there (a copy
+    /// with its rekey replaces one without).
     pub fn insert(&mut self, change: Change) -> Result<bool, GroupError> {
         if change.group != self.id {
             return Err(GroupError::OtherGroup);
         }
         change.verify()?;
         let key = (change.lamport, change.hash());
-        if self.changes.contains_key(&key) {
+        if let Some(have) = self.changes.get_mut(&key) {
+            if have.rekey.is_none() && change.rekey.is_some() {
+                *have = change;
+            }
             return Ok(false);
         }
         if self.changes.len() >= MAX_CHANGES {
@@ -423,12 +483,30 @@ impl Log {
         Ok(true)
     }
 
+    /// Add a change read back from this node's own store, whose signature was checked when
+    /// it arrived.
+    pub fn insert_trusted(&mut self, change: Change) {
+        if change.group == self.id && self.changes.len() < MAX_CHANGES {
+            self.changes.insert((change.lamport, change.hash()), change);
+        }
+    }
+
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
         self.changes.values()
     }
 
     pub fn by_hash(&self, hash: &[u8; 32]) -> Option<&Change> {
         self.changes.values().find(|c| &c.hash() == hash)
+    }
+
+    /// Drop every rekey but the one that holds the current secret (`current`): the others
+    /// did their work when they arrived.
+    pub fn strip_rekeys(&mut self, current: Option<[u8; 32]>) {
+        for ((_, hash), change) in self.changes.iter_mut() {
+            if Some(*hash) != current {
+                change.rekey = None;
+            }
+        }
     }
 
     /// The lamport for this node's next change.
@@ -839,6 +917,28 @@ pub fn open_payload(secret: &GroupSecret, envelope: &[u8]) -> Result<Payload, Gr
 /// A new Megolm session for this member's messages.
 pub fn new_session() -> GroupSession {
     GroupSession::new(SessionConfig::version_1())
+}
+
+/// A session pickled under `key`, for the store.
+pub fn pickle_session(session: &GroupSession, key: &[u8; 32]) -> String {
+    session.pickle().encrypt(key)
+}
+
+pub fn unpickle_session(pickle: &str, key: &[u8; 32]) -> Result<GroupSession, GroupError> {
+    GroupSessionPickle::from_encrypted(pickle, key)
+        .map(GroupSession::from_pickle)
+        .map_err(|e| GroupError::Megolm(e.to_string()))
+}
+
+/// A member's session pickled under `key`, for the store.
+pub fn pickle_inbound(session: &InboundGroupSession, key: &[u8; 32]) -> String {
+    session.pickle().encrypt(key)
+}
+
+pub fn unpickle_inbound(pickle: &str, key: &[u8; 32]) -> Result<InboundGroupSession, GroupError> {
+    InboundGroupSessionPickle::from_encrypted(pickle, key)
+        .map(InboundGroupSession::from_pickle)
+        .map_err(|e| GroupError::Megolm(e.to_string()))
 }
 
 #[cfg(test)]

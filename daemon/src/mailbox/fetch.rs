@@ -2,7 +2,9 @@
 //! fetch interval, this node
 //! looks in each of its dead drops (its intro dead drop, and each contact's pairwise drops
 //! of the epochs since its last complete fetch) at every host, hands what it finds to the
-//! service, deletes what was taken, and sends each sender one receipt.
+//! service, deletes what was taken, and sends each sender one receipt. It looks in the dead
+//! drops of its groups too (of the newest two secrets it holds), from where it last read
+//! at each host; group envelopes stay there for every other member, until they expire.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use futures::StreamExt as _;
 use sotto_protocol::content::MessageId;
 use sotto_protocol::deaddrop::{Address, DropKey};
 use sotto_protocol::envelope;
+use sotto_protocol::group::GroupId;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::mailbox::{self, Delete, Fetch, Request, Response};
 use sotto_protocol::wire;
@@ -47,11 +50,32 @@ pub fn stamp_floor(own: u8) -> u8 {
     own.min(sotto_protocol::pow::DEFAULT_DIFFICULTY)
 }
 
+/// What kind of dead drop a fetch looks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The intro dead drop: anyone with a stamp deposits there.
+    Intro,
+    /// A contact's pairwise drop: only the pair can deposit there (junk in it is the host's
+    /// doing).
+    Pairwise,
+    /// A group's drop under one of its secrets (the hash of the change that made it): only
+    /// members deposit there, nobody deletes.
+    Group(GroupId, [u8; 32]),
+}
+
+impl Kind {
+    fn proven(self) -> bool {
+        !matches!(self, Kind::Intro)
+    }
+}
+
+/// Where this node last read each group dead drop at each host, kept at most this many.
+const MAX_CURSORS: usize = 4_096;
+
 impl Client {
     /// The addresses and keys of every dead drop this node should look in now, each with
-    /// whether it is a pairwise one (only the pair can deposit there: junk in it is the
-    /// host's doing) rather than the intro dead drop (where anyone with a stamp can).
-    async fn own_drops(&self) -> Result<Vec<(Address, DropKey, bool)>, Error> {
+    /// its kind.
+    async fn own_drops(&self) -> Result<Vec<(Address, DropKey, Kind)>, Error> {
         let service = &self.service;
         let now = unix_ms();
         let current = service.epoch_at(now);
@@ -63,7 +87,7 @@ impl Client {
         let mut keys = Vec::new();
         if let Some(account) = service.account_lock().lock().await.as_ref() {
             let intro = DropKey::from_seed(&account.intro.seed());
-            keys.push((intro.intro_address(), intro, false));
+            keys.push((intro.intro_address(), intro, Kind::Intro));
         } else {
             return Ok(keys);
         }
@@ -74,7 +98,13 @@ impl Client {
             let secret = c.inbox.secret();
             keys.extend((first..=current).map(|e| {
                 let key = secret.drop_key(e);
-                (key.address(), key, true)
+                (key.address(), key, Kind::Pairwise)
+            }));
+        }
+        for (group, hash, secret) in service.group_drops()? {
+            keys.extend((current.saturating_sub(1)..=current).map(|e| {
+                let key = secret.drop_key(e);
+                (key.address(), key, Kind::Group(group, hash))
             }));
         }
         Ok(keys)
@@ -89,12 +119,12 @@ impl Client {
         // for each in turn would take as many round trips as pages.
         let drops = self.own_drops().await?;
         let results: Vec<(usize, bool)> = futures::stream::iter(drops)
-            .map(|(address, key, pairwise)| async move {
+            .map(|(address, key, kind)| async move {
                 let targets = self.hosts_for(&address).await;
                 let fetched = futures::future::join_all(
                     targets
                         .iter()
-                        .map(|target| self.fetch_from(target, &address, &key, pairwise)),
+                        .map(|target| self.fetch_from(target, &address, &key, kind)),
                 )
                 .await;
                 let taken: usize = fetched.iter().map(|(n, _)| n).sum();
@@ -138,12 +168,17 @@ impl Client {
         target: &Target,
         address: &Address,
         key: &DropKey,
-        pairwise: bool,
+        kind: Kind,
     ) -> (usize, bool) {
         let address = *address;
+        let pairwise = kind.proven();
         // Proofs name the host they are for, so that no host can replay them at another.
         let host_id = target.id_bytes(&self.me());
-        let mut after = None;
+        let cursor = (address, host_id.clone());
+        let mut after = match kind {
+            Kind::Group(..) => self.group_cursor(&cursor),
+            _ => None,
+        };
         let mut done = Vec::new();
         let mut answered = false;
         let mut handled = 0usize;
@@ -192,6 +227,15 @@ impl Client {
                 }
                 if !pairwise && !fetched.stamp_holds(&address, floor) {
                     done.push(digest);
+                    continue;
+                }
+                if let Kind::Group(group, hash) = kind {
+                    // Left for the other members; read past from now on.
+                    self.service
+                        .receive_group(group, hash, &fetched.envelope)
+                        .await;
+                    self.set_group_cursor(cursor.clone(), digest);
+                    junk_in_a_row = 0;
                     continue;
                 }
                 // Taken, seen before, not an envelope at all, or one that can never open:
@@ -244,6 +288,9 @@ impl Client {
             }
         }
         let taken = done.len();
+        if matches!(kind, Kind::Group(..)) {
+            return (handled, answered);
+        }
         for ids in done.chunks(mailbox::MAX_DELETE_IDS) {
             let timestamp = unix_ms();
             let delete = Delete {
@@ -257,6 +304,20 @@ impl Client {
             }
         }
         (taken, answered)
+    }
+
+    fn group_cursor(&self, at: &(Address, Vec<u8>)) -> Option<mailbox::EnvelopeId> {
+        let cursors = self.group_cursors.lock().unwrap_or_else(|p| p.into_inner());
+        cursors.get(at).copied()
+    }
+
+    fn set_group_cursor(&self, at: (Address, Vec<u8>), id: mailbox::EnvelopeId) {
+        let mut cursors = self.group_cursors.lock().unwrap_or_else(|p| p.into_inner());
+        if cursors.len() >= MAX_CURSORS && !cursors.contains_key(&at) {
+            // Forgetting a cursor costs a re-read (the envelopes are known as seen).
+            cursors.clear();
+        }
+        cursors.insert(at, id);
     }
 
     /// Nothing else tells the senders that these arrived: one receipt per sender.

@@ -26,6 +26,7 @@ use crate::store::StoreError;
 pub mod deposit;
 pub mod exit;
 pub mod fetch;
+pub mod group;
 pub mod handover;
 pub mod host;
 
@@ -76,7 +77,16 @@ pub struct Client {
     host: Arc<Host>,
     /// Private paths for this node's own mailbox work; `None`: it goes directly.
     paths: Option<Paths>,
+    /// Where this node last read each group dead drop at each host (see `fetch`).
+    group_cursors: GroupCursors,
 }
+
+/// Group dead drop and host → the last envelope read there.
+type GroupCursors = Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<(Address, Vec<u8>), sotto_protocol::mailbox::EnvelopeId>,
+    >,
+>;
 
 impl Client {
     pub fn new(service: Service, host: Arc<Host>) -> Self {
@@ -84,6 +94,7 @@ impl Client {
             service,
             host,
             paths: None,
+            group_cursors: Arc::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::*;
-use crate::service::{AccountError, ContactError, MessageError, PeerError};
+use crate::service::{AccountError, ContactError, GroupError, MessageError, PeerError};
 use crate::store::StoreError;
 
 impl From<AccountError> for RpcError {
@@ -41,6 +41,7 @@ impl From<MessageError> for RpcError {
     fn from(e: MessageError) -> Self {
         match e {
             MessageError::Contact(c) => RpcError::from(*c),
+            MessageError::Group(g) => RpcError::from(*g),
             e => {
                 let code = match &e {
                     MessageError::NoAccount => NO_ACCOUNT,
@@ -48,6 +49,35 @@ impl From<MessageError> for RpcError {
                     | MessageError::TooLong { .. }
                     | MessageError::Blocked(_)
                     | MessageError::Content(_) => INVALID_PARAMS,
+                    _ => INTERNAL_ERROR,
+                };
+                RpcError::new(code, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<GroupError> for RpcError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Contact(c) => RpcError::from(*c),
+            GroupError::Invite(m) => RpcError::from(*m),
+            e => {
+                let code = match &e {
+                    GroupError::NoAccount => NO_ACCOUNT,
+                    GroupError::Unknown(_) => UNKNOWN_GROUP,
+                    GroupError::NameTaken(_) => NAME_TAKEN,
+                    GroupError::NotAdmin(_) => NOT_ADMIN,
+                    GroupError::NotMember { .. }
+                    | GroupError::NotJoined(_)
+                    | GroupError::NotInvited(_) => NOT_MEMBER,
+                    GroupError::BadName
+                    | GroupError::AlreadyMember(_)
+                    | GroupError::Request(_)
+                    | GroupError::TooMany { .. }
+                    | GroupError::Full { .. }
+                    | GroupError::Empty
+                    | GroupError::TooLong { .. } => INVALID_PARAMS,
                     _ => INTERNAL_ERROR,
                 };
                 RpcError::new(code, e.to_string())
@@ -77,6 +107,28 @@ pub(super) fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, Rp
         .get(name)
         .and_then(Value::as_str)
         .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("missing string parameter {name:?}")))
+}
+
+/// A list of strings (absent: empty).
+pub(super) fn str_list_param(params: &Value, name: &str) -> Result<Vec<String>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= sotto_protocol::group::MAX_ADDED => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    RpcError::new(INVALID_PARAMS, format!("{name:?} must list strings"))
+                })
+            })
+            .collect(),
+        Some(_) => Err(RpcError::new(
+            INVALID_PARAMS,
+            format!(
+                "parameter {name:?} must be a list of at most {} strings",
+                sotto_protocol::group::MAX_ADDED
+            ),
+        )),
+    }
 }
 
 pub(super) fn opt_str_param<'a>(
@@ -147,6 +199,47 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &Value) -> Resul
         "requests.accept" => to_value(service.accept(str_param(params, "contact")?).await),
         "requests.reject" => to_value(service.reject(str_param(params, "contact")?).await),
         "mailbox.stats" => to_value(node.host.stats()),
+        "group.create" => to_value(
+            service
+                .group_create(
+                    str_param(params, "name")?,
+                    &str_list_param(params, "members")?,
+                )
+                .await,
+        ),
+        "group.add" => to_value(
+            service
+                .group_add(
+                    str_param(params, "group")?,
+                    &str_list_param(params, "members")?,
+                )
+                .await,
+        ),
+        "group.remove" => to_value(
+            service
+                .group_remove(str_param(params, "group")?, str_param(params, "member")?)
+                .await,
+        ),
+        "group.leave" => to_value(service.group_leave(str_param(params, "group")?).await),
+        "group.rename" => to_value(
+            service
+                .group_rename(str_param(params, "group")?, str_param(params, "name")?)
+                .await,
+        ),
+        "group.describe" => to_value(
+            service
+                .group_describe(str_param(params, "group")?, str_param(params, "text")?)
+                .await,
+        ),
+        "group.admin" => to_value(
+            service
+                .group_make_admin(str_param(params, "group")?, str_param(params, "member")?)
+                .await,
+        ),
+        "group.list" => to_value(service.group_list().await),
+        "group.info" => to_value(service.group_info(str_param(params, "group")?).await),
+        "group.join" => to_value(service.group_join(str_param(params, "group")?).await),
+        "group.decline" => to_value(service.group_decline(str_param(params, "group")?).await),
         _ => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!("no method {method:?}; see docs/api.md"),

@@ -35,6 +35,9 @@ pub const UNKNOWN_CONTACT: i64 = -32003;
 pub const BAD_CARD: i64 = -32004;
 pub const NAME_TAKEN: i64 = -32005;
 pub const OWN_CARD: i64 = -32006;
+pub const UNKNOWN_GROUP: i64 = -32010;
+pub const NOT_ADMIN: i64 = -32011;
+pub const NOT_MEMBER: i64 = -32012;
 
 /// What the control server serves: the service, the mailbox host and the private paths
 /// (for their figures).

@@ -94,6 +94,7 @@ impl Service {
         self.inner.store.commit(batch).await?;
         tracing::info!("account created");
         let view = self.view_account(&account).await?;
+        let _ = self.inner.own_account.set(account.identity.public());
         *guard = Some(account);
         Ok(view)
     }

@@ -77,6 +77,8 @@ pub enum MessageError {
     Card(#[from] CardError),
     #[error("cannot encrypt: {0}")]
     Encrypt(ChatError),
+    #[error(transparent)]
+    Group(Box<super::groups::GroupError>),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }

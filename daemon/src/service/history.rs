@@ -12,6 +12,7 @@ impl Service {
         MessageView {
             id: m.id.to_string(),
             contact: contact_name.to_owned(),
+            group: None,
             direction: match m.direction {
                 Direction::In => "in",
                 Direction::Out => "out",
@@ -82,6 +83,11 @@ impl Service {
         with: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<MessageView>, MessageError> {
+        if let Some(group) = with.filter(|w| self.is_group(w).unwrap_or(false)) {
+            return self
+                .group_messages(group, limit)
+                .map_err(|e| MessageError::Group(Box::new(e)));
+        }
         let filter = with.map(|w| self.resolve(w)).transpose()?.map(|(k, _)| k);
         let mut names = HashMap::new();
         let mut out = Vec::new();

@@ -16,6 +16,7 @@
 //! | `receive.rs` | an envelope from a peer or a mailbox host |
 //! | `requests.rs` | `requests.*` |
 //! | `defence.rs` | `contact.block`/`unblock`, `peers.bans`/`unban`, recording bans |
+//! | `groups.rs` | `group.*`, group messages, group envelopes from the group's dead drop |
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ mod account;
 mod contacts;
 mod defence;
 pub mod error;
+pub mod groups;
 mod history;
 mod receive;
 mod requests;
@@ -40,6 +42,7 @@ mod send;
 pub mod views;
 
 pub use error::{AccountError, ContactError, MessageError, PeerError, ReceiveError};
+pub use groups::{GroupError, GroupInfo, GroupTaken, GroupView, MemberView};
 pub use receive::Received;
 pub use views::{
     AccountView, BanView, BlockState, ContactView, MessageView, NodeStatus, Rejected, Unbanned,
@@ -85,6 +88,10 @@ struct Inner {
     keys: config::Keys,
     signals: mpsc::Sender<Signal>,
     fetch_wake: Notify,
+    /// Wakes the group outbox worker.
+    group_wake: Notify,
+    /// The account's key, once there is an account.
+    own_account: std::sync::OnceLock<AccountKey>,
     /// The last `sent_at` given to a message: each is later than the one before, so that a
     /// burst keeps its order in the recipient's history.
     last_sent_at: std::sync::atomic::AtomicU64,
@@ -122,6 +129,7 @@ impl Service {
             })?),
             None => None,
         };
+        let own_account = account.as_ref().map(|a| a.identity.public());
         let events = Events::new(store.clone());
         let (signals, signals_rx) = mpsc::channel(SIGNAL_QUEUE);
         let service = Service {
@@ -136,6 +144,8 @@ impl Service {
                 keys,
                 signals,
                 fetch_wake: Notify::new(),
+                group_wake: Notify::new(),
+                own_account: std::sync::OnceLock::new(),
                 last_sent_at: Default::default(),
                 seeded: seed.map(|seed| {
                     std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
@@ -144,7 +154,20 @@ impl Service {
                 }),
             }),
         };
+        if let Some(key) = own_account {
+            let _ = service.inner.own_account.set(key);
+        }
         Ok((service, signals_rx))
+    }
+
+    /// The account's key, if there is an account.
+    pub fn own_account(&self) -> Option<AccountKey> {
+        self.inner.own_account.get().copied()
+    }
+
+    /// Wakes the group outbox worker (a group envelope was queued).
+    pub fn group_wake(&self) -> &Notify {
+        &self.inner.group_wake
     }
 
     /// 32 random bytes for a new secret: from the OS, or from the simulator's seed.

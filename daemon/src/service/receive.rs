@@ -126,7 +126,8 @@ impl Service {
             return Ok(Received::answer(Response::Accepted));
         }
         let presence = matches!(content.body, Body::Presence(_));
-        let stored = self.stage_content(&mut sender, &content, now, &mut batch, &mut events)?;
+        let stored =
+            self.stage_content(account, &mut sender, &content, now, &mut batch, &mut events)?;
         let mut queued = Vec::new();
         // A contact (not a mere request) learns this node's presence once.
         if !sender.contact.request && !sender.contact.presence_sent {
@@ -237,6 +238,7 @@ impl Service {
     /// is a message for the user. Returns the user message stored, if any.
     fn stage_content(
         &self,
+        account: &sotto_protocol::chat::LocalAccount,
         sender: &mut Sender,
         content: &Content,
         now: u64,
@@ -269,6 +271,20 @@ impl Service {
                         serde_json::to_value(self.view_message(&m, &sender.contact.name))
                             .unwrap_or_default(),
                     ));
+                }
+                Ok(None)
+            }
+            Body::GroupInvite(invite) => {
+                batch.index_message(&content.id, None);
+                if let Err(e) = self.stage_invite(
+                    account,
+                    &sender.key,
+                    sender.contact.request,
+                    invite,
+                    batch,
+                    events,
+                ) {
+                    tracing::debug!("an invitation to a group refused: {e}");
                 }
                 Ok(None)
             }

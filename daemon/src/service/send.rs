@@ -25,6 +25,12 @@ pub(super) struct Staged {
 impl Service {
     /// `message.send`
     pub async fn send(&self, to: &str, text: &str) -> Result<MessageView, MessageError> {
+        if self.is_group(to)? {
+            return self
+                .send_group(to, text)
+                .await
+                .map_err(|e| MessageError::Group(Box::new(e)));
+        }
         if text.is_empty() {
             return Err(MessageError::Empty);
         }

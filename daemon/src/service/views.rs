@@ -66,7 +66,11 @@ pub struct Rejected {
 #[derive(Clone, Debug, Serialize)]
 pub struct MessageView {
     pub id: String,
+    /// The contact, or the group, the message belongs to.
     pub contact: String,
+    /// The group's name, for a group message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub direction: &'static str,
     pub from: String,
     pub text: String,

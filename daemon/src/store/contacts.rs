@@ -18,8 +18,10 @@ impl Store {
             .and_then(|k| account_key(&k)))
     }
 
+    /// Is `name` a contact's or a group's? (They share one namespace.)
     pub fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.get_raw(Tree::Names, name.as_bytes())?.is_some())
+        Ok(self.get_raw(Tree::Names, name.as_bytes())?.is_some()
+            || self.get_raw(Tree::GroupNames, name.as_bytes())?.is_some())
     }
 
     /// The account key of the contact whose card has the seal key `seal_key`.

@@ -22,6 +22,7 @@ use sotto_protocol::codec;
 
 pub mod contacts;
 pub mod events;
+pub mod groups;
 pub mod hosting;
 pub mod messages;
 pub mod meta;
@@ -29,6 +30,9 @@ pub mod outbox;
 mod records;
 mod schema;
 
+pub use groups::{
+    GroupMessage, GroupOutboxEntry, GroupRecord, GroupStatus, InboundSessions, Outbound,
+};
 pub use records::{
     Ban, Contact, Direction, GuardRecord, HostStats, Hosted, InboxSecret, Message, OutboxEntry,
     Route, Seq, State, Usage,
@@ -36,7 +40,7 @@ pub use records::{
 use schema::{Tree, TREES};
 
 /// The schema this code writes; a store written by a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// The newest events kept for clients that reconnect.
 pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never

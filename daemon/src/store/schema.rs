@@ -44,10 +44,22 @@ pub(super) enum Tree {
     /// envelopes in the order they expire, so that garbage collection reads only expired
     /// ones. Schema 2.
     HostedExpiry,
+    /// Group id → [`super::GroupRecord`]. Schema 3.
+    Groups,
+    /// Local group name → group id. Schema 3.
+    GroupNames,
+    /// Group id ‖ member account key → the member's Megolm sessions
+    /// ([`super::InboundSessions`]). Schema 3.
+    GroupSessions,
+    /// Sequence number → [`super::GroupMessage`]. Schema 3.
+    GroupMessages,
+    /// Sequence number → [`super::GroupOutboxEntry`]: group envelopes waiting to be left at
+    /// the group's dead drop. Schema 3.
+    GroupOutbox,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 17] = [
+pub(super) const TREES: [(Tree, &str); 22] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -65,6 +77,11 @@ pub(super) const TREES: [(Tree, &str); 17] = [
     (Tree::Blocked, "blocked"),
     (Tree::Requests, "requests"),
     (Tree::HostedExpiry, "hosted_expiry"),
+    (Tree::Groups, "groups"),
+    (Tree::GroupNames, "group_names"),
+    (Tree::GroupSessions, "group_sessions"),
+    (Tree::GroupMessages, "group_messages"),
+    (Tree::GroupOutbox, "group_outbox"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";

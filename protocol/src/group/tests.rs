@@ -236,12 +236,29 @@ fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
         Some(rekey),
     ))
     .unwrap();
-    let (_, rekey) = rekey_to(&[&bob, &carol], &mut rng);
-    log.insert(change(&alice, &log, Op::Leave, Some(rekey)))
-        .unwrap();
+    assert!(
+        Change::new(
+            &alice.id,
+            log.id(),
+            9,
+            0,
+            Op::Leave,
+            Some(rekey_to(&[&bob], &mut rng).1)
+        )
+        .is_err(),
+        "a leaver does not choose the next secret"
+    );
+    log.insert(change(&alice, &log, Op::Leave, None)).unwrap();
     let state = log.state().unwrap();
     assert!(state.is_admin(&bob.key()), "bob was there first");
     assert!(!state.is_admin(&carol.key()));
+    // The secret was sealed to alice too: bob (the admin) rekeys.
+    assert!(state.stale_key(&log));
+    assert_eq!(state.rekeying_admin(), Some(bob.key()));
+    let (_, rekey) = rekey_to(&[&bob, &carol], &mut rng);
+    log.insert(change(&bob, &log, Op::Rekey, Some(rekey)))
+        .unwrap();
+    assert!(!log.state().unwrap().stale_key(&log));
 }
 
 #[test]
@@ -421,4 +438,25 @@ proptest! {
         let _ = open_payload(&secret, &padded);
         let _ = codec::decode_limited::<Change>(&bytes, MAX_CHANGE_BYTES as u64);
     }
+}
+
+#[test]
+fn a_change_travels_without_its_rekey_and_keeps_its_place() {
+    let mut rng = rng();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let (log, _) = create(&alice, &[&bob], &mut rng);
+    let full = log.changes().next().unwrap().clone();
+    let stripped = full.stripped();
+    assert!(stripped.rekey.is_none());
+    stripped.verify().unwrap();
+    assert_eq!(stripped.hash(), full.hash());
+    // A stripped copy first, the full one later: the rekey is kept.
+    let mut other = Log::new(log.id());
+    assert!(other.insert(stripped).unwrap());
+    assert!(!other.insert(full.clone()).unwrap());
+    assert!(other.changes().next().unwrap().rekey.is_some());
+    // A rekey swapped for another breaks the signature.
+    let mut swapped = full;
+    swapped.rekey = Some(rekey_to(&[&alice], &mut rng).1);
+    assert!(matches!(swapped.verify(), Err(GroupError::BadSignature)));
 }
