@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use common::{root, wait_until, Daemon};
 use serde_json::{json, Value};
+use sotto_daemon::store::Store;
+use sotto_protocol::group::GroupId;
+use sotto_protocol::identity::AccountKey;
 
 const FLAGS: &[&str] = &[];
 
@@ -92,7 +95,11 @@ fn texts(d: &Daemon, group: &str) -> Vec<String> {
 
 #[test]
 fn three_members_talk_and_a_removed_member_reads_nothing_after() {
-    let net = Net::new();
+    let mut net = Net::new();
+    let alice_address = net.alice.call("account.get", json!({}))["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (alice, bob, carol) = (&net.alice, &net.bob, &net.carol);
     let created = alice.call(
         "group.create",
@@ -173,6 +180,47 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
         );
     }
 
+    // What carol holds is stale: neither the group secret alice and bob use now, nor alice's
+    // Megolm session of now.
+    let group = GroupId::parse(created["id"].as_str().unwrap()).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "alice's group outbox empty",
+        || (group_outbox(alice) == 0).then_some(()),
+    );
+    net.carol.stop();
+    net.alice.stop();
+    let open = |d: &Daemon| Store::open(&d.data_dir.join("store")).unwrap();
+    let (alice_store, carol_store) = (open(&net.alice), open(&net.carol));
+    let alice_group = alice_store.group(&group).unwrap().unwrap();
+    let carol_group = carol_store.group(&group).unwrap().unwrap();
+    let (current, _) = *alice_group.secrets.last().unwrap();
+    assert!(
+        !carol_group.secrets.iter().any(|(h, _)| *h == current),
+        "carol holds the secret made when she was removed"
+    );
+    assert!(
+        carol_group.secrets.is_empty(),
+        "a removed member forgets the secrets"
+    );
+    let key = alice_store.pickle_key().unwrap().unwrap();
+    let outbound = alice_group.outbound.as_ref().unwrap();
+    let session = sotto_protocol::group::unpickle_session(&outbound.pickle, &key).unwrap();
+    let alice_key = AccountKey::from_address(&alice_address).unwrap();
+    let carol_sessions = carol_store.group_sessions(&group, &alice_key).unwrap();
+    assert!(
+        !carol_sessions.sessions.is_empty(),
+        "carol held alice's earlier session"
+    );
+    assert!(
+        carol_sessions
+            .sessions
+            .iter()
+            .all(|(id, _)| *id != session.session_id()),
+        "carol holds alice's session of after the removal"
+    );
+    drop((alice_store, carol_store));
+
     // Nobody but the members holds the group's name, its id or the members' names in clear.
     let id = created["id"].as_str().unwrap().to_owned();
     let id_bytes: Vec<u8> = (0..16)
@@ -193,4 +241,105 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
             );
         }
     }
+}
+
+fn group_outbox(d: &Daemon) -> u64 {
+    d.call("node.status", json!({}))["group_outbox"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Create `name` at alice with bob and carol and wait until both joined; its id.
+fn make_group(net: &Net, name: &str) -> String {
+    let created = net.alice.call(
+        "group.create",
+        json!({ "name": name, "members": ["bob", "carol"] }),
+    );
+    for d in [&net.bob, &net.carol] {
+        wait_status(d, name, "joined");
+    }
+    created["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_member_away_gets_messages_and_a_change_after_the_sender_left_too() {
+    let mut net = Net::new();
+    make_group(&net, "trip");
+    net.alice.send("trip", "first");
+    wait_group_text(&net.bob, "trip", "alice", "first");
+
+    net.bob.stop();
+    let away = ["one", "two", "three"];
+    for t in away {
+        net.alice.send("trip", t);
+    }
+    net.alice.call(
+        "group.describe",
+        json!({ "group": "trip", "text": "by the sea" }),
+    );
+    wait_until(
+        Duration::from_secs(90),
+        "alice's group outbox empty",
+        || (group_outbox(&net.alice) == 0).then_some(()),
+    );
+    assert!(net
+        .alice
+        .messages("trip")
+        .iter()
+        .all(|m| m["state"] == "on_hosts"));
+    net.alice.stop();
+
+    net.bob.restart();
+    for t in away {
+        wait_group_text(&net.bob, "trip", "alice", t);
+    }
+    wait_until(Duration::from_secs(60), "bob sees the description", || {
+        (group_info(&net.bob, "trip")["description"] == "by the sea").then_some(())
+    });
+    assert_eq!(texts(&net.bob, "trip"), ["first", "one", "two", "three"]);
+}
+
+#[test]
+fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
+    let net = Net::new();
+    let id = make_group(&net, "club");
+    net.alice
+        .call("group.admin", json!({ "group": "club", "member": "bob" }));
+    wait_until(Duration::from_secs(60), "bob is admin", || {
+        (group_info(&net.bob, "club")["role"] == "admin").then_some(())
+    });
+    // Neither has seen the other's change when making its own.
+    net.alice
+        .call("group.rename", json!({ "group": "club", "name": "club-a" }));
+    net.bob
+        .call("group.rename", json!({ "group": "club", "name": "club-b" }));
+    net.bob.call(
+        "group.describe",
+        json!({ "group": id, "text": "described by bob" }),
+    );
+    // Every member ends with the same title, description and roles.
+    let state = |d: &Daemon| {
+        let info = group_info(d, &id);
+        (
+            info["title"].clone(),
+            info["description"].clone(),
+            info["member_count"].clone(),
+            info["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["address"].to_string(), m["admin"].clone()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+    };
+    let settled = wait_until(Duration::from_secs(90), "one state everywhere", || {
+        let states: Vec<_> = [&net.alice, &net.bob, &net.carol].map(state).to_vec();
+        (states.iter().all(|s| s == &states[0]) && states[0].1 == "described by bob")
+            .then(|| states[0].clone())
+    });
+    assert!(
+        settled.0 == "club-a" || settled.0 == "club-b",
+        "one of the two renames won: {settled:?}"
+    );
+    println!("settled on {settled:?}");
 }

@@ -187,6 +187,7 @@ impl Service {
                 .map(|p| p.to_string())
                 .collect(),
             outbox: self.inner.store.outbox_len(),
+            group_outbox: self.inner.store.group_outbox_len(),
             traffic: self.inner.net.traffic().view(),
             account,
             version: env!("CARGO_PKG_VERSION"),

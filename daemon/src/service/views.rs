@@ -22,6 +22,8 @@ pub struct NodeStatus {
     pub connected_peers: Vec<String>,
     /// Entries waiting in the outbox (control messages included).
     pub outbox: usize,
+    /// Group envelopes waiting to be left at their group's dead drop.
+    pub group_outbox: usize,
     pub traffic: TrafficView,
     /// The account's address, if there is an account.
     pub account: Option<String>,
