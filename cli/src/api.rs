@@ -72,6 +72,41 @@ pub struct Message {
     #[serde(default)]
     pub received_at: Option<i64>,
     pub state: String,
+    /// The group's name, for a group message.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A Group object (`group.list`, and the result of every `group.*` change).
+#[derive(Debug, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub id: String,
+    pub status: String,
+    pub role: String,
+    pub member_count: u64,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A member in `group.info`.
+#[derive(Debug, Deserialize)]
+pub struct GroupMember {
+    pub name: String,
+    pub address: String,
+    pub admin: bool,
+}
+
+/// The result of `group.info`.
+#[derive(Debug, Deserialize)]
+pub struct GroupInfo {
+    #[serde(flatten)]
+    pub group: Group,
+    pub members: Vec<GroupMember>,
+    #[serde(default)]
+    pub created_ms: Option<i64>,
 }
 
 /// An Event object: the `params` of an `event` notification. (Its `cursor` is followed
@@ -83,6 +118,8 @@ pub struct Event {
     pub message: Option<Message>,
     #[serde(default)]
     pub contact: Option<Contact>,
+    #[serde(default)]
+    pub group: Option<Group>,
 }
 
 /// Read `value`, the answer to `method`, as a `T`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::api::{self, Account, Contact, Event, Message, Status, Verification};
+use crate::api::{self, Account, Contact, Event, Group, GroupInfo, Message, Status, Verification};
 use crate::events::{Follow, Step};
 use crate::exit::StdoutClosed;
 use crate::input::InvalidInput;
@@ -397,4 +397,80 @@ fn read_stdin(what: &str) -> anyhow::Result<String> {
     }
     String::from_utf8(bytes)
         .map_err(|_| InvalidInput(format!("the {what} on standard input is not UTF-8 text")).into())
+}
+
+/// What a `sotto group` command does.
+#[derive(Debug)]
+pub enum GroupAction {
+    Create { name: String, members: Vec<String> },
+    Add { group: String, members: Vec<String> },
+    Remove { group: String, member: String },
+    Leave { group: String },
+    Rename { group: String, name: String },
+    Describe { group: String, text: String },
+    Admin { group: String, member: String },
+    Join { group: String },
+    Decline { group: String },
+    List,
+    Info { group: String },
+}
+
+/// `sotto group …`
+pub fn group(ctx: &Context, action: GroupAction) -> anyhow::Result<()> {
+    let (method, params, done) = match action {
+        GroupAction::List => return group_list(ctx),
+        GroupAction::Info { group } => return group_info(ctx, &group),
+        GroupAction::Create { name, members } => (
+            "group.create",
+            json!({ "name": name, "members": members }),
+            "Created",
+        ),
+        GroupAction::Add { group, members } => (
+            "group.add",
+            json!({ "group": group, "members": members }),
+            "Added to",
+        ),
+        GroupAction::Remove { group, member } => (
+            "group.remove",
+            json!({ "group": group, "member": member }),
+            "Removed from",
+        ),
+        GroupAction::Leave { group } => ("group.leave", json!({ "group": group }), "Left"),
+        GroupAction::Rename { group, name } => (
+            "group.rename",
+            json!({ "group": group, "name": name }),
+            "Renamed",
+        ),
+        GroupAction::Describe { group, text } => (
+            "group.describe",
+            json!({ "group": group, "text": text }),
+            "Described",
+        ),
+        GroupAction::Admin { group, member } => (
+            "group.admin",
+            json!({ "group": group, "member": member }),
+            "New admin in",
+        ),
+        GroupAction::Join { group } => ("group.join", json!({ "group": group }), "Joined"),
+        GroupAction::Decline { group } => ("group.decline", json!({ "group": group }), "Declined"),
+    };
+    ctx.call_and_print(method, params, |g: Group| {
+        Ok(format!("{done}: {}", output::group_line(&g)))
+    })
+}
+
+/// `sotto group list`
+fn group_list(ctx: &Context) -> anyhow::Result<()> {
+    ctx.call_and_print("group.list", json!({}), |groups: Vec<Group>| {
+        Ok(output::groups(&groups))
+    })
+}
+
+/// `sotto group info GROUP`
+fn group_info(ctx: &Context, group: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "group.info",
+        json!({ "group": group }),
+        |info: GroupInfo| Ok(output::group_info(&info)),
+    )
 }

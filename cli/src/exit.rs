@@ -22,9 +22,10 @@ Exit status:
   2  usage error (bad arguments)
   3  the daemon is not running, or its socket cannot be connected to
   4  no account yet (create one with: sotto init --name NAME)
-  5  unknown contact
+  5  unknown contact or group
   6  invalid input (bad card, invalid parameters, own card)
-  7  conflict (an account exists already, the contact name is taken)";
+  7  conflict (an account exists already, the contact or group name is taken)
+  8  not allowed (not an admin of the group, not a member)";
 
 /// How `sotto` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,7 @@ pub enum Code {
     UnknownContact = 5,
     InvalidInput = 6,
     Conflict = 7,
+    NotAllowed = 8,
 }
 
 impl Code {
@@ -44,7 +46,8 @@ impl Code {
     pub fn for_daemon_error(code: i64) -> Code {
         match code {
             -32001 => Code::NoAccount,
-            -32003 => Code::UnknownContact,
+            -32003 | -32010 => Code::UnknownContact,
+            -32011 | -32012 => Code::NotAllowed,
             -32004 | -32602 | -32006 => Code::InvalidInput,
             -32002 | -32005 => Code::Conflict,
             _ => Code::Failure,

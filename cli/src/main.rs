@@ -116,6 +116,10 @@ enum Command {
     Peers(PeersCommand),
     /// Private paths: guard relays, paths built and failed, cells relayed for others
     Paths,
+    /// Group chats: create, manage, join; `sotto send GROUP` and `sotto messages GROUP`
+    /// work with a group's name
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -153,6 +157,46 @@ enum ContactCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group; you are its admin
+    Create {
+        /// The group's name (shared with its members; one namespace with your contacts)
+        name: String,
+        /// A contact to add; repeatable
+        #[arg(long = "member", value_name = "CONTACT")]
+        members: Vec<String>,
+    },
+    /// Add contacts to a group (admins only)
+    Add {
+        group: String,
+        #[arg(required = true, value_name = "CONTACT")]
+        members: Vec<String>,
+    },
+    /// Remove a member (admins only); they read nothing sent after
+    Remove {
+        group: String,
+        /// A contact's name, a member's label from `group info`, or an address
+        member: String,
+    },
+    /// Leave a group
+    Leave { group: String },
+    /// Rename a group (admins only)
+    Rename { group: String, name: String },
+    /// Set a group's description (admins only)
+    Describe { group: String, text: String },
+    /// Make a member an admin (admins only)
+    Admin { group: String, member: String },
+    /// List groups and invitations
+    List,
+    /// Show a group: members, admins, your role
+    Info { group: String },
+    /// Accept an invitation
+    Join { group: String },
+    /// Decline an invitation
+    Decline { group: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum PeersCommand {
     /// List the peers this node banned for flooding it, and until when
     Bans,
@@ -183,6 +227,23 @@ enum RequestsCommand {
 enum MailboxCommand {
     /// Dead drops, envelopes and bytes hosted; deposits, rejections, handovers
     Stats,
+}
+
+fn group_action(command: GroupCommand) -> commands::GroupAction {
+    use commands::GroupAction as A;
+    match command {
+        GroupCommand::Create { name, members } => A::Create { name, members },
+        GroupCommand::Add { group, members } => A::Add { group, members },
+        GroupCommand::Remove { group, member } => A::Remove { group, member },
+        GroupCommand::Leave { group } => A::Leave { group },
+        GroupCommand::Rename { group, name } => A::Rename { group, name },
+        GroupCommand::Describe { group, text } => A::Describe { group, text },
+        GroupCommand::Admin { group, member } => A::Admin { group, member },
+        GroupCommand::Join { group } => A::Join { group },
+        GroupCommand::Decline { group } => A::Decline { group },
+        GroupCommand::List => A::List,
+        GroupCommand::Info { group } => A::Info { group },
+    }
 }
 
 fn main() -> ExitCode {
@@ -220,6 +281,7 @@ fn main() -> ExitCode {
         }
         Command::Mailbox(MailboxCommand::Stats) => commands::mailbox_stats(&ctx),
         Command::Paths => commands::paths(&ctx),
+        Command::Group(command) => commands::group(&ctx, group_action(command)),
         Command::Completions { shell } => commands::completions(shell, Cli::command()),
     };
     match result {

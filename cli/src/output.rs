@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use qrcode::render::unicode::Dense1x2;
 use qrcode::{EcLevel, QrCode};
 
-use crate::api::{Account, Contact, Direction, Event, Message, Status, Verification};
+use crate::api::{
+    Account, Contact, Direction, Event, Group, GroupInfo, Message, Status, Verification,
+};
 
 /// Width of the label column in `key: value` listings.
 const LABEL: usize = 14;
@@ -207,13 +209,25 @@ pub fn messages(messages: &[Message], contact: Option<&str>) -> String {
 }
 
 /// One message: `2026-11-29 10:04  me → bob: text  [delivered]` for an outgoing one,
-/// `2026-11-29 10:05  bob: text` for an incoming one. The time is when it was sent.
+/// `2026-11-29 10:05  bob: text` for an incoming one, `2026-11-29 10:05  [friends] bob:
+/// text` for one in a group. The time is when it was sent.
 pub fn message(message: &Message) -> String {
     let when = message
         .sent_at
         .or(message.received_at)
         .map_or_else(|| "?".repeat(16), time);
     let text = message_text(&message.text);
+    if let Some(group) = &message.group {
+        let state = match message.direction {
+            Direction::Out => format!("  [{}]", one_line(&message.state)),
+            Direction::In => String::new(),
+        };
+        return format!(
+            "{when}  [{}] {}: {text}{state}",
+            one_line(group),
+            one_line(&message.from)
+        );
+    }
     match message.direction {
         Direction::Out => format!(
             "{when}  me → {}: {text}  [{}]",
@@ -238,8 +252,66 @@ pub fn event(event: &Event) -> Option<String> {
             one_line(&c.name),
             one_line(&c.fingerprint)
         )),
+        ("group.invited", _, _) => event.group.as_ref().map(|g| {
+            format!(
+                "Invitation to the group {}: sotto group join {} (or decline).",
+                one_line(&g.title),
+                one_line(&g.name)
+            )
+        }),
+        ("group.changed", _, _) => event.group.as_ref().map(group_line),
         _ => None,
     }
+}
+
+/// One group: `friends  (Friends) joined, admin, 3 members`.
+pub fn group_line(g: &Group) -> String {
+    let title = if g.title.is_empty() || g.title == g.name {
+        String::new()
+    } else {
+        format!("  ({})", one_line(&g.title))
+    };
+    format!(
+        "{}{title}  {}, {}, {} member{}",
+        one_line(&g.name),
+        one_line(&g.status),
+        one_line(&g.role),
+        g.member_count,
+        if g.member_count == 1 { "" } else { "s" }
+    )
+}
+
+/// `group.list`
+pub fn groups(groups: &[Group]) -> String {
+    if groups.is_empty() {
+        return "No groups. Make one with: sotto group create NAME --member CONTACT".to_owned();
+    }
+    groups.iter().map(group_line).collect::<Vec<_>>().join("\n")
+}
+
+/// `group.info`
+pub fn group_info(info: &GroupInfo) -> String {
+    let mut out = vec![group_line(&info.group)];
+    out.push(format!("id: {}", one_line(&info.group.id)));
+    if !info.group.description.is_empty() {
+        out.push(format!(
+            "description: {}",
+            one_line(&info.group.description)
+        ));
+    }
+    if let Some(created) = info.created_ms.filter(|c| *c > 0) {
+        out.push(format!("created: {}", time(created)));
+    }
+    out.push("members:".to_owned());
+    for m in &info.members {
+        out.push(format!(
+            "  {}{}  {}",
+            one_line(&m.name),
+            if m.admin { " (admin)" } else { "" },
+            one_line(&m.address)
+        ));
+    }
+    out.join("\n")
 }
 
 /// A timestamp in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM` in UTC.
@@ -344,6 +416,7 @@ mod tests {
             sent_at: Some(1_764_410_640_000),
             received_at: None,
             state: state.to_owned(),
+            group: None,
         }
     }
 
@@ -499,5 +572,16 @@ mod tests {
         assert!(code.contains('█') || code.contains('▀') || code.contains('▄'));
         assert!(qr(&"x".repeat(10_000)).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn a_group_message_names_its_group_and_sender() {
+        let mut m = msg(Direction::In, "hi all", "received");
+        m.group = Some("friends".to_owned());
+        m.from = "carol~Ab3dE9".to_owned();
+        assert!(message(&m).ends_with("[friends] carol~Ab3dE9: hi all"));
+        let mut out = msg(Direction::Out, "me too", "on_hosts");
+        out.group = Some("friends".to_owned());
+        assert!(message(&out).ends_with("[friends] me: me too  [on_hosts]"));
     }
 }
