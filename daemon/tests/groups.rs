@@ -30,14 +30,19 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
+        Self::with(&[])
+    }
+
+    /// With `members` flags for alice, bob and carol.
+    fn with(members: &[&str]) -> Net {
         let root = root();
         let hub = Daemon::start_node(root.path(), "hub", false, FLAGS);
         let mut others: Vec<Daemon> = (0..3)
             .map(|i| Daemon::join(root.path(), &format!("relay{i}"), &hub, FLAGS))
             .collect();
-        let alice = Daemon::join(root.path(), "alice", &hub, FLAGS);
-        let bob = Daemon::join(root.path(), "bob", &hub, FLAGS);
-        let carol = Daemon::join(root.path(), "carol", &hub, FLAGS);
+        let alice = Daemon::join(root.path(), "alice", &hub, members);
+        let bob = Daemon::join(root.path(), "bob", &hub, members);
+        let carol = Daemon::join(root.path(), "carol", &hub, members);
         others.insert(0, hub);
         for d in [&alice, &bob, &carol] {
             d.init();
@@ -342,4 +347,20 @@ fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
         "one of the two renames won: {settled:?}"
     );
     println!("settled on {settled:?}");
+}
+
+#[test]
+fn online_members_get_a_message_straight_away_not_at_their_next_fetch() {
+    // Members fetch their dead drops once an hour (and on start).
+    let net = Net::with(&["--fetch-interval-secs", "3600"]);
+    make_group(&net, "now");
+    // Long past the fetches that start and new contacts woke.
+    std::thread::sleep(Duration::from_secs(8));
+    let sent = std::time::Instant::now();
+    net.alice.send("now", "right now");
+    for d in [&net.bob, &net.carol] {
+        wait_group_text(d, "now", "alice", "right now");
+    }
+    // (Each wait is bounded at 90 s: far before a fetch an hour away.)
+    println!("pushed to two members in {:?}", sent.elapsed());
 }

@@ -31,6 +31,9 @@ use crate::store::{
 
 /// Groups a node keeps at most (invitations included).
 pub const MAX_GROUPS: usize = 1_000;
+/// Members a group message is also pushed to directly, at most: online contacts whose
+/// node the sender knows. The rest fetch it from the group's dead drop.
+pub const MAX_DIRECT_PUSH: usize = 32;
 /// Group envelopes waiting for the group dead drop at most; sending refuses beyond.
 pub const MAX_GROUP_OUTBOX: usize = 10_000;
 
@@ -168,6 +171,11 @@ fn log_of(record: &GroupRecord) -> Log {
         log.insert_trusted(c.clone());
     }
     log
+}
+
+/// The group envelopes `batch` puts in the group outbox, in order.
+fn staged_envelopes(batch: &Batch) -> Vec<Vec<u8>> {
+    batch.group_outbox_envelopes()
 }
 
 fn valid_group_name(name: &str) -> bool {
@@ -1011,9 +1019,77 @@ impl Service {
         batch.index_message(&content.id, Some(seq));
         batch.put_group(&record)?;
         let view = self.view_group_message(&message, &record.local_name, "me");
+        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch))?;
         self.commit_group(batch, staged).await?;
         drop(guard);
+        self.push_directly(pushes);
         Ok(view)
+    }
+
+    /// Where to push a message's group envelopes directly, besides the dead drop: to at
+    /// most [`MAX_DIRECT_PUSH`] members who are contacts whose node this node knows (none
+    /// when this node is mailbox-only: pushing would show its node to them).
+    fn direct_pushes(
+        &self,
+        state: &GroupState,
+        me: &AccountKey,
+        envelopes: &[Vec<u8>],
+    ) -> Result<Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>, Vec<Vec<u8>>)>, StoreError> {
+        if self.inner.mailbox.mailbox_only || envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for key in state.members.keys() {
+            if key == me || out.len() >= MAX_DIRECT_PUSH {
+                continue;
+            }
+            let Some(contact) = self.inner.store.contact(key)? else {
+                continue;
+            };
+            if contact.request || contact.route.is_none() {
+                continue;
+            }
+            if let Some((peer, addrs)) = contact.node() {
+                out.push((peer, addrs, envelopes.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Push group envelopes straight to members' nodes, in the background: the dead drop
+    /// is the path that counts; this one only makes it sooner for those online.
+    fn push_directly(&self, pushes: Vec<(libp2p::PeerId, Vec<libp2p::Multiaddr>, Vec<Vec<u8>>)>) {
+        for (peer, addrs, envelopes) in pushes {
+            let net = self.inner.net.clone();
+            tokio::spawn(async move {
+                for envelope in envelopes {
+                    if let Err(e) = net
+                        .send(peer, addrs.clone(), crate::net::Frame::Bytes(envelope))
+                        .await
+                    {
+                        tracing::debug!("a direct group push failed: {e}");
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A group envelope that came straight from a member's node: it opens under one of the
+    /// secrets of a joined group, or it is not a group envelope this node can read.
+    pub(super) async fn receive_group_pushed(&self, bytes: &[u8]) -> Option<GroupTaken> {
+        let groups = self.inner.store.groups().ok()?;
+        for record in groups {
+            if record.status != GroupStatus::Joined {
+                continue;
+            }
+            for (hash, secret) in record.secrets.iter().rev().take(2) {
+                if proto::open_payload(&GroupSecret::from_bytes(*secret), bytes).is_ok() {
+                    return Some(self.receive_group(record.id, *hash, bytes).await);
+                }
+            }
+        }
+        None
     }
 
     /// `message.list` for a group.

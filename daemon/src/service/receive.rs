@@ -53,6 +53,10 @@ impl Service {
     pub async fn receive_detailed(&self, origin: &str, bytes: &[u8]) -> Received {
         match self.try_receive(bytes).await {
             Ok(received) => received,
+            // Not sealed to this node: a group envelope a member pushed, perhaps.
+            Err(ReceiveError::Open(_)) if self.receive_group_pushed(bytes).await.is_some() => {
+                Received::answer(Response::Accepted)
+            }
             Err(e @ ReceiveError::Store(_)) => {
                 tracing::error!("cannot store a message from {origin}: {e}");
                 Received::answer(Response::Refused(e.refusal()))

@@ -215,6 +215,17 @@ impl Batch {
         self.put(Tree::GroupOutbox, e.seq.key(), e)
     }
 
+    /// The envelopes of the group outbox entries this batch puts, in order.
+    pub fn group_outbox_envelopes(&self) -> Vec<Vec<u8>> {
+        self.ops
+            .iter()
+            .filter(|(tree, _, _)| *tree == Tree::GroupOutbox)
+            .filter_map(|(_, _, v)| v.as_deref())
+            .filter_map(|v| sotto_protocol::codec::decode::<GroupOutboxEntry>(v).ok())
+            .map(|e| e.envelope)
+            .collect()
+    }
+
     pub fn remove_group_outbox(&mut self, seq: Seq) {
         self.remove(Tree::GroupOutbox, seq.key());
     }

@@ -128,7 +128,14 @@ impl Daemon {
             .arg("--listen")
             .arg(format!("/ip4/127.0.0.1/tcp/{}", self.port))
             .args(self.publish.then_some("--publish-address"))
-            .args(["--stamp-difficulty", "8", "--fetch-interval-secs", "1"])
+            .args(["--stamp-difficulty", "8"])
+            // A test may ask for another interval.
+            .args(
+                (!self.extra.iter().any(|a| a == "--fetch-interval-secs"))
+                    .then_some(["--fetch-interval-secs", "1"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .env(
                 "SOTTO_LOG",
