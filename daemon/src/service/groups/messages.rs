@@ -1,0 +1,304 @@
+//! Group messages: sending (encrypted once, left once at the group's dead drop, pushed to
+//! online contacts among the members), listing, and the group outbox's results.
+
+use super::*;
+
+/// Group envelopes to push straight to one member's node.
+type Push = (libp2p::PeerId, Vec<libp2p::Multiaddr>, Vec<Vec<u8>>);
+
+impl Service {
+    pub(super) fn view_group_message(
+        &self,
+        m: &GroupMessage,
+        group: &str,
+        from: &str,
+    ) -> MessageView {
+        MessageView {
+            id: m.id.to_string(),
+            contact: group.to_owned(),
+            group: Some(group.to_owned()),
+            direction: match m.direction {
+                Direction::In => "in",
+                Direction::Out => "out",
+            },
+            from: from.to_owned(),
+            text: m.text.clone(),
+            sent_at: m.sent_at,
+            received_at: m.received_at,
+            state: match m.state {
+                State::Queued => "queued",
+                State::OnHosts => "on_hosts",
+                State::Delivered => "delivered",
+                State::Received => "received",
+            },
+        }
+    }
+
+    /// `message.send` to a group: encrypted once in this node's Megolm session (a new one,
+    /// announced first, when the secret changed or the session is old), left once at the
+    /// group's dead drop.
+    pub(in crate::service) async fn send_group(
+        &self,
+        group: &str,
+        text: &str,
+    ) -> Result<MessageView, GroupError> {
+        if text.is_empty() {
+            return Err(GroupError::Empty);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(GroupError::TooLong {
+                limit: MAX_TEXT_BYTES,
+                got: text.len(),
+            });
+        }
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
+        let me = account.identity.public();
+        let mut record = self.group_by_name(group)?;
+        if record.status != GroupStatus::Joined {
+            return Err(GroupError::NotJoined(group.into()));
+        }
+        let state = log_of(&record)
+            .state()
+            .ok_or_else(|| GroupError::Unknown(group.into()))?;
+        if !state.is_member(&me) {
+            return Err(GroupError::NotJoined(group.into()));
+        }
+        let (hash, secret) = Self::current_secret(&record, &state)
+            .ok_or_else(|| GroupError::NotJoined(group.into()))?;
+        let now = unix_ms();
+        let mut batch = Batch::new();
+        let mut staged = Staged::default();
+        let key = self.inner.pickle_key;
+        let reusable = record.outbound.as_ref().filter(|o| {
+            o.key_change == hash
+                && o.sent < proto::SESSION_MESSAGES
+                && now.saturating_sub(o.created_ms) < proto::SESSION_AGE_MS
+        });
+        let (mut session, created, sent) = match reusable.and_then(|o| {
+            proto::unpickle_session(&o.pickle, &key)
+                .ok()
+                .map(|s| (s, o))
+        }) {
+            Some((session, o)) => (session, o.created_ms, o.sent),
+            None => {
+                let session = proto::new_session();
+                let announce =
+                    Payload::SenderKey(SenderKey::new(&account.identity, record.id, &session));
+                self.stage_group_deposit(
+                    &mut batch,
+                    &mut staged,
+                    record.id,
+                    &secret,
+                    &announce,
+                    None,
+                )?;
+                (session, now, 0)
+            }
+        };
+        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)
+            .map_err(|e| GroupError::Invite(Box::new(MessageError::Content(e))))?;
+        let plaintext = content
+            .to_bytes()
+            .map_err(|e| GroupError::Invite(Box::new(MessageError::Content(e))))?;
+        let sent_msg = Sent::encrypt(record.id, me, &mut session, &plaintext);
+        record.outbound = Some(Outbound {
+            pickle: proto::pickle_session(&session, &key),
+            key_change: hash,
+            created_ms: created,
+            sent: sent.saturating_add(1),
+        });
+        let seq = self.inner.store.next_seq()?;
+        self.stage_group_deposit(
+            &mut batch,
+            &mut staged,
+            record.id,
+            &secret,
+            &Payload::Message(sent_msg),
+            Some((seq, content.id)),
+        )?;
+        let message = GroupMessage {
+            id: content.id,
+            group: record.id,
+            from: me,
+            direction: Direction::Out,
+            text: text.into(),
+            sent_at: content.sent_at,
+            received_at: None,
+            state: State::Queued,
+        };
+        batch.put_group_message(seq, &message)?;
+        batch.index_message(&content.id, Some(seq));
+        batch.put_group(&record)?;
+        let view = self.view_group_message(&message, &record.local_name, "me");
+        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch))?;
+        self.commit_group(batch, staged).await?;
+        drop(guard);
+        self.push_directly(pushes);
+        Ok(view)
+    }
+
+    /// Where to push a message's group envelopes directly, besides the dead drop: to at
+    /// most [`MAX_DIRECT_PUSH`] members who are contacts whose node this node knows (none
+    /// when this node is mailbox-only: pushing would show its node to them).
+    pub(super) fn direct_pushes(
+        &self,
+        state: &GroupState,
+        me: &AccountKey,
+        envelopes: &[Vec<u8>],
+    ) -> Result<Vec<Push>, StoreError> {
+        if self.inner.mailbox.mailbox_only || envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for key in state.members.keys() {
+            if key == me || out.len() >= MAX_DIRECT_PUSH {
+                continue;
+            }
+            let Some(contact) = self.inner.store.contact(key)? else {
+                continue;
+            };
+            if contact.request || contact.route.is_none() {
+                continue;
+            }
+            if let Some((peer, addrs)) = contact.node() {
+                out.push((peer, addrs, envelopes.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Push group envelopes straight to members' nodes, in the background: the dead drop
+    /// is the path that counts; this one only makes it sooner for those online.
+    pub(super) fn push_directly(&self, pushes: Vec<Push>) {
+        for (peer, addrs, envelopes) in pushes {
+            let net = self.inner.net.clone();
+            tokio::spawn(async move {
+                for envelope in envelopes {
+                    if let Err(e) = net
+                        .send(peer, addrs.clone(), crate::net::Frame::Bytes(envelope))
+                        .await
+                    {
+                        tracing::debug!("a direct group push failed: {e}");
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A group envelope that came straight from a member's node: it opens under one of the
+    /// secrets of a joined group, or it is not a group envelope this node can read.
+    pub(in crate::service) async fn receive_group_pushed(
+        &self,
+        bytes: &[u8],
+    ) -> Option<GroupTaken> {
+        let groups = self.inner.store.groups().ok()?;
+        for record in groups {
+            if record.status != GroupStatus::Joined {
+                continue;
+            }
+            for (hash, secret) in record.secrets.iter().rev().take(2) {
+                if proto::open_payload(&GroupSecret::from_bytes(*secret), bytes).is_ok() {
+                    return Some(self.receive_group(record.id, *hash, bytes).await);
+                }
+            }
+        }
+        None
+    }
+
+    /// `message.list` for a group.
+    pub(in crate::service) fn group_messages(
+        &self,
+        group: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<MessageView>, GroupError> {
+        let me = self.own_account().ok_or(GroupError::NoAccount)?;
+        let record = self.group_by_name(group)?;
+        let state = log_of(&record).state();
+        let mut out = Vec::new();
+        for (_, m) in self.inner.store.group_messages(&record.id)? {
+            let from = match (m.direction, &state) {
+                (Direction::Out, _) => "me".to_owned(),
+                (Direction::In, s) => {
+                    let name = s
+                        .as_ref()
+                        .and_then(|s| s.members.get(&m.from).map(|x| x.name.clone()))
+                        .unwrap_or_default();
+                    self.member_label(&m.from, &name, &me)?.0
+                }
+            };
+            let when = m.received_at.map_or(m.sent_at, |r| m.sent_at.min(r));
+            out.push((when, self.view_group_message(&m, &record.local_name, &from)));
+        }
+        out.sort_by_key(|(when, _)| *when);
+        let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
+        if let Some(limit) = limit {
+            let skip = out.len().saturating_sub(limit);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+
+    /// The group envelope `seq` is on the group's hosts: its message (if any) moves on.
+    pub async fn group_deposited(
+        &self,
+        seq: Seq,
+        message: Option<MessageId>,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.remove_group_outbox(seq);
+        let mut events = Vec::new();
+        if message.is_some() {
+            if let Some(mut m) = self.inner.store.group_message(seq)? {
+                if m.state == State::Queued {
+                    m.state = State::OnHosts;
+                    batch.put_group_message(seq, &m)?;
+                    let name = self
+                        .inner
+                        .store
+                        .group(&m.group)?
+                        .map(|g| g.local_name)
+                        .unwrap_or_default();
+                    events.push(self.view_group_message(&m, &name, "me"));
+                }
+            }
+        }
+        let order = self.inner.events.order().await;
+        let staged = events
+            .iter()
+            .map(|v| {
+                self.inner
+                    .events
+                    .stage(&mut batch, "message.on_hosts", "message", v)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.store.commit(batch).await?;
+        self.inner.events.publish(staged);
+        drop(order);
+        Ok(())
+    }
+
+    /// The group dead drops to fetch: for each joined group, the drop secret of each secret
+    /// held, with the group and the hash of the change that made the secret.
+    pub fn group_drops(
+        &self,
+    ) -> Result<Vec<(GroupId, [u8; 32], sotto_protocol::deaddrop::Secret)>, StoreError> {
+        let mut out = Vec::new();
+        for record in self.inner.store.groups()? {
+            if record.status != GroupStatus::Joined {
+                continue;
+            }
+            // The newest two: the current secret and the one before (messages sent under it
+            // while its change travelled).
+            for (hash, secret) in record.secrets.iter().rev().take(2) {
+                out.push((
+                    record.id,
+                    *hash,
+                    GroupSecret::from_bytes(*secret).drop_secret(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}

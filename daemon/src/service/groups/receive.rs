@@ -1,0 +1,454 @@
+//! What arrives for a group: envelopes from its dead drop (or pushed by a member) holding
+//! changes, sender keys and messages, and invitations over a pairwise session.
+
+use super::*;
+
+impl Service {
+    /// A group envelope fetched from the dead drop of `group`'s secret `hash`.
+    pub async fn receive_group(&self, group: GroupId, hash: [u8; 32], bytes: &[u8]) -> GroupTaken {
+        match self.try_receive_group(group, hash, bytes).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!("group envelope refused: {e}");
+                GroupTaken::Dropped
+            }
+        }
+    }
+
+    pub(super) async fn try_receive_group(
+        &self,
+        group: GroupId,
+        hash: [u8; 32],
+        bytes: &[u8],
+    ) -> Result<GroupTaken, GroupError> {
+        let store = &self.inner.store;
+        let digest = envelope::digest(bytes);
+        if store.is_seen(&digest)? {
+            return Ok(GroupTaken::Taken);
+        }
+        let guard = self.inner.account.lock().await;
+        let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
+        if store.is_seen(&digest)? {
+            return Ok(GroupTaken::Taken);
+        }
+        let Some(mut record) = store.group(&group)? else {
+            return Ok(GroupTaken::Dropped);
+        };
+        let Some(secret) = record
+            .secrets
+            .iter()
+            .find(|(h, _)| *h == hash)
+            .map(|(_, s)| GroupSecret::from_bytes(*s))
+        else {
+            return Ok(GroupTaken::Dropped);
+        };
+        let now = unix_ms();
+        let mut batch = Batch::new();
+        let mut staged = Staged::default();
+        batch.mark_seen(&digest, now);
+        let payload = match proto::open_payload(&secret, bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("a group envelope does not open: {e}");
+                record.dropped += 1;
+                batch.put_group(&record)?;
+                self.inner.store.commit(batch).await?;
+                return Ok(GroupTaken::Dropped);
+            }
+        };
+        let mut log = log_of(&record);
+        let taken = match payload {
+            Payload::Change(change) => self.take_change(
+                account,
+                &mut record,
+                &mut log,
+                change,
+                &mut batch,
+                &mut staged,
+            )?,
+            Payload::SenderKey(key) => {
+                self.take_sender_key(&mut record, &log, key, &mut batch, &mut staged)?
+            }
+            Payload::Message(sent) => {
+                self.take_message(&mut record, &log, sent, now, &mut batch, &mut staged)?
+            }
+        };
+        if !taken {
+            record.dropped += 1;
+        }
+        batch.put_group(&record)?;
+        self.commit_group(batch, staged).await?;
+        drop(guard);
+        Ok(if taken {
+            GroupTaken::Taken
+        } else {
+            GroupTaken::Dropped
+        })
+    }
+
+    /// A change from the group's dead drop: into the log; a secret sealed to this node is
+    /// kept; a removal of this node ends its membership; the rekeying admin rekeys after a
+    /// member left.
+    pub(super) fn take_change(
+        &self,
+        account: &LocalAccount,
+        record: &mut GroupRecord,
+        log: &mut Log,
+        change: Change,
+        batch: &mut Batch,
+        staged: &mut Staged,
+    ) -> Result<bool, GroupError> {
+        let me = account.identity.public();
+        if change.group != record.id {
+            return Ok(false);
+        }
+        let hash = change.hash();
+        let rekey = change.rekey.clone();
+        if let Err(e) = log.insert(change) {
+            tracing::debug!("a group change refused: {e}");
+            return Ok(false);
+        }
+        if let Some(rekey) = &rekey {
+            if let Some(s) = GroupSecret::open_rekey(rekey, &me, &account.seal) {
+                Self::push_secret(record, hash, &s);
+            }
+        }
+        let Some(state) = log.state() else {
+            return Ok(true);
+        };
+        if !state.is_member(&me) && record.status == GroupStatus::Joined {
+            record.status = GroupStatus::Removed;
+            record.secrets.clear();
+            record.outbound = None;
+            record.pending.clear();
+        } else if state.stale_key(log) && state.rekeying_admin() == Some(me) {
+            if let Some((_, current)) = Self::current_secret(record, &state) {
+                let secret = GroupSecret::generate(&mut OsRng);
+                let recipients = Self::recipients(&state, &[], None);
+                let rekey = secret.rekey(&recipients, &mut OsRng)?;
+                let c = Change::new(
+                    &account.identity,
+                    record.id,
+                    log.next_lamport(),
+                    unix_ms(),
+                    Op::Rekey,
+                    Some(rekey),
+                )?;
+                let h = c.hash();
+                log.insert(c.clone())?;
+                self.stage_group_deposit(
+                    batch,
+                    staged,
+                    record.id,
+                    &current,
+                    &Payload::Change(c),
+                    None,
+                )?;
+                Self::push_secret(record, h, &secret);
+            }
+        }
+        let state = log.state();
+        if let Some(s) = &state {
+            log.strip_rekeys(s.key_change);
+            // Sessions of members who are gone open nothing more.
+            for (member, _) in self.inner.store.groups_sessions_of(&record.id)? {
+                if !s.is_member(&member) {
+                    batch.remove_group_sessions(&record.id, &member);
+                }
+            }
+        }
+        record.changes = log.changes().cloned().collect();
+        // A local name follows a rename when it is free.
+        if let Some(s) = &state {
+            if s.name != record.local_name && self.name_free(&s.name)? {
+                let previous_title = log
+                    .changes()
+                    .filter_map(|c| match &c.op {
+                        Op::Rename(n) => Some(n.clone()),
+                        Op::Create { name, .. } => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                if previous_title.iter().any(|t| t == &record.local_name) {
+                    batch.remove_group_name(&record.local_name);
+                    batch.put_group_name(&s.name, &record.id);
+                    record.local_name = s.name.clone();
+                }
+            }
+        }
+        self.changed_event(staged, record, state.as_ref(), &me, "group.changed");
+        Ok(true)
+    }
+
+    pub(super) fn take_sender_key(
+        &self,
+        record: &mut GroupRecord,
+        log: &Log,
+        key: SenderKey,
+        batch: &mut Batch,
+        staged: &mut Staged,
+    ) -> Result<bool, GroupError> {
+        let Some(state) = log.state() else {
+            return Ok(false);
+        };
+        if key.group != record.id || !state.is_member(&key.member) {
+            return Ok(false);
+        }
+        let inbound = match key.open() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("a sender key refused: {e}");
+                return Ok(false);
+            }
+        };
+        let pickle_key = self.inner.pickle_key;
+        let mut sessions = self.inner.store.group_sessions(&record.id, &key.member)?;
+        let id = inbound.session_id();
+        if !sessions.sessions.iter().any(|(s, _)| s == &id) {
+            sessions
+                .sessions
+                .push((id, proto::pickle_inbound(&inbound, &pickle_key)));
+            let over = sessions
+                .sessions
+                .len()
+                .saturating_sub(store::groups::MAX_SESSIONS_PER_MEMBER);
+            sessions.sessions.drain(..over);
+        }
+        // Messages that waited for this key.
+        let waiting: Vec<Sent> = record
+            .pending
+            .iter()
+            .filter(|p| p.sender == key.member)
+            .cloned()
+            .collect();
+        record.pending.retain(|p| p.sender != key.member);
+        let now = unix_ms();
+        for sent in waiting {
+            if !self.open_and_store(
+                record,
+                &state,
+                &mut sessions,
+                sent.clone(),
+                now,
+                batch,
+                staged,
+            )? {
+                record.pending.push(sent);
+            }
+        }
+        batch.put_group_sessions(&record.id, &key.member, &sessions)?;
+        Ok(true)
+    }
+
+    pub(super) fn take_message(
+        &self,
+        record: &mut GroupRecord,
+        log: &Log,
+        sent: Sent,
+        now: u64,
+        batch: &mut Batch,
+        staged: &mut Staged,
+    ) -> Result<bool, GroupError> {
+        let Some(state) = log.state() else {
+            return Ok(false);
+        };
+        if sent.group != record.id || !state.is_member(&sent.sender) {
+            // A non-member's post, or a removed member's: refused.
+            return Ok(false);
+        }
+        let mut sessions = self.inner.store.group_sessions(&record.id, &sent.sender)?;
+        if self.open_and_store(
+            record,
+            &state,
+            &mut sessions,
+            sent.clone(),
+            now,
+            batch,
+            staged,
+        )? {
+            batch.put_group_sessions(&record.id, &sent.sender, &sessions)?;
+            return Ok(true);
+        }
+        if record.pending.len() >= store::groups::MAX_PENDING {
+            record.pending.remove(0);
+        }
+        record.pending.push(sent);
+        Ok(true)
+    }
+
+    /// Decrypt `sent` with one of `sessions` and store the message. False if no session
+    /// fits (its key has not come yet).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_and_store(
+        &self,
+        record: &GroupRecord,
+        state: &GroupState,
+        sessions: &mut InboundSessions,
+        sent: Sent,
+        now: u64,
+        batch: &mut Batch,
+        staged: &mut Staged,
+    ) -> Result<bool, GroupError> {
+        let pickle_key = self.inner.pickle_key;
+        let Some(slot) = sessions
+            .sessions
+            .iter_mut()
+            .find(|(id, _)| id == &sent.session_id)
+        else {
+            return Ok(false);
+        };
+        let Ok(mut session) = proto::unpickle_inbound(&slot.1, &pickle_key) else {
+            return Ok(false);
+        };
+        let (plain, _) = match sent.decrypt(&mut session) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("a group message does not decrypt: {e}");
+                return Ok(true);
+            }
+        };
+        slot.1 = proto::pickle_inbound(&session, &pickle_key);
+        let Ok(content) = Content::from_bytes(&plain) else {
+            return Ok(true);
+        };
+        if self.inner.store.message_seq(&content.id)?.is_some() {
+            return Ok(true);
+        }
+        let Some(text) = content.as_text() else {
+            return Ok(true);
+        };
+        let seq = self.inner.store.next_seq()?;
+        let message = GroupMessage {
+            id: content.id,
+            group: record.id,
+            from: sent.sender,
+            direction: Direction::In,
+            text: text.to_owned(),
+            sent_at: content.sent_at,
+            received_at: Some(now),
+            state: State::Received,
+        };
+        batch.put_group_message(seq, &message)?;
+        batch.index_message(&content.id, Some(seq));
+        let name = state
+            .members
+            .get(&sent.sender)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let from = match self.inner.store.contact(&sent.sender)? {
+            Some(c) if !c.request => c.name,
+            _ => format!("{name}~{}", &sent.sender.address()[..6]),
+        };
+        staged.events.push((
+            "message.received",
+            "message",
+            serde_json::to_value(self.view_group_message(&message, &record.local_name, &from))
+                .unwrap_or_default(),
+        ));
+        Ok(true)
+    }
+
+    /// An invitation part from `from` (pairwise): kept until every part came, then the
+    /// group is joined at once or waits for `group join`, as `groups_from` says.
+    pub(in crate::service) fn stage_invite(
+        &self,
+        account: &LocalAccount,
+        from: &AccountKey,
+        from_request: bool,
+        invite: &GroupInvite,
+        batch: &mut Batch,
+        events: &mut Vec<(&'static str, &'static str, Value)>,
+    ) -> Result<(), GroupError> {
+        let me = account.identity.public();
+        let store = &self.inner.store;
+        let mut record = match store.group(&invite.group)? {
+            Some(r) => r,
+            None => {
+                if store.groups()?.len() >= MAX_GROUPS {
+                    return Err(GroupError::TooMany { limit: MAX_GROUPS });
+                }
+                GroupRecord {
+                    id: invite.group,
+                    local_name: String::new(),
+                    status: GroupStatus::Invited { by: *from },
+                    changes: Vec::new(),
+                    secrets: Vec::new(),
+                    outbound: None,
+                    pending: Vec::new(),
+                    joined_ms: 0,
+                    assembling: None,
+                    dropped: 0,
+                }
+            }
+        };
+        let (parts, mut seen, mut changes) = record
+            .assembling
+            .take()
+            .filter(|(p, _, _)| *p == invite.parts)
+            .unwrap_or((invite.parts, Vec::new(), Vec::new()));
+        if !seen.contains(&invite.part) {
+            seen.push(invite.part);
+            changes.extend(invite.changes.iter().cloned());
+        }
+        let mut secret = None;
+        if let Some((s, h)) = invite.secret {
+            secret = Some((h, s));
+        }
+        if usize::from(parts) != seen.len() {
+            if changes.len() > proto::MAX_CHANGES {
+                return Ok(());
+            }
+            record.assembling = Some((parts, seen, changes));
+            batch.put_group(&record)?;
+            return Ok(());
+        }
+        // Every part is here: the log.
+        let mut log = log_of(&record);
+        for c in changes {
+            log.insert(c)?;
+        }
+        let state = log.state().ok_or(proto::GroupError::Invalid(
+            "an invitation without the group's creation",
+        ))?;
+        if !state.is_admin(from) || !state.is_member(&me) {
+            return Err(GroupError::Protocol(proto::GroupError::Invalid(
+                "an invitation from someone who is no admin, or that does not name this account",
+            )));
+        }
+        if let Some((hash, s)) = secret {
+            Self::push_secret(&mut record, hash, &GroupSecret::from_bytes(s));
+        }
+        let rejoin = matches!(record.status, GroupStatus::Left | GroupStatus::Removed);
+        let join = match self.inner.mailbox.groups_from {
+            GroupsFrom::Nobody => false,
+            GroupsFrom::Contacts => !from_request,
+            GroupsFrom::Everyone => true,
+        };
+        if record.local_name.is_empty() {
+            record.local_name = self.unique_group_name(&state.name)?;
+            batch.put_group_name(&record.local_name, &record.id);
+        }
+        if record.status != GroupStatus::Joined || rejoin {
+            record.status = if join {
+                GroupStatus::Joined
+            } else {
+                GroupStatus::Invited { by: *from }
+            };
+            record.joined_ms = unix_ms();
+        }
+        log.strip_rekeys(state.key_change);
+        record.changes = log.changes().cloned().collect();
+        batch.put_group(&record)?;
+        let kind = if join {
+            "group.changed"
+        } else {
+            "group.invited"
+        };
+        events.push((
+            kind,
+            "group",
+            serde_json::to_value(self.group_view(&record, Some(&state), &me)).unwrap_or_default(),
+        ));
+        Ok(())
+    }
+}
