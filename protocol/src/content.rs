@@ -88,20 +88,7 @@ impl GroupInvite {
         changes: &[crate::group::Change],
         secret: ([u8; 32], [u8; 32]),
     ) -> Vec<GroupInvite> {
-        let mut chunks: Vec<Vec<crate::group::Change>> = vec![Vec::new()];
-        let mut bytes = 0usize;
-        for c in changes {
-            let c = c.stripped();
-            let size = codec::encode(&c).map(|b| b.len()).unwrap_or(0);
-            if bytes + size > MAX_INVITE_PART_BYTES && !chunks.last().is_none_or(Vec::is_empty) {
-                chunks.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += size;
-            if let Some(last) = chunks.last_mut() {
-                last.push(c);
-            }
-        }
+        let chunks = crate::group::chunk_changes(changes, MAX_INVITE_PART_BYTES);
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         chunks
             .into_iter()

@@ -853,6 +853,29 @@ pub enum Payload {
     Change(Change),
     SenderKey(SenderKey),
     Message(Sent),
+    /// Part of the group's log, without rekeys: left under a new secret after a rekey for
+    /// members a concurrent change left out, so that they catch up on changes they missed.
+    Changes(Vec<Change>),
+}
+
+/// `changes` without their rekeys, in chunks of at most `max_bytes` encoded (a change
+/// larger than that gets a chunk of its own).
+pub fn chunk_changes(changes: &[Change], max_bytes: usize) -> Vec<Vec<Change>> {
+    let mut chunks: Vec<Vec<Change>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for c in changes {
+        let c = c.stripped();
+        let size = codec::encode(&c).map(|b| b.len()).unwrap_or(0);
+        if bytes + size > max_bytes && chunks.last().is_some_and(|l| !l.is_empty()) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(last) = chunks.last_mut() {
+            last.push(c);
+        }
+    }
+    chunks
 }
 
 /// `payload` in a group envelope under `secret`: a version byte, a random 12-byte nonce,

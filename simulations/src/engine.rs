@@ -183,6 +183,7 @@ fn build_peers(
                     seed: node_seed(seed ^ 0x6c69_6e6b, i),
                 },
                 observer: Some(observer),
+                wire_tap: None,
                 tamper: None,
                 seed: Some(node_seed(seed, i)),
             };

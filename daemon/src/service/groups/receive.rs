@@ -62,10 +62,19 @@ impl Service {
                 account,
                 &mut record,
                 &mut log,
-                change,
+                vec![change],
                 &mut batch,
                 &mut staged,
             )?,
+            Payload::Changes(changes) if changes.len() <= proto::MAX_CHANGES => self.take_change(
+                account,
+                &mut record,
+                &mut log,
+                changes,
+                &mut batch,
+                &mut staged,
+            )?,
+            Payload::Changes(_) => false,
             Payload::SenderKey(key) => {
                 self.take_sender_key(&mut record, &log, key, &mut batch, &mut staged)?
             }
@@ -94,24 +103,33 @@ impl Service {
         account: &LocalAccount,
         record: &mut GroupRecord,
         log: &mut Log,
-        change: Change,
+        changes: Vec<Change>,
         batch: &mut Batch,
         staged: &mut Staged,
     ) -> Result<bool, GroupError> {
         let me = account.identity.public();
-        if change.group != record.id {
-            return Ok(false);
-        }
-        let hash = change.hash();
-        let rekey = change.rekey.clone();
-        if let Err(e) = log.insert(change) {
-            tracing::debug!("a group change refused: {e}");
-            return Ok(false);
-        }
-        if let Some(rekey) = &rekey {
-            if let Some(s) = GroupSecret::open_rekey(rekey, &me, &account.seal) {
-                Self::push_secret(record, hash, &s);
+        let mut new = false;
+        for change in changes {
+            if change.group != record.id {
+                return Ok(false);
             }
+            let hash = change.hash();
+            let rekey = change.rekey.clone();
+            match log.insert(change) {
+                Ok(inserted) => new |= inserted,
+                Err(e) => {
+                    tracing::debug!("a group change refused: {e}");
+                    return Ok(false);
+                }
+            }
+            if let Some(rekey) = &rekey {
+                if let Some(s) = GroupSecret::open_rekey(rekey, &me, &account.seal) {
+                    Self::push_secret(record, hash, &s);
+                }
+            }
+        }
+        if !new {
+            return Ok(true);
         }
         let Some(state) = log.state() else {
             return Ok(true);
@@ -122,7 +140,16 @@ impl Service {
             record.outbound = None;
             record.pending.clear();
         } else if state.stale_key(log) && state.rekeying_admin() == Some(me) {
-            if let Some((_, current)) = Self::current_secret(record, &state) {
+            // Under the newest two secrets held: a member a concurrent add left out holds
+            // only the other one.
+            let held: Vec<GroupSecret> = record
+                .secrets
+                .iter()
+                .rev()
+                .take(2)
+                .map(|(_, s)| GroupSecret::from_bytes(*s))
+                .collect();
+            if !held.is_empty() {
                 let secret = GroupSecret::generate(&mut OsRng);
                 let recipients = Self::recipients(&state, &[], None);
                 let rekey = secret.rekey(&recipients, &mut OsRng)?;
@@ -136,14 +163,30 @@ impl Service {
                 )?;
                 let h = c.hash();
                 log.insert(c.clone())?;
-                self.stage_group_deposit(
-                    batch,
-                    staged,
-                    record.id,
-                    &current,
-                    &Payload::Change(c),
-                    None,
-                )?;
+                for old in &held {
+                    self.stage_group_deposit(
+                        batch,
+                        staged,
+                        record.id,
+                        old,
+                        &Payload::Change(c.clone()),
+                        None,
+                    )?;
+                }
+                // And the whole log under the new secret, for whoever missed a change.
+                let all: Vec<Change> = log.changes().cloned().collect();
+                for chunk in
+                    proto::chunk_changes(&all, sotto_protocol::content::MAX_INVITE_PART_BYTES)
+                {
+                    self.stage_group_deposit(
+                        batch,
+                        staged,
+                        record.id,
+                        &secret,
+                        &Payload::Changes(chunk),
+                        None,
+                    )?;
+                }
                 Self::push_secret(record, h, &secret);
             }
         }
