@@ -364,3 +364,54 @@ fn online_members_get_a_message_straight_away_not_at_their_next_fetch() {
     // (Each wait is bounded at 90 s: far before a fetch an hour away.)
     println!("pushed to two members in {:?}", sent.elapsed());
 }
+
+/// Bytes alice's node sent on sotto's protocols (envelopes, mailbox requests, onion cells).
+fn sent_bytes(d: &Daemon) -> u64 {
+    let t = &d.call("node.status", json!({}))["traffic"];
+    ["envelope_out", "mailbox_out", "onion_out"]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap())
+        .sum()
+}
+
+/// The sender's upload per group message: alice sends 20 messages to a group of three and
+/// the bytes her node sent are compared with those of an idle stretch as long. Members fetch
+/// hourly, so that fetch rounds stay out of the figure.
+/// `cargo test --release -p sotto-daemon --test groups -- --ignored --nocapture measure`
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn measure_sender_upload_per_group_message() {
+    for alice_flags in [&[][..], &["--mailbox-only"][..]] {
+        let mut flags = vec!["--fetch-interval-secs", "3600"];
+        flags.extend_from_slice(alice_flags);
+        let net = Net::with(&flags);
+        make_group(&net, "m");
+        net.alice.send("m", "warm-up: the sender key goes first");
+        wait_until(Duration::from_secs(90), "outbox empty", || {
+            (group_outbox(&net.alice) == 0).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let n = 20u64;
+        let idle_start = (sent_bytes(&net.alice), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(5));
+        let idle = sent_bytes(&net.alice) - idle_start.0;
+        let idle_secs = idle_start.1.elapsed().as_secs_f64();
+        let start = (sent_bytes(&net.alice), std::time::Instant::now());
+        for i in 0..n {
+            net.alice.send("m", &format!("message {i:02} of a short text"));
+        }
+        wait_until(Duration::from_secs(120), "outbox empty", || {
+            (group_outbox(&net.alice) == 0).then_some(())
+        });
+        let busy = sent_bytes(&net.alice) - start.0;
+        let secs = start.1.elapsed().as_secs_f64();
+        let background = (idle as f64 / idle_secs * secs) as u64;
+        println!(
+            "alice {:?}: {} bytes for {n} messages in {secs:.1} s; idle {} bytes/s; per message {} bytes",
+            alice_flags,
+            busy,
+            (idle as f64 / idle_secs) as u64,
+            busy.saturating_sub(background) / n
+        );
+    }
+}

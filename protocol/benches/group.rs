@@ -1,0 +1,87 @@
+//! What a group message costs in CPU against raw Megolm: the sender encrypting once in its
+//! Megolm session and sealing the group envelope, a member opening and decrypting it; and
+//! what a change of membership costs: a fresh secret sealed to every member, at 8 to 1,024
+//! members. Run with `cargo bench -p sotto-protocol --bench group`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use rand::{rngs::StdRng, SeedableRng};
+use sotto_protocol::content::{Content, MessageId};
+use sotto_protocol::envelope::SealKey;
+use sotto_protocol::group::{self, GroupId, GroupSecret, Payload, SenderKey, Sent};
+use sotto_protocol::identity::{AccountKey, Identity};
+
+fn bench(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let alice = Identity::generate(&mut rng);
+    let id = GroupId([1; 16]);
+    let secret = GroupSecret::generate(&mut rng);
+    // A 31-byte text, as in the other message benchmarks.
+    let content = Content::text(MessageId([2; 16]), 1, "see you at the station at eight")
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let mut g = c.benchmark_group("group");
+    g.measurement_time(Duration::from_secs(3));
+
+    let mut raw = group::new_session();
+    g.bench_function("raw_megolm_encrypt", |b| {
+        b.iter(|| raw.encrypt(black_box(&content)))
+    });
+    let mut session = group::new_session();
+    g.bench_function("send_encrypt_and_seal", |b| {
+        b.iter(|| {
+            let sent = Sent::encrypt(id, alice.public(), &mut session, black_box(&content));
+            group::seal_payload(&secret, &Payload::Message(sent), &mut rng).unwrap()
+        })
+    });
+
+    // Receiving: open the envelope, decrypt in the sender's inbound session.
+    let mut sender = group::new_session();
+    let key = SenderKey::new(&alice, id, &sender);
+    let envelopes: Vec<Vec<u8>> = (0..4096)
+        .map(|_| {
+            let sent = Sent::encrypt(id, alice.public(), &mut sender, &content);
+            group::seal_payload(&secret, &Payload::Message(sent), &mut rng).unwrap()
+        })
+        .collect();
+    let mut next = 0usize;
+    let mut inbound = key.open().unwrap();
+    g.bench_function("receive_open_and_decrypt", |b| {
+        b.iter_batched(
+            || {
+                let e = envelopes[next % envelopes.len()].clone();
+                next += 1;
+                e
+            },
+            |e| match group::open_payload(&secret, &e).unwrap() {
+                Payload::Message(sent) => sent.decrypt(&mut inbound).ok(),
+                _ => None,
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // A change of membership: a new secret sealed to every member.
+    g.sample_size(10);
+    for members in [8usize, 64, 256, 1024] {
+        let to: Vec<(AccountKey, [u8; 32])> = (0..members)
+            .map(|_| {
+                (
+                    Identity::generate(&mut rng).public(),
+                    SealKey::generate(&mut rng).public(),
+                )
+            })
+            .collect();
+        g.bench_function(format!("rekey_{members}_members"), |b| {
+            b.iter(|| GroupSecret::generate(&mut rng).rekey(black_box(&to), &mut rng).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
