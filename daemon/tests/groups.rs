@@ -398,7 +398,8 @@ fn measure_sender_upload_per_group_message() {
         let idle_secs = idle_start.1.elapsed().as_secs_f64();
         let start = (sent_bytes(&net.alice), std::time::Instant::now());
         for i in 0..n {
-            net.alice.send("m", &format!("message {i:02} of a short text"));
+            net.alice
+                .send("m", &format!("message {i:02} of a short text"));
         }
         wait_until(Duration::from_secs(120), "outbox empty", || {
             (group_outbox(&net.alice) == 0).then_some(())

@@ -77,7 +77,11 @@ fn bench(c: &mut Criterion) {
             })
             .collect();
         g.bench_function(format!("rekey_{members}_members"), |b| {
-            b.iter(|| GroupSecret::generate(&mut rng).rekey(black_box(&to), &mut rng).unwrap())
+            b.iter(|| {
+                GroupSecret::generate(&mut rng)
+                    .rekey(black_box(&to), &mut rng)
+                    .unwrap()
+            })
         });
     }
     g.finish();

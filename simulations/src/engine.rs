@@ -198,14 +198,14 @@ pub fn node_name(i: usize) -> String {
 }
 
 /// The run's state.
-struct World<'a> {
-    scenario: &'a Scenario,
+pub(crate) struct World<'a> {
+    pub(crate) scenario: &'a Scenario,
     seed: u64,
-    peers: Vec<Shared>,
-    recorder: Arc<Recorder>,
+    pub(crate) peers: Vec<Shared>,
+    pub(crate) recorder: Arc<Recorder>,
     epoch_origin_ms: u64,
     start_ms: u64,
-    progress: Progress,
+    pub(crate) progress: Progress,
 }
 
 /// The plan drawn from the seed: who talks to whom, when, and who goes offline.
@@ -366,6 +366,14 @@ impl World<'_> {
         step("accounts", &mut steps);
         self.make_conversations(&plan.conversations, &cards).await?;
         step("contacts", &mut steps);
+        let group_setup = if self.scenario.groups.members > 0 {
+            self.progress.phase("making the group");
+            let setup = self.group_setup(&cards).await?;
+            step("group joined", &mut steps);
+            Some(setup)
+        } else {
+            None
+        };
         self.progress.phase("presence exchange");
         let ready = self.await_presence(&plan.conversations).await;
         step("presence", &mut steps);
@@ -393,6 +401,13 @@ impl World<'_> {
 
         self.progress.phase("traffic");
         let traffic = self.traffic(&plan, traffic_start).await?;
+        let group = match &group_setup {
+            Some(setup) => {
+                self.progress.phase("group messages");
+                Some(self.group_traffic(setup).await?)
+            }
+            None => None,
+        };
         let (_, _, threads) = process_memory();
         timing.threads = threads;
         timing.fds = open_fds();
@@ -400,7 +415,12 @@ impl World<'_> {
 
         self.progress.phase("drain");
         let drain_start = now_ms();
-        let drain_until = drain_start + (self.scenario.drain_s * 1000.0) as u64;
+        // A group's messages were waited for already (at most the drain).
+        let drain_until = if group.is_some() {
+            drain_start
+        } else {
+            drain_start + (self.scenario.drain_s * 1000.0) as u64
+        };
         let mut restarts = traffic.restarts;
         let mut failed_restarts = traffic.failed_restarts;
         for (i, peer) in self.peers.iter().enumerate() {
@@ -477,6 +497,7 @@ impl World<'_> {
             epoch_origin_ms: self.epoch_origin_ms,
             traffic_start_ms: traffic_start,
             timing,
+            group,
         })
     }
 
@@ -978,7 +999,7 @@ async fn spam(
 }
 
 /// The progress bar (on a terminal only).
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     duration_ms: u64,
 }
@@ -1009,7 +1030,7 @@ impl Progress {
         }
     }
 
-    fn tick(&self) {
+    pub(crate) fn tick(&self) {
         if let Some(bar) = &self.bar {
             bar.tick();
         }

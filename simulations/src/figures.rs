@@ -131,6 +131,9 @@ pub struct Summary {
     pub restarts: usize,
     pub failed_restarts: usize,
     pub timing: crate::record::Timing,
+    /// The group scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::record::GroupFigures>,
 }
 
 pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
@@ -254,5 +257,6 @@ pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
         restarts: run.restarts,
         failed_restarts: run.failed_restarts,
         timing: run.timing.clone(),
+        group: run.group.clone(),
     }
 }

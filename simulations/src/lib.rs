@@ -36,6 +36,7 @@
 pub mod demo;
 pub mod engine;
 pub mod figures;
+mod groups;
 pub mod node;
 pub mod output;
 pub mod peer;

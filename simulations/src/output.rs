@@ -487,6 +487,50 @@ pub fn report(s: &Summary) -> String {
         "| Kademlia requests per lookup (log2 N) | {:.1} ({:.1}), {} lookups |",
         s.lookups.requests_per_lookup, s.lookups.log2_n, s.lookups.lookups
     );
+    if let Some(g) = &s.group {
+        let _ = writeln!(r, "\n## The group\n");
+        let _ = writeln!(r, "| figure | value |\n| --- | --- |");
+        let _ = writeln!(
+            r,
+            "| members joined / in the group | {} / {} (in {:.1} s) |",
+            g.joined,
+            g.members,
+            g.join_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            r,
+            "| messages; deliveries to the other members | {}; {} of {} ({:.1} %) |",
+            g.messages,
+            g.delivered,
+            g.expected,
+            if g.expected == 0 {
+                0.0
+            } else {
+                100.0 * g.delivered as f64 / g.expected as f64
+            }
+        );
+        let _ = writeln!(
+            r,
+            "| latency to the members p50 / p90 / p99 / max (n) | {} / {} / {} / {} ms ({}) |",
+            g.latency.p50_ms, g.latency.p90_ms, g.latency.p99_ms, g.latency.max_ms, g.latency.count
+        );
+        let _ = writeln!(
+            r,
+            "| senders' bytes per message; a non-sender's over the same time | {} ; {} |",
+            g.sender_bytes_per_message, g.non_sender_bytes_per_message_time
+        );
+        let _ = writeln!(
+            r,
+            "| senders' own cells per message (less a non-sender's over the same time) | {:.1} |",
+            g.sender_cells_per_message
+        );
+        let _ = writeln!(
+            r,
+            "| hosted bytes per message (all hosts) | {} |",
+            g.hosted_bytes_per_message
+        );
+        let _ = writeln!(r, "| group envelopes members refused | {} |", g.dropped);
+    }
     if s.spam.attempts > 0 {
         let _ = writeln!(
             r,

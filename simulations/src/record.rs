@@ -217,6 +217,36 @@ pub struct Run {
     /// When the traffic phase really began.
     pub traffic_start_ms: u64,
     pub timing: Timing,
+    /// The group scenario's figures, when the scenario has a group.
+    pub group: Option<GroupFigures>,
+}
+
+/// What the group of a `groups` scenario did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupFigures {
+    pub members: usize,
+    /// Members that had joined when the messages began.
+    pub joined: usize,
+    /// From the first invitation until every member had joined (or the timeout), ms.
+    pub join_ms: u64,
+    pub messages: usize,
+    /// Deliveries wanted: each message to every other member.
+    pub expected: usize,
+    pub delivered: usize,
+    pub latency: crate::figures::Latency,
+    /// Bytes the senders sent on sotto's protocols while sending, per message, and the same
+    /// for the members that did not send over the same time (their relaying and fetching:
+    /// what a sender's figure holds besides its own messages).
+    pub sender_bytes_per_message: u64,
+    pub non_sender_bytes_per_message_time: u64,
+    /// Cells the senders sent into paths of their own while sending, per message, less
+    /// what a member that did not send sent over the same time (its fetch rounds): what the
+    /// messages themselves cost their senders, each cell 4,099 bytes.
+    pub sender_cells_per_message: f64,
+    /// Hosted bytes over every node, after the messages less before, per message.
+    pub hosted_bytes_per_message: u64,
+    /// Group envelopes each member fetched and refused (from non-members, not opening).
+    pub dropped: u64,
 }
 
 /// The observer every node of a run shares: it keeps every mailbox request any node answered,
@@ -381,6 +411,28 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// How many cells each of `origins` (PeerId bytes) sent into a path of its own between
+    /// `from_ms` and `to_ms`: cells its guard took from it as first relay.
+    pub fn own_cells(&self, origins: &[Vec<u8>], from_ms: u64, to_ms: u64) -> Vec<u64> {
+        let Ok(r) = self.relays.lock() else {
+            return vec![0; origins.len()];
+        };
+        origins
+            .iter()
+            .map(|o| {
+                let Some(&id) = r.ids.get(o) else {
+                    return 0;
+                };
+                r.events
+                    .iter()
+                    .filter(|e| {
+                        e.prev == id && e.hop == Some(0) && (from_ms..=to_ms).contains(&e.at_ms)
+                    })
+                    .count() as u64
+            })
+            .collect()
+    }
+
     /// Every relay event recorded, with nodes named by their index in `peers`.
     pub fn take_relays(&self, peers: &[Vec<u8>]) -> Vec<RelayObservation> {
         let index: std::collections::HashMap<&[u8], usize> = peers

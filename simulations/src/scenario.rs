@@ -42,6 +42,38 @@ pub struct Scenario {
     pub adversary: Adversary,
     #[serde(default)]
     pub report: Report,
+    #[serde(default)]
+    pub groups: Groups,
+}
+
+/// One group chat among the nodes (the `groups` scenario): the first honest node after the
+/// bootstrap nodes creates it with the next `members - 1` nodes, each of which has it as a
+/// contact (so its invitation joins them at once); then `senders` members send
+/// `messages_per_sender` messages each, and every member must get every message.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Groups {
+    /// Members of the group, its creator included; 0: no group.
+    pub members: usize,
+    /// Members that send (the creator and the next ones).
+    pub senders: usize,
+    pub messages_per_sender: usize,
+    /// Seconds between two sends, over all senders.
+    pub send_interval_s: f64,
+    /// How long every member may take to join, seconds.
+    pub join_timeout_s: f64,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            members: 0,
+            senders: 4,
+            messages_per_sender: 5,
+            send_interval_s: 1.0,
+            join_timeout_s: 300.0,
+        }
+    }
 }
 
 fn default_seed() -> u64 {
@@ -352,6 +384,32 @@ impl Scenario {
             positive("report.deadlines_s", *d)?;
         }
         positive("report.sample_s", self.report.sample_s)?;
+        let g = &self.groups;
+        if g.members > 0 {
+            if g.members < 2 || g.members > sotto_protocol::group::MAX_MEMBERS {
+                bail!(
+                    "groups.members: must be between 2 and {}, got {}",
+                    sotto_protocol::group::MAX_MEMBERS,
+                    g.members
+                );
+            }
+            if g.members > honest.saturating_sub(n.bootstrap_nodes) {
+                bail!(
+                    "groups.members: at most the {} honest nodes besides the bootstrap nodes, got {}",
+                    honest.saturating_sub(n.bootstrap_nodes),
+                    g.members
+                );
+            }
+            if g.senders < 1 || g.senders > g.members {
+                bail!(
+                    "groups.senders: must be between 1 and groups.members ({}), got {}",
+                    g.members,
+                    g.senders
+                );
+            }
+            non_negative("groups.send_interval_s", g.send_interval_s)?;
+            positive("groups.join_timeout_s", g.join_timeout_s)?;
+        }
         Ok(())
     }
 

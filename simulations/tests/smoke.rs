@@ -57,3 +57,31 @@ async fn smoke_delivers_every_message_without_churn_or_loss() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_group_gets_every_message_to_every_member() -> anyhow::Result<()> {
+    let scenario = Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/groups-small.toml"),
+    )?;
+    let s = run(&scenario).await?;
+    let g = s
+        .group
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no group figures"))?;
+    println!("{g:?}");
+    ensure!(
+        g.joined == g.members,
+        "{} of {} joined",
+        g.joined,
+        g.members
+    );
+    ensure!(g.messages == 6, "{} messages sent", g.messages);
+    ensure!(
+        g.delivered == g.expected && g.expected == 6 * 5,
+        "{} of {} deliveries",
+        g.delivered,
+        g.expected
+    );
+    ensure!(g.dropped == 0, "{} group envelopes refused", g.dropped);
+    Ok(())
+}

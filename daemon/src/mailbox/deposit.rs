@@ -33,14 +33,14 @@ pub struct HostCache {
 }
 
 impl HostCache {
-    fn get(&self, address: &Address) -> Option<Vec<Target>> {
+    pub(super) fn get(&self, address: &Address) -> Option<Vec<Target>> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(address)
             .filter(|(at, _)| at.elapsed() < HOST_CACHE_TTL)
             .map(|(_, t)| t.clone())
     }
 
-    fn put(&self, address: Address, targets: Vec<Target>) {
+    pub(super) fn put(&self, address: Address, targets: Vec<Target>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= HOST_CACHE_MAX {
             map.retain(|_, (at, _)| at.elapsed() < HOST_CACHE_TTL);

@@ -37,10 +37,18 @@ impl Client {
             expires_at,
             auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at))),
         };
-        let targets = self.hosts_for(&deposit.address).await;
-        if targets.is_empty() {
-            return false;
-        }
+        // A burst of group envelopes to one dead drop shares one lookup.
+        let targets = match self.group_hosts.get(&deposit.address) {
+            Some(t) => t,
+            None => {
+                let t = self.hosts_for(&deposit.address).await;
+                if t.is_empty() {
+                    return false;
+                }
+                self.group_hosts.put(deposit.address, t.clone());
+                t
+            }
+        };
         let me = self.me();
         for target in &targets {
             let id = target.id_bytes(&me);

@@ -79,6 +79,8 @@ pub struct Client {
     paths: Option<Paths>,
     /// Where this node last read each group dead drop at each host (see `fetch`).
     group_cursors: GroupCursors,
+    /// The hosts of group dead drops this node deposits at (see `group`).
+    group_hosts: deposit::HostCache,
 }
 
 /// Group dead drop and host → the last envelope read there.
@@ -95,6 +97,7 @@ impl Client {
             host,
             paths: None,
             group_cursors: Arc::default(),
+            group_hosts: deposit::HostCache::default(),
         }
     }
 
