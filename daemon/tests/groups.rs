@@ -416,3 +416,58 @@ fn measure_sender_upload_per_group_message() {
         );
     }
 }
+
+#[test]
+fn a_message_spreads_along_contacts_to_a_member_the_sender_does_not_know() {
+    // Everyone fetches hourly: only pushes can bring a message within the test's bounds.
+    let mut net = Net::with(&["--fetch-interval-secs", "3600"]);
+    let hub_addr = net.others[0].bootstrap_addr();
+    let dave = Daemon::start_node(
+        net._root.path(),
+        "dave",
+        false,
+        &["--bootstrap", &hub_addr, "--fetch-interval-secs", "3600"],
+    );
+    dave.init();
+    dave.add(&net.bob);
+    net.bob.add(&dave);
+    make_group(&net, "chain");
+    net.alice
+        .call("group.admin", json!({ "group": "chain", "member": "bob" }));
+    wait_until(Duration::from_secs(60), "bob is admin", || {
+        (group_info(&net.bob, "chain")["role"] == "admin").then_some(())
+    });
+    // Bob adds dave, whom alice does not know.
+    net.bob.call(
+        "group.add",
+        json!({ "group": "chain", "members": ["dave"] }),
+    );
+    wait_status(&dave, "chain", "joined");
+    wait_until(Duration::from_secs(60), "alice sees four members", || {
+        (group_info(&net.alice, "chain")["member_count"] == 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    net.alice.send("chain", "through bob");
+    wait_group_text(
+        &dave,
+        "chain",
+        &format!("Alice~{}", &alice_address(&net.alice)[..6]),
+        "through bob",
+    );
+    let from = dave.messages("chain")[0]["from"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        from.starts_with("Alice~"),
+        "a member who is no contact has a label: {from}"
+    );
+    net.others.push(dave);
+}
+
+fn alice_address(d: &Daemon) -> String {
+    d.call("account.get", json!({}))["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

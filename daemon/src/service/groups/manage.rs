@@ -183,8 +183,12 @@ impl Service {
         batch.put_group(&record)?;
         self.changed_event(&mut staged, &record, Some(&after), &me, "group.changed");
         let view = self.group_view(&record, Some(&after), &me);
+        // Pushed like a message to the members (before the change: a removed one learns of
+        // it too) who are contacts.
+        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
         self.commit_group(batch, staged).await?;
         drop(guard);
+        self.push_directly(pushes);
         Ok(view)
     }
 

@@ -131,28 +131,31 @@ impl Service {
         batch.index_message(&content.id, Some(seq));
         batch.put_group(&record)?;
         let view = self.view_group_message(&message, &record.local_name, "me");
-        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch))?;
+        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
         self.commit_group(batch, staged).await?;
         drop(guard);
         self.push_directly(pushes);
         Ok(view)
     }
 
-    /// Where to push a message's group envelopes directly, besides the dead drop: to at
-    /// most [`MAX_DIRECT_PUSH`] members who are contacts whose node this node knows (none
-    /// when this node is mailbox-only: pushing would show its node to them).
+    /// Where to push group envelopes directly, besides the dead drop: to at most `limit`
+    /// members, drawn at random, who are contacts whose node this node knows (none when
+    /// this node is mailbox-only: pushing would show its node to them).
     pub(super) fn direct_pushes(
         &self,
         state: &GroupState,
         me: &AccountKey,
         envelopes: &[Vec<u8>],
+        limit: usize,
     ) -> Result<Vec<Push>, StoreError> {
         if self.inner.mailbox.mailbox_only || envelopes.is_empty() {
             return Ok(Vec::new());
         }
+        let mut keys: Vec<&AccountKey> = state.members.keys().collect();
+        rand::seq::SliceRandom::shuffle(keys.as_mut_slice(), &mut rand::thread_rng());
         let mut out = Vec::new();
-        for key in state.members.keys() {
-            if key == me || out.len() >= MAX_DIRECT_PUSH {
+        for key in keys {
+            if key == me || out.len() >= limit {
                 continue;
             }
             let Some(contact) = self.inner.store.contact(key)? else {

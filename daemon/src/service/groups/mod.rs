@@ -38,6 +38,9 @@ pub const MAX_GROUPS: usize = 1_000;
 /// Members a group message is also pushed to directly, at most: online contacts whose
 /// node the sender knows. The rest fetch it from the group's dead drop.
 pub const MAX_DIRECT_PUSH: usize = 32;
+/// Members a member passes a group envelope it took on to, at most (its contacts among the
+/// members, drawn at random): a message spreads along contacts.
+pub const MAX_FORWARD: usize = 8;
 /// Group envelopes waiting for the group dead drop at most; sending refuses beyond.
 pub const MAX_GROUP_OUTBOX: usize = 10_000;
 
