@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::inproc::{config, free_port, paths_network, private_dir, states, texts, until};
+use common::inproc::{config, free_port, paths_network, private_dir, texts, until, until_on_hosts};
 use libp2p::multiaddr::Protocol;
 use sotto_daemon::config::Config;
 use sotto_daemon::link::{HostEvent, Observer, RelayEvent, RelayStep, Transport, WireBytes};
@@ -155,13 +155,7 @@ async fn cells_between_relays_have_one_size_on_the_wire_whatever_the_request_ins
             let text = format!("{i}{}", "x".repeat(len));
             alice.service().send("bob", &text).await.unwrap();
             sent.push(text);
-            until(120, "the message on hosts", || async {
-                states(alice.service(), "bob")
-                    .await
-                    .iter()
-                    .all(|s| s == "on_hosts" || s == "delivered")
-            })
-            .await;
+            until_on_hosts(alice.service(), "bob").await;
         }
     }
     phase.store(4, Ordering::Relaxed);

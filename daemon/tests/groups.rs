@@ -226,7 +226,9 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
     );
     drop((alice_store, carol_store));
 
-    // Nobody but the members holds the group's name, its id or the members' names in clear.
+    // Nobody but the members holds the group's name, its id, the members' names or account
+    // keys in clear.
+    let alice_raw = alice_key.0.to_vec();
     let id = created["id"].as_str().unwrap().to_owned();
     let id_bytes: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
@@ -238,6 +240,7 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
             ("the group id", id_bytes.clone()),
             ("a member's name", b"Alice".to_vec()),
             ("a member's name", b"Carol".to_vec()),
+            ("a member's account key", alice_raw.clone()),
         ] {
             assert!(
                 !raw.windows(needle.len()).any(|w| w == needle.as_slice()),

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::inproc::{config, free_port, paths_network, private_dir, rpc, states, texts, until};
+use common::inproc::{
+    config, free_port, paths_network, private_dir, rpc, texts, until, until_on_hosts,
+};
 use sotto_daemon::config::Config;
 use sotto_daemon::node::Node;
 
@@ -47,13 +49,7 @@ async fn a_relay_that_flips_a_bit_breaks_only_its_paths_and_nothing_is_lost_or_d
         let text = format!("through a hostile relay {i}");
         alice.service().send("bob", &text).await.unwrap();
         sent.push(text);
-        until(120, "the message on hosts", || async {
-            states(alice.service(), "bob")
-                .await
-                .iter()
-                .all(|s| s == "on_hosts" || s == "delivered")
-        })
-        .await;
+        until_on_hosts(alice.service(), "bob").await;
     }
     assert!(
         tampered.load(Ordering::Relaxed) > 0,

@@ -28,20 +28,13 @@ impl MessageId {
 
     /// Parse the 32-hex-digit form printed by `Display`.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.is_ascii() {
-            return None;
-        }
-        let mut id = [0u8; 16];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(MessageId(id))
+        codec::parse_hex16(s).map(MessageId)
     }
 }
 
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        codec::write_hex(&self.0, f)
     }
 }
 

@@ -114,20 +114,13 @@ impl GroupId {
 
     /// Parse the 32-hex-digit form printed by `Display`.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.is_ascii() {
-            return None;
-        }
-        let mut id = [0u8; 16];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(GroupId(id))
+        codec::parse_hex16(s).map(GroupId)
     }
 }
 
 impl std::fmt::Display for GroupId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        codec::write_hex(&self.0, f)
     }
 }
 

@@ -7,16 +7,31 @@ use serde_json::Value;
 use super::{MessageError, MessageView, Service};
 use crate::store::{self, Batch, Direction, Seq, State, StoreError};
 
+/// A direction as the API names it.
+pub(super) fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::In => "in",
+        Direction::Out => "out",
+    }
+}
+
+/// A message state as the API names it.
+pub(super) fn state_name(s: State) -> &'static str {
+    match s {
+        State::Queued => "queued",
+        State::OnHosts => "on_hosts",
+        State::Delivered => "delivered",
+        State::Received => "received",
+    }
+}
+
 impl Service {
     pub(super) fn view_message(&self, m: &store::Message, contact_name: &str) -> MessageView {
         MessageView {
             id: m.id.to_string(),
             contact: contact_name.to_owned(),
             group: None,
-            direction: match m.direction {
-                Direction::In => "in",
-                Direction::Out => "out",
-            },
+            direction: direction_name(m.direction),
             from: match m.direction {
                 Direction::In => contact_name.to_owned(),
                 Direction::Out => "me".to_owned(),
@@ -24,12 +39,7 @@ impl Service {
             text: m.text.clone(),
             sent_at: m.sent_at,
             received_at: m.received_at,
-            state: match m.state {
-                State::Queued => "queued",
-                State::OnHosts => "on_hosts",
-                State::Delivered => "delivered",
-                State::Received => "received",
-            },
+            state: state_name(m.state),
         }
     }
 

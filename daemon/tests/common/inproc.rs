@@ -166,3 +166,15 @@ pub async fn paths_network(configs: &mut [Config]) -> (Vec<Node>, Node, Node) {
         .unwrap();
     (relays, alice, bob)
 }
+
+/// Wait until every message to `with` is on mailbox hosts (or delivered).
+#[allow(dead_code)]
+pub async fn until_on_hosts(service: &Service, with: &str) {
+    until(120, "the message on hosts", || async {
+        states(service, with)
+            .await
+            .iter()
+            .all(|s| s == "on_hosts" || s == "delivered")
+    })
+    .await;
+}

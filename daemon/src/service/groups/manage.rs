@@ -185,10 +185,8 @@ impl Service {
         let view = self.group_view(&record, Some(&after), &me);
         // Pushed like a message to the members (before the change: a removed one learns of
         // it too) who are contacts.
-        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
-        self.commit_group(batch, staged).await?;
-        drop(guard);
-        self.push_directly(pushes);
+        self.commit_and_push(batch, staged, &state, &me, guard)
+            .await?;
         Ok(view)
     }
 

@@ -17,20 +17,12 @@ impl Service {
             id: m.id.to_string(),
             contact: group.to_owned(),
             group: Some(group.to_owned()),
-            direction: match m.direction {
-                Direction::In => "in",
-                Direction::Out => "out",
-            },
+            direction: super::super::history::direction_name(m.direction),
             from: from.to_owned(),
             text: m.text.clone(),
             sent_at: m.sent_at,
             received_at: m.received_at,
-            state: match m.state {
-                State::Queued => "queued",
-                State::OnHosts => "on_hosts",
-                State::Delivered => "delivered",
-                State::Received => "received",
-            },
+            state: super::super::history::state_name(m.state),
         }
     }
 
@@ -131,10 +123,8 @@ impl Service {
         batch.index_message(&content.id, Some(seq));
         batch.put_group(&record)?;
         let view = self.view_group_message(&message, &record.local_name, "me");
-        let pushes = self.direct_pushes(&state, &me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
-        self.commit_group(batch, staged).await?;
-        drop(guard);
-        self.push_directly(pushes);
+        self.commit_and_push(batch, staged, &state, &me, guard)
+            .await?;
         Ok(view)
     }
 

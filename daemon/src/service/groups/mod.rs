@@ -394,6 +394,24 @@ impl Service {
         Ok(())
     }
 
+    /// Commit `batch` (see [`Service::commit_group`]) and then push its group envelopes to
+    /// at most [`MAX_DIRECT_PUSH`] of `state`'s members who are contacts. Releases `guard`
+    /// (the account lock) before pushing.
+    async fn commit_and_push<G>(
+        &self,
+        batch: Batch,
+        staged: Staged,
+        state: &GroupState,
+        me: &AccountKey,
+        guard: G,
+    ) -> Result<(), GroupError> {
+        let pushes = self.direct_pushes(state, me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
+        self.commit_group(batch, staged).await?;
+        drop(guard);
+        self.push_directly(pushes);
+        Ok(())
+    }
+
     /// Commit `batch` with the events of `staged`, then wake whoever has work from it.
     async fn commit_group(&self, mut batch: Batch, staged: Staged) -> Result<(), GroupError> {
         let order = self.inner.events.order().await;

@@ -75,12 +75,20 @@ impl Service {
                 &mut staged,
             )?,
             Payload::Changes(_) => false,
-            Payload::SenderKey(key) => {
-                self.take_sender_key(&mut record, &log, key, &mut batch, &mut staged)?
-            }
-            Payload::Message(sent) => {
-                self.take_message(&mut record, &log, sent, now, &mut batch, &mut staged)?
-            }
+            // From a current member of this group, or refused (a non-member's post, a
+            // removed member's).
+            Payload::SenderKey(key) => match log.state() {
+                Some(state) if key.group == record.id && state.is_member(&key.member) => {
+                    self.take_sender_key(&mut record, &state, key, &mut batch, &mut staged)?
+                }
+                _ => false,
+            },
+            Payload::Message(sent) => match log.state() {
+                Some(state) if sent.group == record.id && state.is_member(&sent.sender) => {
+                    self.take_message(&mut record, &state, sent, now, &mut batch, &mut staged)?
+                }
+                _ => false,
+            },
         };
         if !taken {
             record.dropped += 1;
@@ -236,17 +244,11 @@ impl Service {
     pub(super) fn take_sender_key(
         &self,
         record: &mut GroupRecord,
-        log: &Log,
+        state: &GroupState,
         key: SenderKey,
         batch: &mut Batch,
         staged: &mut Staged,
     ) -> Result<bool, GroupError> {
-        let Some(state) = log.state() else {
-            return Ok(false);
-        };
-        if key.group != record.id || !state.is_member(&key.member) {
-            return Ok(false);
-        }
         let inbound = match key.open() {
             Ok(s) => s,
             Err(e) => {
@@ -279,7 +281,7 @@ impl Service {
         for sent in waiting {
             if !self.open_and_store(
                 record,
-                &state,
+                state,
                 &mut sessions,
                 sent.clone(),
                 now,
@@ -296,23 +298,16 @@ impl Service {
     pub(super) fn take_message(
         &self,
         record: &mut GroupRecord,
-        log: &Log,
+        state: &GroupState,
         sent: Sent,
         now: u64,
         batch: &mut Batch,
         staged: &mut Staged,
     ) -> Result<bool, GroupError> {
-        let Some(state) = log.state() else {
-            return Ok(false);
-        };
-        if sent.group != record.id || !state.is_member(&sent.sender) {
-            // A non-member's post, or a removed member's: refused.
-            return Ok(false);
-        }
         let mut sessions = self.inner.store.group_sessions(&record.id, &sent.sender)?;
         if self.open_and_store(
             record,
-            &state,
+            state,
             &mut sessions,
             sent.clone(),
             now,
