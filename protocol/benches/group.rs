@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
 
     // Receiving: open the envelope, decrypt in the sender's inbound session.
     let mut sender = group::new_session();
-    let key = SenderKey::new(&alice, id, &sender);
+    let key = SenderKey::new(&alice, id, [0; 32], &sender);
     let envelopes: Vec<Vec<u8>> = (0..4096)
         .map(|_| {
             let sent = Sent::encrypt(id, alice.public(), &mut sender, &content);

@@ -365,6 +365,9 @@ pub struct State {
     pub members: BTreeMap<AccountKey, MemberState>,
     /// The hash of the change whose rekey holds the current secret.
     pub key_change: Option<[u8; 32]>,
+    /// The hashes of every change that applied with a rekey: the only secrets a member
+    /// takes (a rekey in a change the replay skips is a forgery's, or a removed member's).
+    pub rekeys: BTreeSet<[u8; 32]>,
     /// Changes skipped in the replay: their author could not make them there.
     pub skipped: usize,
     /// The highest lamport in the log.
@@ -469,6 +472,12 @@ impl Log {
             }
             return Ok(false);
         }
+        // An honest change's lamport is at most the number of changes its author holds, so
+        // below MAX_CHANGES; a larger one would push every later change out of order (and
+        // near u64::MAX overflow). The same bound everywhere, so that it cannot split members.
+        if change.lamport >= MAX_CHANGES as u64 {
+            return Err(GroupError::Invalid("a lamport beyond any log's"));
+        }
         if self.changes.len() >= MAX_CHANGES {
             return Err(GroupError::LogFull);
         }
@@ -504,7 +513,10 @@ impl Log {
 
     /// The lamport for this node's next change.
     pub fn next_lamport(&self) -> u64 {
-        self.changes.keys().next_back().map_or(0, |(l, _)| l + 1)
+        self.changes
+            .keys()
+            .next_back()
+            .map_or(0, |(l, _)| l.saturating_add(1))
     }
 
     /// Replay the log. `None` until the log holds the group's create change.
@@ -538,6 +550,7 @@ impl Log {
                             created_ms: change.at_ms,
                             members: BTreeMap::new(),
                             key_change: Some(*hash),
+                            rekeys: BTreeSet::from([*hash]),
                             skipped: 0,
                             lamport: *lamport,
                         };
@@ -554,8 +567,9 @@ impl Log {
                 }
                 Some(s) => {
                     if apply(s, change, *lamport) {
-                        if change.rekey.is_some() {
+                        if change.rekey_digest.is_some() {
                             s.key_change = Some(*hash);
+                            s.rekeys.insert(*hash);
                         }
                     } else {
                         skipped += 1;
@@ -757,24 +771,35 @@ fn box_aad(ephemeral: &[u8; 32], account: &AccountKey) -> Vec<u8> {
     aad
 }
 
-/// A member's Megolm session key, signed by its account key.
+/// A member's Megolm session key, signed by its account key, for the secret made by the
+/// change `key_change` (so that a key cannot be resealed under another secret).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenderKey {
     pub group: GroupId,
     pub member: AccountKey,
+    pub key_change: [u8; 32],
     pub session_key: Vec<u8>,
     pub signature: Vec<u8>,
 }
 
 impl SenderKey {
-    pub fn new(identity: &Identity, group: GroupId, session: &GroupSession) -> Self {
+    pub fn new(
+        identity: &Identity,
+        group: GroupId,
+        key_change: [u8; 32],
+        session: &GroupSession,
+    ) -> Self {
         let session_key = session.session_key().to_bytes();
         let signature = identity
-            .sign(SENDER_KEY_DOMAIN, &sender_key_bytes(&group, &session_key))
+            .sign(
+                SENDER_KEY_DOMAIN,
+                &sender_key_bytes(&group, &key_change, &session_key),
+            )
             .to_vec();
         SenderKey {
             group,
             member: identity.public(),
+            key_change,
             session_key,
             signature,
         }
@@ -785,7 +810,7 @@ impl SenderKey {
         self.member
             .verify(
                 SENDER_KEY_DOMAIN,
-                &sender_key_bytes(&self.group, &self.session_key),
+                &sender_key_bytes(&self.group, &self.key_change, &self.session_key),
                 &self.signature,
             )
             .map_err(|_| GroupError::BadSignature)?;
@@ -795,8 +820,9 @@ impl SenderKey {
     }
 }
 
-fn sender_key_bytes(group: &GroupId, session_key: &[u8]) -> Vec<u8> {
+fn sender_key_bytes(group: &GroupId, key_change: &[u8; 32], session_key: &[u8]) -> Vec<u8> {
     let mut m = group.0.to_vec();
+    m.extend_from_slice(key_change);
     m.extend_from_slice(session_key);
     m
 }

@@ -50,10 +50,21 @@ pub struct GroupRecord {
     /// Messages that came before their sender's key (at most [`MAX_PENDING`]).
     pub pending: Vec<Sent>,
     pub joined_ms: u64,
-    /// Invitation parts received so far: (parts expected, parts seen, changes).
-    pub assembling: Option<(u16, Vec<u16>, Vec<Change>)>,
+    /// An invitation being gathered, from one sender.
+    pub assembling: Option<Assembling>,
     /// Group envelopes dropped: from non-members, undecryptable, malformed.
     pub dropped: u64,
+}
+
+/// The parts of an invitation received so far.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Assembling {
+    pub from: AccountKey,
+    pub parts: u16,
+    pub seen: Vec<u16>,
+    pub changes: Vec<Change>,
+    /// The current secret and the hash of its change, from the part that carried it.
+    pub secret: Option<([u8; 32], [u8; 32])>,
 }
 
 /// Secrets a node keeps per group: the current one and a few before it (messages sent under
@@ -62,12 +73,13 @@ pub const MAX_SECRETS: usize = 4;
 /// Messages kept waiting for their sender's key, per group.
 pub const MAX_PENDING: usize = 64;
 /// Megolm sessions kept per member.
-pub const MAX_SESSIONS_PER_MEMBER: usize = 2;
+pub const MAX_SESSIONS_PER_MEMBER: usize = 4;
 
-/// A member's Megolm sessions in a group (newest last), pickled.
+/// A member's Megolm sessions in a group (newest last): id, pickle, and the hash of the
+/// change whose secret the session was announced under.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InboundSessions {
-    pub sessions: Vec<(String, String)>,
+    pub sessions: Vec<(String, String, [u8; 32])>,
 }
 
 /// A group message as stored.

@@ -31,7 +31,7 @@ mod records;
 mod schema;
 
 pub use groups::{
-    GroupMessage, GroupOutboxEntry, GroupRecord, GroupStatus, InboundSessions, Outbound,
+    Assembling, GroupMessage, GroupOutboxEntry, GroupRecord, GroupStatus, InboundSessions, Outbound,
 };
 pub use records::{
     Ban, Contact, Direction, GuardRecord, HostStats, Hosted, InboxSecret, Message, OutboxEntry,

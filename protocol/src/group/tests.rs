@@ -133,14 +133,19 @@ fn a_forged_or_tampered_change_is_refused_and_a_non_admin_change_is_skipped() {
     // Signed properly by a member who is not an admin, and by a stranger: kept in the
     // log (they verify) but skipped by the replay.
     let (_, rekey) = rekey_to(&[&alice, &bob, &eve], &mut rng);
-    log.insert(change(&bob, &log, Op::Add(vec![eve.member()]), Some(rekey)))
-        .unwrap();
+    let bobs_add = change(&bob, &log, Op::Add(vec![eve.member()]), Some(rekey));
+    let bobs_hash = bobs_add.hash();
+    let create_hash = log.changes().next().unwrap().hash();
+    log.insert(bobs_add).unwrap();
     log.insert(change(&eve, &log, Op::Rename("eve's".into()), None))
         .unwrap();
     let state = log.state().unwrap();
     assert!(!state.is_member(&eve.key()));
     assert_eq!(state.name, "friends");
     assert_eq!(state.skipped, 2);
+    // The secret bob's skipped add sealed to alice is not the group's, nor one to keep.
+    assert_eq!(state.key_change, Some(create_hash));
+    assert!(!state.rekeys.contains(&bobs_hash));
     // A create change for this id by someone else cannot be made.
     let forged = Change::new(
         &eve.id,
@@ -320,8 +325,24 @@ fn the_log_is_bounded() {
         .unwrap();
         log.insert(c).unwrap();
     }
-    let one_more = change(&alice, &log, Op::Rename("more".into()), None);
+    let one_more = Change::new(&alice.id, log.id(), 5, 0, Op::Rename("more".into()), None).unwrap();
     assert!(matches!(log.insert(one_more), Err(GroupError::LogFull)));
+    // A lamport no log can reach is refused whatever the log holds (no overflow either).
+    let mut fresh = Log::new(log.id());
+    fresh.insert(log.changes().next().unwrap().clone()).unwrap();
+    for lamport in [MAX_CHANGES as u64, u64::MAX] {
+        let c = Change::new(
+            &alice.id,
+            log.id(),
+            lamport,
+            0,
+            Op::Rename("far".into()),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(fresh.insert(c), Err(GroupError::Invalid(_))));
+    }
+    assert_eq!(fresh.next_lamport(), 1);
 }
 
 #[test]
@@ -360,7 +381,7 @@ fn megolm_sender_keys_open_only_with_their_signature_and_only_forwards() {
     let group = GroupId([1; 16]);
     let mut session = new_session();
     let early = Sent::encrypt(group, alice.key(), &mut session, b"before you joined");
-    let key = SenderKey::new(&alice.id, group, &session);
+    let key = SenderKey::new(&alice.id, group, [5; 32], &session);
     let mut inbound = key.open().unwrap();
     let sent = Sent::encrypt(group, alice.key(), &mut session, b"hello");
     let (plain, index) = sent.decrypt(&mut inbound).unwrap();
@@ -369,9 +390,13 @@ fn megolm_sender_keys_open_only_with_their_signature_and_only_forwards() {
     // The key was shared at index 1: the message before it does not decrypt.
     assert!(early.decrypt(&mut inbound).is_err());
     // A key claimed for alice but signed by eve.
-    let mut forged = SenderKey::new(&eve.id, group, &new_session());
+    let mut forged = SenderKey::new(&eve.id, group, [5; 32], &new_session());
     forged.member = alice.key();
     assert!(matches!(forged.open(), Err(GroupError::BadSignature)));
+    // Alice's key moved to another secret's change.
+    let mut moved = key.clone();
+    moved.key_change = [6; 32];
+    assert!(matches!(moved.open(), Err(GroupError::BadSignature)));
     // A message of another session.
     let other = Sent::encrypt(group, alice.key(), &mut new_session(), b"x");
     assert!(other.decrypt(&mut inbound).is_err());

@@ -129,7 +129,7 @@ impl Service {
             return Err(GroupError::NotJoined(group.into()));
         }
         let (_, old_secret) = Self::current_secret(&record, &state)
-            .ok_or_else(|| GroupError::NotJoined(group.into()))?;
+            .ok_or_else(|| GroupError::NoCurrentKey(group.into()))?;
         let (op, recipients) = make(&state, &me)?;
         let secret = op.rekeys().then(|| GroupSecret::generate(&mut OsRng));
         let rekey = match &secret {

@@ -57,7 +57,7 @@ impl Service {
             return Err(GroupError::NotJoined(group.into()));
         }
         let (hash, secret) = Self::current_secret(&record, &state)
-            .ok_or_else(|| GroupError::NotJoined(group.into()))?;
+            .ok_or_else(|| GroupError::NoCurrentKey(group.into()))?;
         let now = unix_ms();
         let mut batch = Batch::new();
         let mut staged = Staged::default();
@@ -75,8 +75,12 @@ impl Service {
             Some((session, o)) => (session, o.created_ms, o.sent),
             None => {
                 let session = proto::new_session();
-                let announce =
-                    Payload::SenderKey(SenderKey::new(&account.identity, record.id, &session));
+                let announce = Payload::SenderKey(SenderKey::new(
+                    &account.identity,
+                    record.id,
+                    hash,
+                    &session,
+                ));
                 self.stage_group_deposit(
                     &mut batch,
                     &mut staged,

@@ -38,6 +38,8 @@ pub const MAX_GROUPS: usize = 1_000;
 /// Members a group message is also pushed to directly, at most: online contacts whose
 /// node the sender knows. The rest fetch it from the group's dead drop.
 pub const MAX_DIRECT_PUSH: usize = 32;
+/// Invitations from strangers (message requests) kept waiting at most.
+pub const MAX_STRANGER_INVITATIONS: usize = 16;
 /// Members a member passes a group envelope it took on to, at most (its contacts among the
 /// members, drawn at random): a message spreads along contacts.
 pub const MAX_FORWARD: usize = 8;
@@ -68,6 +70,8 @@ pub enum GroupError {
     NotJoined(String),
     #[error("{0:?} is not an invitation")]
     NotInvited(String),
+    #[error("this node does not hold {0:?}'s current key yet; it comes with an admin's rekey (try again later)")]
+    NoCurrentKey(String),
     #[error("at most {limit} groups")]
     TooMany { limit: usize },
     #[error("at most {limit} members")]
@@ -185,6 +189,18 @@ fn staged_envelopes(batch: &Batch) -> Vec<Vec<u8>> {
     batch.group_outbox_envelopes()
 }
 
+/// A card's name as a member's: at most 64 bytes, cut on a character boundary.
+fn member_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if out.len() + c.len_utf8() > proto::MAX_MEMBER_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn valid_group_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= MAX_NAME_CHARS
@@ -290,7 +306,7 @@ impl Service {
             let member = Member {
                 account: key,
                 seal_key: card.body().seal_key,
-                name: card.body().name.chars().take(32).collect(),
+                name: member_name(&card.body().name),
             };
             if !out.iter().any(|(k, _, _)| k == &key) {
                 out.push((key, contact, member));
@@ -303,18 +319,19 @@ impl Service {
         Member {
             account: account.identity.public(),
             seal_key: account.seal.public(),
-            name: account.name.chars().take(32).collect(),
+            name: member_name(&account.name),
         }
     }
 
     /// The secret the group's current state names (else the newest held).
+    /// The secret the group's current state names, if this node holds it (a node never
+    /// sends under another one).
     fn current_secret(record: &GroupRecord, state: &GroupState) -> Option<([u8; 32], GroupSecret)> {
         record
             .secrets
             .iter()
             .rev()
             .find(|(h, _)| Some(*h) == state.key_change)
-            .or_else(|| record.secrets.last())
             .map(|(h, s)| (*h, GroupSecret::from_bytes(*s)))
     }
 

@@ -77,8 +77,14 @@ impl Service {
             Payload::Changes(_) => false,
             // From a current member of this group, or refused (a non-member's post, a
             // removed member's).
+            // A sender key only for the secret it came under, one that applied.
             Payload::SenderKey(key) => match log.state() {
-                Some(state) if key.group == record.id && state.is_member(&key.member) => {
+                Some(state)
+                    if key.group == record.id
+                        && state.is_member(&key.member)
+                        && key.key_change == hash
+                        && state.rekeys.contains(&hash) =>
+                {
                     self.take_sender_key(&mut record, &state, key, &mut batch, &mut staged)?
                 }
                 _ => false,
@@ -127,6 +133,7 @@ impl Service {
     ) -> Result<bool, GroupError> {
         let me = account.identity.public();
         let mut new = false;
+        let mut opened = Vec::new();
         for change in changes {
             if change.group != record.id {
                 return Ok(false);
@@ -142,16 +149,23 @@ impl Service {
             }
             if let Some(rekey) = &rekey {
                 if let Some(s) = GroupSecret::open_rekey(rekey, &me, &account.seal) {
-                    Self::push_secret(record, hash, &s);
+                    opened.push((hash, s));
                 }
             }
         }
-        if !new {
+        if !new && opened.is_empty() {
             return Ok(true);
         }
         let Some(state) = log.state() else {
             return Ok(true);
         };
+        // Only the secret of a change that applied: one a skipped change (a removed
+        // member's, a non-admin's) seals to this node is never used.
+        for (hash, s) in &opened {
+            if state.rekeys.contains(hash) {
+                Self::push_secret(record, *hash, s);
+            }
+        }
         if !state.is_member(&me) && record.status == GroupStatus::Joined {
             record.status = GroupStatus::Removed;
             record.secrets.clear();
@@ -259,15 +273,22 @@ impl Service {
         let pickle_key = self.inner.pickle_key;
         let mut sessions = self.inner.store.group_sessions(&record.id, &key.member)?;
         let id = inbound.session_id();
-        if !sessions.sessions.iter().any(|(s, _)| s == &id) {
-            sessions
-                .sessions
-                .push((id, proto::pickle_inbound(&inbound, &pickle_key)));
-            let over = sessions
-                .sessions
-                .len()
-                .saturating_sub(store::groups::MAX_SESSIONS_PER_MEMBER);
-            sessions.sessions.drain(..over);
+        if !sessions.sessions.iter().any(|(s, _, _)| s == &id) {
+            sessions.sessions.push((
+                id,
+                proto::pickle_inbound(&inbound, &pickle_key),
+                key.key_change,
+            ));
+            // Over the bound, a session for an older secret goes first, then the oldest:
+            // an old key replayed cannot push out the one in use.
+            while sessions.sessions.len() > store::groups::MAX_SESSIONS_PER_MEMBER {
+                let at = sessions
+                    .sessions
+                    .iter()
+                    .position(|(_, _, k)| Some(*k) != state.key_change)
+                    .unwrap_or(0);
+                sessions.sessions.remove(at);
+            }
         }
         // Messages that waited for this key.
         let waiting: Vec<Sent> = record
@@ -341,7 +362,7 @@ impl Service {
         let Some(slot) = sessions
             .sessions
             .iter_mut()
-            .find(|(id, _)| id == &sent.session_id)
+            .find(|(id, _, _)| id == &sent.session_id)
         else {
             return Ok(false);
         };
@@ -415,6 +436,20 @@ impl Service {
                 if store.groups()?.len() >= MAX_GROUPS {
                     return Err(GroupError::TooMany { limit: MAX_GROUPS });
                 }
+                // A stranger's invitation is kept only whole (one part), and only a few.
+                if from_request
+                    && (invite.parts != 1
+                        || store
+                            .groups()?
+                            .iter()
+                            .filter(|g| matches!(g.status, GroupStatus::Invited { .. }))
+                            .count()
+                            >= MAX_STRANGER_INVITATIONS)
+                {
+                    return Err(GroupError::TooMany {
+                        limit: MAX_STRANGER_INVITATIONS,
+                    });
+                }
                 GroupRecord {
                     id: invite.group,
                     local_name: String::new(),
@@ -429,27 +464,36 @@ impl Service {
                 }
             }
         };
-        let (parts, mut seen, mut changes) = record
+        // Parts of one invitation from one sender; another sender's, or another count of
+        // parts, starts over.
+        let mut a = record
             .assembling
             .take()
-            .filter(|(p, _, _)| *p == invite.parts)
-            .unwrap_or((invite.parts, Vec::new(), Vec::new()));
-        if !seen.contains(&invite.part) {
-            seen.push(invite.part);
-            changes.extend(invite.changes.iter().cloned());
-        }
-        let mut secret = None;
-        if let Some((s, h)) = invite.secret {
-            secret = Some((h, s));
-        }
-        if usize::from(parts) != seen.len() {
-            if changes.len() > proto::MAX_CHANGES {
-                return Ok(());
+            .filter(|a| a.parts == invite.parts && &a.from == from)
+            .unwrap_or(store::Assembling {
+                from: *from,
+                parts: invite.parts,
+                seen: Vec::new(),
+                changes: Vec::new(),
+                secret: None,
+            });
+        if !a.seen.contains(&invite.part) {
+            a.seen.push(invite.part);
+            a.changes.extend(invite.changes.iter().cloned());
+            if invite.secret.is_some() {
+                a.secret = invite.secret;
             }
-            record.assembling = Some((parts, seen, changes));
+        }
+        if a.changes.len() > proto::MAX_CHANGES {
+            return Err(GroupError::Protocol(proto::GroupError::LogFull));
+        }
+        if usize::from(a.parts) != a.seen.len() {
+            record.assembling = Some(a);
             batch.put_group(&record)?;
             return Ok(());
         }
+        let secret = a.secret.map(|(s, h)| (h, s));
+        let changes = a.changes;
         // Every part is here: the log.
         let mut log = log_of(&record);
         for c in changes {
