@@ -30,19 +30,23 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        Self::with(&[])
+        Self::with(&[], false)
     }
 
-    /// With `members` flags for alice, bob and carol.
-    fn with(members: &[&str]) -> Net {
+    /// With `members` flags for alice, bob and carol, whose cards carry their nodes'
+    /// addresses if `publish` (then first messages, invitations too, go straight to them:
+    /// a test whose members fetch hourly needs that).
+    fn with(members: &[&str], publish: bool) -> Net {
         let root = root();
         let hub = Daemon::start_node(root.path(), "hub", false, FLAGS);
         let mut others: Vec<Daemon> = (0..3)
             .map(|i| Daemon::join(root.path(), &format!("relay{i}"), &hub, FLAGS))
             .collect();
-        let alice = Daemon::join(root.path(), "alice", &hub, members);
-        let bob = Daemon::join(root.path(), "bob", &hub, members);
-        let carol = Daemon::join(root.path(), "carol", &hub, members);
+        let hub_addr = hub.bootstrap_addr();
+        let mut args = vec!["--bootstrap", hub_addr.as_str()];
+        args.extend_from_slice(members);
+        let member = |name: &str| Daemon::start_node(root.path(), name, publish, &args);
+        let (alice, bob, carol) = (member("alice"), member("bob"), member("carol"));
         others.insert(0, hub);
         for d in [&alice, &bob, &carol] {
             d.init();
@@ -357,7 +361,7 @@ fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
 #[test]
 fn online_members_get_a_message_straight_away_not_at_their_next_fetch() {
     // Members fetch their dead drops once an hour (and on start).
-    let net = Net::with(&["--fetch-interval-secs", "3600"]);
+    let net = Net::with(&["--fetch-interval-secs", "3600"], true);
     make_group(&net, "now");
     // Long past the fetches that start and new contacts woke.
     std::thread::sleep(Duration::from_secs(8));
@@ -389,7 +393,7 @@ fn measure_sender_upload_per_group_message() {
     for alice_flags in [&[][..], &["--mailbox-only"][..]] {
         let mut flags = vec!["--fetch-interval-secs", "3600"];
         flags.extend_from_slice(alice_flags);
-        let net = Net::with(&flags);
+        let net = Net::with(&flags, true);
         make_group(&net, "m");
         net.alice.send("m", "warm-up: the sender key goes first");
         wait_until(Duration::from_secs(90), "outbox empty", || {
@@ -425,12 +429,12 @@ fn measure_sender_upload_per_group_message() {
 #[test]
 fn a_message_spreads_along_contacts_to_a_member_the_sender_does_not_know() {
     // Everyone fetches hourly: only pushes can bring a message within the test's bounds.
-    let mut net = Net::with(&["--fetch-interval-secs", "3600"]);
+    let mut net = Net::with(&["--fetch-interval-secs", "3600"], true);
     let hub_addr = net.others[0].bootstrap_addr();
     let dave = Daemon::start_node(
         net._root.path(),
         "dave",
-        false,
+        true,
         &["--bootstrap", &hub_addr, "--fetch-interval-secs", "3600"],
     );
     dave.init();
