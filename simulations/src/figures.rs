@@ -133,7 +133,15 @@ pub struct Summary {
     pub timing: crate::record::Timing,
     /// The group scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<crate::record::GroupFigures>,
+    pub group: Option<GroupSummary>,
+}
+
+/// The group scenario's figures, with its deliveries' latency.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupSummary {
+    #[serde(flatten)]
+    pub run: crate::record::GroupFigures,
+    pub latency: Latency,
 }
 
 pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
@@ -257,6 +265,9 @@ pub fn summarise(scenario: &Scenario, seed: u64, run: &Run) -> Summary {
         restarts: run.restarts,
         failed_restarts: run.failed_restarts,
         timing: run.timing.clone(),
-        group: run.group.clone(),
+        group: run.group.clone().map(|g| GroupSummary {
+            latency: Latency::of(g.latencies_ms.clone()),
+            run: g,
+        }),
     }
 }

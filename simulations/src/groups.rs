@@ -9,7 +9,6 @@ use sotto_daemon::clock::unix_ms as now_ms;
 use sotto_daemon::service::Service;
 
 use crate::engine::{node_name, World};
-use crate::figures::Latency;
 use crate::record::GroupFigures;
 
 /// The group's name at every member.
@@ -204,7 +203,7 @@ impl World<'_> {
             messages: sent.len(),
             expected,
             delivered: latencies.len(),
-            latency: Latency::of(latencies),
+            latencies_ms: latencies,
             sender_bytes_per_message: sender_bytes / messages,
             non_sender_bytes_per_message_time: other_mean * senders.len() as u64 / messages,
             sender_cells_per_message: (sender_cells as f64

@@ -487,7 +487,8 @@ pub fn report(s: &Summary) -> String {
         "| Kademlia requests per lookup (log2 N) | {:.1} ({:.1}), {} lookups |",
         s.lookups.requests_per_lookup, s.lookups.log2_n, s.lookups.lookups
     );
-    if let Some(g) = &s.group {
+    if let Some(summary) = &s.group {
+        let (g, latency) = (&summary.run, &summary.latency);
         let _ = writeln!(r, "\n## The group\n");
         let _ = writeln!(r, "| figure | value |\n| --- | --- |");
         let _ = writeln!(
@@ -512,7 +513,7 @@ pub fn report(s: &Summary) -> String {
         let _ = writeln!(
             r,
             "| latency to the members p50 / p90 / p99 / max (n) | {} / {} / {} / {} ms ({}) |",
-            g.latency.p50_ms, g.latency.p90_ms, g.latency.p99_ms, g.latency.max_ms, g.latency.count
+            latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms, latency.count
         );
         let _ = writeln!(
             r,

@@ -233,7 +233,9 @@ pub struct GroupFigures {
     /// Deliveries wanted: each message to every other member.
     pub expected: usize,
     pub delivered: usize,
-    pub latency: crate::figures::Latency,
+    /// Send → stored at the member, ms, one per delivery (summarised in `figures`).
+    #[serde(skip)]
+    pub latencies_ms: Vec<u64>,
     /// Bytes the senders sent on sotto's protocols while sending, per message, and the same
     /// for the members that did not send over the same time (their relaying and fetching:
     /// what a sender's figure holds besides its own messages).

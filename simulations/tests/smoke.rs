@@ -69,6 +69,8 @@ async fn a_small_group_gets_every_message_to_every_member() -> anyhow::Result<()
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no group figures"))?;
     println!("{g:?}");
+    ensure!(g.latency.count == g.run.delivered, "{:?}", g.latency);
+    let g = &g.run;
     ensure!(
         g.joined == g.members,
         "{} of {} joined",
