@@ -7,6 +7,24 @@ use serde_json::Value;
 use super::{MessageError, MessageView, Service};
 use crate::store::{self, Batch, Direction, Seq, State, StoreError};
 
+/// When a message was written, by the sender's clock, but never later than it arrived: a
+/// sender's clock cannot move a message down the conversation.
+pub(super) fn written_at(sent_at: u64, received_at: Option<u64>) -> u64 {
+    received_at.map_or(sent_at, |r| sent_at.min(r))
+}
+
+/// Views in the order written (arrival order breaks ties: a message fetched from a mailbox
+/// can arrive after a later one that came directly), the newest `limit` of them.
+pub(super) fn in_order(mut out: Vec<(u64, MessageView)>, limit: Option<usize>) -> Vec<MessageView> {
+    out.sort_by_key(|(when, _)| *when);
+    let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
+    if let Some(limit) = limit {
+        let skip = out.len().saturating_sub(limit);
+        out.drain(..skip);
+    }
+    out
+}
+
 /// A direction as the API names it.
 pub(super) fn direction_name(d: Direction) -> &'static str {
     match d {
@@ -112,19 +130,11 @@ impl Service {
                     names.entry(m.contact).or_insert(n)
                 }
             };
-            // When it was written, by the sender's clock, but never later than it arrived: a
-            // sender's clock cannot move a message down the conversation.
-            let when = m.received_at.map_or(m.sent_at, |r| m.sent_at.min(r));
-            out.push((when, self.view_message(&m, name)));
+            out.push((
+                written_at(m.sent_at, m.received_at),
+                self.view_message(&m, name),
+            ));
         }
-        // In the order written; arrival order breaks ties. (A message fetched from a mailbox
-        // can arrive after a later one that came directly.)
-        out.sort_by_key(|(when, _)| *when);
-        let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
-        if let Some(limit) = limit {
-            let skip = out.len().saturating_sub(limit);
-            out.drain(..skip);
-        }
-        Ok(out)
+        Ok(in_order(out, limit))
     }
 }

@@ -114,22 +114,15 @@ impl Service {
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
         let me = account.identity.public();
-        let mut record = self.group_by_name(group)?;
-        if record.status != GroupStatus::Joined {
-            return Err(GroupError::NotJoined(group.into()));
-        }
-        let mut log = log_of(&record);
-        let state = log
-            .state()
-            .ok_or_else(|| GroupError::Unknown(group.into()))?;
+        let Joined {
+            mut record,
+            mut log,
+            state,
+            secret: (_, old_secret),
+        } = self.joined(group, &me)?;
         if admin_only && !state.is_admin(&me) {
             return Err(GroupError::NotAdmin(group.into()));
         }
-        if !state.is_member(&me) {
-            return Err(GroupError::NotJoined(group.into()));
-        }
-        let (_, old_secret) = Self::current_secret(&record, &state)
-            .ok_or_else(|| GroupError::NoCurrentKey(group.into()))?;
         let (op, recipients) = make(&state, &me)?;
         let secret = op.rekeys().then(|| GroupSecret::generate(&mut OsRng));
         let rekey = match &secret {

@@ -46,18 +46,12 @@ impl Service {
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
         let me = account.identity.public();
-        let mut record = self.group_by_name(group)?;
-        if record.status != GroupStatus::Joined {
-            return Err(GroupError::NotJoined(group.into()));
-        }
-        let state = log_of(&record)
-            .state()
-            .ok_or_else(|| GroupError::Unknown(group.into()))?;
-        if !state.is_member(&me) {
-            return Err(GroupError::NotJoined(group.into()));
-        }
-        let (hash, secret) = Self::current_secret(&record, &state)
-            .ok_or_else(|| GroupError::NoCurrentKey(group.into()))?;
+        let Joined {
+            mut record,
+            state,
+            secret: (hash, secret),
+            ..
+        } = self.joined(group, &me)?;
         let now = unix_ms();
         let mut batch = Batch::new();
         let mut staged = Staged::default();
@@ -225,16 +219,10 @@ impl Service {
                     self.member_label(&m.from, &name, &me)?.0
                 }
             };
-            let when = m.received_at.map_or(m.sent_at, |r| m.sent_at.min(r));
+            let when = super::super::history::written_at(m.sent_at, m.received_at);
             out.push((when, self.view_group_message(&m, &record.local_name, &from)));
         }
-        out.sort_by_key(|(when, _)| *when);
-        let mut out: Vec<MessageView> = out.into_iter().map(|(_, v)| v).collect();
-        if let Some(limit) = limit {
-            let skip = out.len().saturating_sub(limit);
-            out.drain(..skip);
-        }
-        Ok(out)
+        Ok(super::super::history::in_order(out, limit))
     }
 
     /// The group envelope `seq` is on the group's hosts: its message (if any) moves on.

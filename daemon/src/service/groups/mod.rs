@@ -175,6 +175,15 @@ fn status_name(s: GroupStatus) -> &'static str {
     }
 }
 
+/// A group this node is in, ready for a change or a message.
+struct Joined {
+    record: GroupRecord,
+    log: Log,
+    state: GroupState,
+    /// The current secret and the hash of its change.
+    secret: ([u8; 32], GroupSecret),
+}
+
 /// The log of a stored group (its changes were checked when they arrived).
 fn log_of(record: &GroupRecord) -> Log {
     let mut log = Log::new(record.id);
@@ -324,6 +333,30 @@ impl Service {
     }
 
     /// The secret the group's current state names (else the newest held).
+    /// The group `group` as a member about to change it or write to it: joined, still a
+    /// member in its state, holding its current secret; else the error that says which.
+    fn joined(&self, group: &str, me: &AccountKey) -> Result<Joined, GroupError> {
+        let record = self.group_by_name(group)?;
+        if record.status != GroupStatus::Joined {
+            return Err(GroupError::NotJoined(group.into()));
+        }
+        let log = log_of(&record);
+        let state = log
+            .state()
+            .ok_or_else(|| GroupError::Unknown(group.into()))?;
+        if !state.is_member(me) {
+            return Err(GroupError::NotJoined(group.into()));
+        }
+        let secret = Self::current_secret(&record, &state)
+            .ok_or_else(|| GroupError::NoCurrentKey(group.into()))?;
+        Ok(Joined {
+            record,
+            log,
+            state,
+            secret,
+        })
+    }
+
     /// The secret the group's current state names, if this node holds it (a node never
     /// sends under another one).
     fn current_secret(record: &GroupRecord, state: &GroupState) -> Option<([u8; 32], GroupSecret)> {
