@@ -3,18 +3,24 @@
 //! heard from, turns the queue's actions into direct sends and mailbox deposits (many at
 //! once) and store writes, and feeds their results back. Store writes of one turn of the
 //! loop go in one flushed transaction.
+//!
+//! Each send and deposit runs as a task of its own, not as a future the worker polls
+//! between its own awaits: a deposit at this node's own host takes the store's locks
+//! (the host's, the flush's), and a future that holds one while the worker awaits the
+//! same lock in its store write would never be polled again — every flush of the node
+//! would wait for ever.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::Value;
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::outbox::{self, Action, DirectOutcome, Queue};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::clock::unix_ms;
 use crate::mailbox::{self, deposit::HostCache};
@@ -43,7 +49,11 @@ struct Worker {
     /// Recipients by their node's PeerId, to hear of them when that node connects.
     by_peer: HashMap<PeerId, AccountKey>,
     hosts: HostCache,
-    flying: FuturesUnordered<BoxFuture<'static, Outcome>>,
+    /// Sends and deposits under way, each a task (aborted if the worker stops).
+    flying: JoinSet<Outcome>,
+    /// What each of those tasks is for (recipient, entry, direct or not), to answer for
+    /// one that panicked.
+    running: HashMap<tokio::task::Id, (AccountKey, Seq, bool)>,
     /// The hosts that hold a deposited entry, until the queue says what to do with it.
     pending_hosts: HashMap<Seq, Vec<Vec<u8>>>,
     /// Store changes the queue asked for that are not written yet (the last write failed):
@@ -82,7 +92,8 @@ pub async fn run(
         routes: HashMap::new(),
         by_peer: HashMap::new(),
         hosts: HostCache::default(),
-        flying: FuturesUnordered::new(),
+        flying: JoinSet::new(),
+        running: HashMap::new(),
         pending_hosts: HashMap::new(),
         unwritten: Vec::new(),
     };
@@ -116,14 +127,14 @@ pub async fn run(
                     worker.queue.heard(&key, unix_ms());
                 }
             }
-            Some(outcome) = worker.flying.next(), if !worker.flying.is_empty() => {
-                worker.on_outcome(outcome);
+            Some(done) = worker.flying.join_next_with_id(), if !worker.flying.is_empty() => {
+                worker.finished(done);
             }
         }
         // Take in whatever else is ready before the next turn, so that one turn's store
         // writes cover as many results as possible.
-        while let Some(Some(outcome)) = worker.flying.next().now_or_never() {
-            worker.on_outcome(outcome);
+        while let Some(done) = worker.flying.try_join_next_with_id() {
+            worker.finished(done);
         }
         while let Ok(signal) = signals.try_recv() {
             worker.on_signal(signal);
@@ -223,7 +234,10 @@ impl Worker {
         let store = self.service.store().clone();
         let route = self.routes.get(&to).cloned();
         let net = self.service.network().clone();
-        self.flying.push(
+        self.start(
+            to,
+            seq,
+            true,
             async move {
                 let outcome = match (store.outbox_entry(seq), route) {
                     (Ok(Some(entry)), Some((peer, addrs))) => {
@@ -269,7 +283,10 @@ impl Worker {
     fn deposit(&mut self, to: AccountKey, seq: Seq) {
         let client = self.mailbox.clone();
         let hosts = self.hosts.clone();
-        self.flying.push(
+        self.start(
+            to,
+            seq,
+            false,
             async move {
                 let result = match client.service().store().outbox_entry(seq) {
                     Ok(Some(entry)) => client.deposit_entry(&entry, &hosts).await,
@@ -349,6 +366,41 @@ impl Worker {
         if let Err(e) = result {
             tracing::warn!("outbox: {e}");
         }
+    }
+
+    /// Run `attempt` (a direct send if `direct`, else a deposit of `seq` for `to`) as a
+    /// task of its own.
+    fn start(
+        &mut self,
+        to: AccountKey,
+        seq: Seq,
+        direct: bool,
+        attempt: BoxFuture<'static, Outcome>,
+    ) {
+        let task = self.flying.spawn(attempt);
+        self.running.insert(task.id(), (to, seq, direct));
+    }
+
+    /// Take the outcome of a finished task; one that panicked counts as a failed attempt.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let outcome = match done {
+            Ok((id, outcome)) => {
+                self.running.remove(&id);
+                outcome
+            }
+            Err(e) => {
+                let Some((to, seq, direct)) = self.running.remove(&e.id()) else {
+                    return;
+                };
+                tracing::error!("outbox: the attempt for {seq:?} failed: {e}");
+                if direct {
+                    Outcome::Direct(to, seq, DirectOutcome::Unreachable)
+                } else {
+                    Outcome::Deposit(to, seq, Ok(Vec::new()))
+                }
+            }
+        };
+        self.on_outcome(outcome);
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {

@@ -32,6 +32,24 @@ impl Client {
         source: Option<IpAddr>,
         request: ExitRequest,
     ) -> Result<ExitAnswer, ExitRefusal> {
+        let started = std::time::Instant::now();
+        let kind = match &request {
+            ExitRequest::Hosts { .. } => "a hosts lookup",
+            ExitRequest::Mailbox { .. } => "a mailbox request",
+        };
+        let answer = self.exit_work_inner(from, source, request).await;
+        if started.elapsed().as_secs() >= 5 {
+            tracing::debug!("as an exit, {kind} took {:?}", started.elapsed());
+        }
+        answer
+    }
+
+    async fn exit_work_inner(
+        &self,
+        from: PeerId,
+        source: Option<IpAddr>,
+        request: ExitRequest,
+    ) -> Result<ExitAnswer, ExitRefusal> {
         match request {
             ExitRequest::Hosts { address } => {
                 let me = self.me();

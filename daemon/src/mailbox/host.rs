@@ -143,11 +143,15 @@ impl Host {
             super::address_hex(address)
         );
         let seen = self.observer.as_ref().map(|_| observed(&request));
+        let started = std::time::Instant::now();
         let result = match request {
             Request::Deposit(d) => self.deposit(&depositor(from, source), d).await,
             Request::Fetch(f) => self.fetch(&f),
             Request::Delete(d) => self.delete(&d).await,
         };
+        if started.elapsed().as_secs() >= 2 {
+            tracing::debug!("a mailbox {kind} took {:?}", started.elapsed());
+        }
         let response = result.unwrap_or_else(|e| {
             tracing::error!("mailbox host: {e}");
             Response::Refused(Refusal::Internal)

@@ -388,6 +388,14 @@ impl Network {
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
                 if step.last {
+                    if let Some(took) = stats.duration().filter(|d| d.as_secs() >= 5) {
+                        tracing::debug!(
+                            "a lookup took {took:?}: {} requests, {} answered, {} failed",
+                            stats.num_requests(),
+                            stats.num_successes(),
+                            stats.num_failures()
+                        );
+                    }
                     let t = &self.traffic;
                     count(&t.lookups, 1);
                     count(&t.lookup_requests, stats.num_requests() as usize);

@@ -407,7 +407,11 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         let mine = self.flushes.asked.fetch_add(1, SeqCst) + 1;
+        let started = std::time::Instant::now();
         let mut done = self.flushes.done.lock().await;
+        if started.elapsed().as_secs() >= 2 {
+            tracing::debug!("waited {:?} for the flush before", started.elapsed());
+        }
         if *done >= mine {
             return Ok(());
         }
@@ -417,6 +421,9 @@ impl Store {
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(flushed) => {
+                if started.elapsed().as_secs() >= 2 {
+                    tracing::debug!("a flush took {:?}", started.elapsed());
+                }
                 flushed?;
                 *done = covers;
                 Ok(())

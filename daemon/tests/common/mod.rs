@@ -40,8 +40,8 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Print the node's address in its card (`--publish-address`).
     pub publish: bool,
-    /// Where its log goes, and the log filter (`SOTTO_LOG`); `None`: standard error, as
-    /// `SOTTO_TEST_LOG` says.
+    /// Where its log goes, and the log filter (`SOTTO_LOG`); `None`: standard error (or a
+    /// file in `SOTTO_TEST_LOG_DIR` if set), filtered as `SOTTO_TEST_LOG` says.
     pub log: Option<(PathBuf, String)>,
     child: Option<Child>,
 }
@@ -153,6 +153,17 @@ impl Daemon {
                 .open(path)
                 .unwrap();
             cmd.env("SOTTO_LOG", filter).stderr(file);
+        } else if let Some(dir) = std::env::var_os("SOTTO_TEST_LOG_DIR") {
+            // Every node's log in its own file, named after the test's root and the node,
+            // to read after a failure.
+            let root = self.data_dir.parent().and_then(|p| p.file_name());
+            let name = format!("{}-{}.log", root.unwrap().to_string_lossy(), self.name);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(PathBuf::from(dir).join(name))
+                .unwrap();
+            cmd.stderr(file);
         }
         cmd
     }
