@@ -107,6 +107,8 @@ pub struct GroupInfo {
     pub members: Vec<GroupMember>,
     #[serde(default)]
     pub created_ms: Option<i64>,
+    #[serde(default)]
+    pub key_stale: bool,
 }
 
 /// An Event object: the `params` of an `event` notification. (Its `cursor` is followed

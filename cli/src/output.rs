@@ -302,6 +302,11 @@ pub fn group_info(info: &GroupInfo) -> String {
     if let Some(created) = info.created_ms.filter(|c| *c > 0) {
         out.push(format!("created: {}", time(created)));
     }
+    if info.key_stale {
+        out.push(
+            "key: stale — a member who left can read until an admin seals a new secret".to_owned(),
+        );
+    }
     out.push("members:".to_owned());
     for m in &info.members {
         out.push(format!(

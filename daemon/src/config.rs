@@ -38,15 +38,22 @@ pub struct Keys {
     /// working until the next rotation, so a card is good for first contact for at least
     /// this long, and a pre-key message on a fallback key opens for at most twice this.
     pub fallback_rotation_ms: u64,
+    /// How long each admin but the first waits, per admin before it, to rekey a group whose
+    /// secret a member who left still holds (the first rekeys at once; see
+    /// `sotto_protocol::group::State::rekey_rank`).
+    pub group_rekey_grace_ms: u64,
 }
 
 /// The default fallback-key rotation period: 30 days.
 pub const DEFAULT_FALLBACK_ROTATION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// The default turn of each further admin to rekey after a leave: 10 minutes.
+pub const DEFAULT_GROUP_REKEY_GRACE_MS: u64 = 10 * 60 * 1000;
 
 impl Default for Keys {
     fn default() -> Self {
         Keys {
             fallback_rotation_ms: DEFAULT_FALLBACK_ROTATION_MS,
+            group_rekey_grace_ms: DEFAULT_GROUP_REKEY_GRACE_MS,
         }
     }
 }
@@ -137,6 +144,7 @@ pub struct File {
     pub max_connections_per_peer: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub fallback_rotation_secs: Option<u64>,
+    pub group_rekey_grace_secs: Option<u64>,
 }
 
 /// Why the configuration could not be read.

@@ -111,6 +111,11 @@ struct Args {
     /// one keeps working until the next [default: 2592000, 30 days]
     #[arg(long, env = "SOTTO_FALLBACK_ROTATION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     fallback_rotation_secs: Option<u64>,
+    /// Seconds each admin of a group waits, per admin before it (by account key), to rekey
+    /// after a member left, in case those before it are offline; the first rekeys at once
+    /// [default: 600]
+    #[arg(long, env = "SOTTO_GROUP_REKEY_GRACE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    group_rekey_grace_secs: Option<u64>,
 }
 
 impl Args {
@@ -126,6 +131,9 @@ impl Args {
         let mut keys = config::Keys::default();
         if let Some(s) = self.fallback_rotation_secs.or(file.fallback_rotation_secs) {
             keys.fallback_rotation_ms = config::positive_secs("fallback_rotation_secs", s)?;
+        }
+        if let Some(s) = self.group_rekey_grace_secs.or(file.group_rekey_grace_secs) {
+            keys.group_rekey_grace_ms = config::positive_secs("group_rekey_grace_secs", s)?;
         }
         let data_dir = self
             .data_dir

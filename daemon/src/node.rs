@@ -248,6 +248,9 @@ impl Node {
         tasks.push(tokio::spawn(
             service.clone().run_key_rotation(shutdown_rx.clone()),
         ));
+        tasks.push(tokio::spawn(
+            service.clone().run_group_rekeys(shutdown_rx.clone()),
+        ));
         tasks.push(tokio::spawn(rpc::serve(
             listener,
             service.clone(),

@@ -359,6 +359,42 @@ fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
 }
 
 #[test]
+fn after_a_leave_the_next_admin_rekeys_when_the_first_is_away() {
+    let mut net = Net::with(&["--group-rekey-grace-secs", "2"], false);
+    make_group(&net, "club");
+    net.alice
+        .call("group.admin", json!({ "group": "club", "member": "bob" }));
+    wait_until(Duration::from_secs(60), "bob is admin", || {
+        (group_info(&net.bob, "club")["role"] == "admin").then_some(())
+    });
+    let key = |d: &Daemon| {
+        let address = d.call("account.get", json!({}))["address"].clone();
+        AccountKey::from_address(address.as_str().unwrap()).unwrap()
+    };
+    // The admin whose turn is first (the smaller account key) is away when carol leaves.
+    let alice_first = key(&net.alice) < key(&net.bob);
+    if alice_first {
+        net.alice.stop();
+    } else {
+        net.bob.stop();
+    }
+    let second = if alice_first { &net.bob } else { &net.alice };
+    net.carol.call("group.leave", json!({ "group": "club" }));
+    wait_until(
+        Duration::from_secs(60),
+        "the leave reaches the other admin",
+        || (group_info(second, "club")["member_count"] == 2).then_some(()),
+    );
+    // Stale until the other admin's turn, one grace period after the leave.
+    let info = wait_until(Duration::from_secs(90), "a new secret", || {
+        let info = group_info(second, "club");
+        (info["key_stale"] == false).then_some(info)
+    });
+    assert_eq!(info["member_count"], 2);
+    assert_eq!(group_info(&net.carol, "club")["status"], "left");
+}
+
+#[test]
 fn online_members_get_a_message_straight_away_not_at_their_next_fetch() {
     // Members fetch their dead drops once an hour (and on start).
     let net = Net::with(&["--fetch-interval-secs", "3600"], true);

@@ -1,7 +1,8 @@
 //! What a group message costs in CPU against raw Megolm: the sender encrypting once in its
 //! Megolm session and sealing the group envelope, a member opening and decrypting it; and
 //! what a change of membership costs: a fresh secret sealed to every member, at 8 to 1,024
-//! members. Run with `cargo bench -p sotto-protocol --bench group`.
+//! members; and what a node pays per group secret it tries on an envelope that is not
+//! sealed under it. Run with `cargo bench -p sotto-protocol --bench group`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +64,14 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::SmallInput,
         )
+    });
+
+    // A node tries the secrets of its groups (the newest two of each) on an envelope pushed
+    // to it that is not sealed to it: what one secret that does not fit costs.
+    let other = GroupSecret::generate(&mut rng);
+    let pushed = envelopes[0].clone();
+    g.bench_function("try_a_secret_that_does_not_fit", |b| {
+        b.iter(|| group::open_payload(black_box(&other), black_box(&pushed)).is_err())
     });
 
     // A change of membership: a new secret sealed to every member.

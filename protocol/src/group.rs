@@ -73,6 +73,9 @@ const ID_DOMAIN: &[u8] = b"sotto/group/id/v1";
 const REKEY_INFO: &[u8] = b"sotto/group/rekey/v1";
 const DROP_INFO: &[u8] = b"sotto/group/drop/v1";
 const ENVELOPE_INFO: &[u8] = b"sotto/group/envelope/v1";
+const HINT_INFO: &[u8] = b"sotto/group/hint/v1";
+/// Bytes of a group envelope's hint ([`hint`]).
+const HINT_BYTES: usize = 4;
 
 /// Why a group message or change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +406,38 @@ impl State {
     /// so that admins do not all rekey at once.
     pub fn rekeying_admin(&self) -> Option<AccountKey> {
         self.members.iter().find(|(_, m)| m.admin).map(|(k, _)| *k)
+    }
+
+    /// Where `me` stands among the admins, by account key, for rekeying a stale key: 0 for
+    /// [`State::rekeying_admin`], who rekeys as soon as it takes the change that made the
+    /// key stale; `n` for the next admins, each of whom rekeys once the key has been stale
+    /// for `n` grace periods (the admins before it may be offline). `None`: not an admin.
+    pub fn rekey_rank(&self, me: &AccountKey) -> Option<usize> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.admin)
+            .position(|(k, _)| k == me)
+    }
+
+    /// Since when the key is stale, if it is: the earliest time (by its author's clock) of
+    /// the changes of membership (leaves, adds) after the one that holds the current
+    /// secret. An author's clock may be
+    /// wrong; at worst an admin rekeys early (one more rekey) or its turn comes late (the
+    /// admins before it still rekey in theirs).
+    pub fn stale_since(&self, log: &Log) -> Option<u64> {
+        if !self.stale_key(log) {
+            return None;
+        }
+        let key = self.key_change?;
+        let place = log.changes.iter().find(|(_, c)| c.hash() == key)?.0;
+        log.changes
+            .range((
+                std::ops::Bound::Excluded(*place),
+                std::ops::Bound::Unbounded,
+            ))
+            .filter(|(_, c)| matches!(c.op, Op::Leave | Op::Add(_)))
+            .map(|(_, c)| c.at_ms)
+            .min()
     }
 
     /// Members the current secret was not sealed to (added by a change concurrent with the
@@ -905,29 +940,55 @@ pub fn seal_payload(
     rng: &mut impl rand::RngCore,
 ) -> Result<Vec<u8>, GroupError> {
     let plain = codec::encode_limited(payload, MAX_PAYLOAD_BYTES as u64)?;
-    let total = padding::bucket_for(1 + 12 + 16 + 4 + plain.len())
+    let total = padding::bucket_for(HEADER_BYTES + 16 + 4 + plain.len())
         .ok_or(GroupError::Invalid("the payload is too large"))?;
     let padded = Zeroizing::new(
-        padding::pad_to(&plain, total - 1 - 12 - 16)
+        padding::pad_to(&plain, total - HEADER_BYTES - 16)
             .ok_or(GroupError::Invalid("the payload is too large"))?,
     );
     let mut nonce = [0u8; 12];
     rng.fill_bytes(&mut nonce);
+    let hint = hint(secret, &nonce);
     let key = secret.derive(ENVELOPE_INFO);
     let sealed = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
         .encrypt(
             Nonce::from_slice(&nonce),
             AeadPayload {
                 msg: padded.as_slice(),
-                aad: &[VERSION],
+                aad: &aad(&hint),
             },
         )
         .map_err(|_| GroupError::Invalid("sealing failed"))?;
     let mut out = Vec::with_capacity(total);
     out.push(VERSION);
     out.extend_from_slice(&nonce);
+    out.extend_from_slice(&hint);
     out.extend_from_slice(&sealed);
     Ok(out)
+}
+
+/// Version, nonce and hint.
+const HEADER_BYTES: usize = 1 + 12 + HINT_BYTES;
+
+/// A group envelope's hint: the first bytes of `HKDF-SHA-256(secret, "sotto/group/hint/v1"
+/// ‖ nonce)`. Unlinkable without the secret (a fresh nonce each time), it lets a node that
+/// holds many secrets tell in a microsecond which one an envelope may be sealed under,
+/// instead of trying to decrypt the whole envelope under each.
+fn hint(secret: &GroupSecret, nonce: &[u8; 12]) -> [u8; HINT_BYTES] {
+    let mut info = Vec::with_capacity(HINT_INFO.len() + nonce.len());
+    info.extend_from_slice(HINT_INFO);
+    info.extend_from_slice(nonce);
+    let full = secret.derive(&info);
+    let mut out = [0u8; HINT_BYTES];
+    out.copy_from_slice(&full[..HINT_BYTES]);
+    out
+}
+
+/// The associated data of a group envelope: its version and hint.
+fn aad(hint: &[u8; HINT_BYTES]) -> [u8; 1 + HINT_BYTES] {
+    let mut out = [VERSION; 1 + HINT_BYTES];
+    out[1..].copy_from_slice(hint);
+    out
 }
 
 /// Open a group envelope under `secret`.
@@ -935,19 +996,27 @@ pub fn open_payload(secret: &GroupSecret, envelope: &[u8]) -> Result<Payload, Gr
     if !padding::is_bucket(envelope.len()) {
         return Err(GroupError::Invalid("not an envelope size"));
     }
-    let (&version, rest) = envelope.split_first().ok_or(GroupError::Unopenable)?;
-    if version != VERSION {
+    if envelope.len() < HEADER_BYTES + 16 || envelope[0] != VERSION {
         return Err(GroupError::Unopenable);
     }
-    let (nonce, sealed) = rest.split_at(12);
+    let (header, sealed) = envelope.split_at(HEADER_BYTES);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&header[1..13]);
+    let mut hinted = [0u8; HINT_BYTES];
+    hinted.copy_from_slice(&header[13..]);
+    // Not under this secret, known without decrypting (or, one time in 2^32, found by the
+    // AEAD below).
+    if hint(secret, &nonce) != hinted {
+        return Err(GroupError::Unopenable);
+    }
     let key = secret.derive(ENVELOPE_INFO);
     let padded = Zeroizing::new(
         ChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
             .decrypt(
-                Nonce::from_slice(nonce),
+                Nonce::from_slice(&nonce),
                 AeadPayload {
                     msg: sealed,
-                    aad: &[VERSION],
+                    aad: &aad(&hinted),
                 },
             )
             .map_err(|_| GroupError::Unopenable)?,

@@ -90,6 +90,8 @@ struct Inner {
     fetch_wake: Notify,
     /// Wakes the group outbox worker.
     group_wake: Notify,
+    /// Wakes the loop that rekeys groups whose secret a member who left still holds.
+    rekey_wake: Notify,
     /// The account's key, once there is an account.
     own_account: std::sync::OnceLock<AccountKey>,
     /// The last `sent_at` given to a message: each is later than the one before, so that a
@@ -145,6 +147,7 @@ impl Service {
                 signals,
                 fetch_wake: Notify::new(),
                 group_wake: Notify::new(),
+                rekey_wake: Notify::new(),
                 own_account: std::sync::OnceLock::new(),
                 last_sent_at: Default::default(),
                 seeded: seed.map(|seed| {

@@ -222,6 +222,21 @@ fn a_removed_member_cannot_open_the_next_secret_and_a_new_one_no_earlier_secret(
         Err(GroupError::Unopenable)
     ));
     assert!(open_payload(&second, &env).is_ok());
+    // Its hint (after version and nonce) is bound to it: changed, it opens under no secret.
+    let mut hinted = env.clone();
+    hinted[13] ^= 1;
+    assert!(matches!(
+        open_payload(&second, &hinted),
+        Err(GroupError::Unopenable)
+    ));
+    // And two envelopes under one secret carry unrelated hints (a fresh nonce each).
+    let again = seal_payload(
+        &second,
+        &Payload::Change(log.changes().last().unwrap().clone()),
+        &mut rng,
+    )
+    .unwrap();
+    assert_ne!(env[13..17], again[13..17]);
 }
 
 #[test]
@@ -264,6 +279,59 @@ fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
     log.insert(change(&bob, &log, Op::Rekey, Some(rekey)))
         .unwrap();
     assert!(!log.state().unwrap().stale_key(&log));
+}
+
+#[test]
+fn after_a_leave_every_admin_has_a_turn_to_rekey_counted_from_the_leave() {
+    let mut rng = rng();
+    let (alice, bob, carol) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    );
+    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
+    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    let state = log.state().unwrap();
+    assert_eq!(state.stale_since(&log), None, "not stale: nobody left");
+    let leave = Change::new(
+        &carol.id,
+        log.id(),
+        log.next_lamport(),
+        5_000,
+        Op::Leave,
+        None,
+    );
+    log.insert(leave.unwrap()).unwrap();
+    log.insert(change(&alice, &log, Op::Rename("later".into()), None))
+        .unwrap();
+    let state = log.state().unwrap();
+    assert_eq!(
+        state.stale_since(&log),
+        Some(5_000),
+        "from the leave, not the rename"
+    );
+    let mut ranks = [
+        state.rekey_rank(&alice.key()).unwrap(),
+        state.rekey_rank(&bob.key()).unwrap(),
+    ];
+    ranks.sort_unstable();
+    assert_eq!(ranks, [0, 1], "one turn each");
+    let first = if state.rekey_rank(&alice.key()) == Some(0) {
+        alice.key()
+    } else {
+        bob.key()
+    };
+    assert_eq!(state.rekeying_admin(), Some(first));
+    assert_eq!(state.rekey_rank(&carol.key()), None, "gone");
+    // Whoever rekeys, the key is fresh for all.
+    let second = if first == alice.key() { &bob } else { &alice };
+    let (_, rekey) = rekey_to(&[&alice, &bob], &mut rng);
+    log.insert(change(second, &log, Op::Rekey, Some(rekey)))
+        .unwrap();
+    let state = log.state().unwrap();
+    assert!(!state.stale_key(&log));
+    assert_eq!(state.stale_since(&log), None);
 }
 
 #[test]

@@ -404,7 +404,8 @@ impl Service {
     pub async fn group_info(&self, group: &str) -> Result<GroupInfo, GroupError> {
         let me = self.own_key().await?;
         let record = self.group_by_name(group)?;
-        let state = log_of(&record).state();
+        let log = log_of(&record);
+        let state = log.state();
         let mut members = Vec::new();
         if let Some(s) = &state {
             for (key, m) in &s.members {
@@ -428,6 +429,7 @@ impl Service {
             members,
             admins,
             dropped: record.dropped,
+            key_stale: state.as_ref().is_some_and(|s| s.stale_key(&log)),
         })
     }
 

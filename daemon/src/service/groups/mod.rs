@@ -147,6 +147,9 @@ pub struct GroupInfo {
     pub admins: Vec<String>,
     /// Group envelopes dropped (from non-members, undecryptable, malformed).
     pub dropped: u64,
+    /// The current secret was sealed to someone who is no member now (a member who left
+    /// can read on) or not to every member: an admin is to rekey.
+    pub key_stale: bool,
 }
 
 /// What became of a group envelope fetched from the group's dead drop.
