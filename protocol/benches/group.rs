@@ -12,7 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use rand::{rngs::StdRng, SeedableRng};
 use sotto_protocol::content::{Content, MessageId};
 use sotto_protocol::envelope::SealKey;
-use sotto_protocol::group::{self, GroupId, GroupSecret, Payload, SenderKey, Sent};
+use sotto_protocol::group::{self, Change, GroupId, GroupSecret, Op, Payload, SenderKey, Sent};
 use sotto_protocol::identity::{AccountKey, Identity};
 
 fn bench(c: &mut Criterion) {
@@ -72,6 +72,21 @@ fn bench(c: &mut Criterion) {
     let pushed = envelopes[0].clone();
     g.bench_function("try_a_secret_that_does_not_fit", |b| {
         b.iter(|| group::open_payload(black_box(&other), black_box(&pushed)).is_err())
+    });
+    // The same for the largest envelope: a rekey for 1,024 members.
+    let to: Vec<(AccountKey, [u8; 32])> = (0..1024)
+        .map(|_| {
+            (
+                Identity::generate(&mut rng).public(),
+                SealKey::generate(&mut rng).public(),
+            )
+        })
+        .collect();
+    let rekey = GroupSecret::generate(&mut rng).rekey(&to, &mut rng).unwrap();
+    let change = Change::new(&alice, id, 1, 0, Op::Rekey, Some(rekey)).unwrap();
+    let large = group::seal_payload(&secret, &Payload::Change(change), &mut rng).unwrap();
+    g.bench_function(format!("try_a_secret_that_does_not_fit_{}_bytes", large.len()), |b| {
+        b.iter(|| group::open_payload(black_box(&other), black_box(&large)).is_err())
     });
 
     // A change of membership: a new secret sealed to every member.
