@@ -82,12 +82,94 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let rekey = GroupSecret::generate(&mut rng).rekey(&to, &mut rng).unwrap();
-    let change = Change::new(&alice, id, 1, 0, Op::Rekey, Some(rekey)).unwrap();
+    let rekey = GroupSecret::generate(&mut rng)
+        .rekey(&to, &mut rng)
+        .unwrap();
+    let parents: Vec<[u8; 32]> = (0..group::MAX_PARENTS as u8).map(|i| [i; 32]).collect();
+    let change = Change::new(&alice, id, 1, parents, 0, Op::Rekey, Some(rekey)).unwrap();
     let large = group::seal_payload(&secret, &Payload::Change(change), &mut rng).unwrap();
-    g.bench_function(format!("try_a_secret_that_does_not_fit_{}_bytes", large.len()), |b| {
-        b.iter(|| group::open_payload(black_box(&other), black_box(&large)).is_err())
-    });
+    g.bench_function(
+        format!("try_a_secret_that_does_not_fit_{}_bytes", large.len()),
+        |b| b.iter(|| group::open_payload(black_box(&other), black_box(&large)).is_err()),
+    );
+
+    // Replaying a group's log (what every member does on every change it takes): N changes
+    // of which half are removals (an admin adding and removing members in turn), each
+    // removal judged in the replay of its own causal past.
+    for n in [100usize, 1_000, 4_000] {
+        let members: Vec<group::Member> = (0..8)
+            .map(|i| group::Member {
+                account: if i == 0 {
+                    alice.public()
+                } else {
+                    Identity::generate(&mut rng).public()
+                },
+                seal_key: [0; 32],
+                name: "m".into(),
+            })
+            .collect();
+        let nonce = [3u8; 16];
+        let gid = GroupId::derive(&alice.public(), &nonce);
+        let mut log_of_gid = group::Log::new(gid);
+        let rekey = group::Rekey {
+            ephemeral: [0; 32],
+            boxes: Vec::new(),
+        };
+        let create = Change::new(
+            &alice,
+            gid,
+            0,
+            Vec::new(),
+            0,
+            Op::Create {
+                nonce,
+                name: "g".into(),
+                description: String::new(),
+                members,
+            },
+            Some(rekey.clone()),
+        )
+        .unwrap();
+        log_of_gid.insert(create).unwrap();
+        let mut parent = log_of_gid.heads();
+        let mut last = alice.public();
+        for i in 1..n {
+            let op = if i % 2 == 1 {
+                last = AccountKey([(i % 251) as u8; 32]);
+                Op::Add(vec![group::Member {
+                    account: last,
+                    seal_key: [0; 32],
+                    name: "x".into(),
+                }])
+            } else {
+                Op::Remove(last)
+            };
+            let c = Change::new(
+                &alice,
+                gid,
+                i as u64,
+                parent.clone(),
+                0,
+                op,
+                Some(rekey.clone()),
+            )
+            .unwrap();
+            parent = vec![c.hash()];
+            log_of_gid.insert(c).unwrap();
+        }
+        let log = log_of_gid;
+        assert_eq!(log.len(), n);
+        // The first replay judges every removal in its own past (then remembered).
+        let cold = std::time::Instant::now();
+        assert_eq!(log.state().unwrap().skipped, 0);
+        eprintln!(
+            "group/replay_{n}_changes_half_removals, first (cold): {:?}",
+            cold.elapsed()
+        );
+        g.bench_function(format!("replay_{n}_changes_half_removals"), |b| {
+            b.iter(|| black_box(&log).state())
+        });
+    }
 
     // A change of membership: a new secret sealed to every member.
     g.sample_size(10);

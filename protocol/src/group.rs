@@ -8,7 +8,10 @@
 //!   `(lamport, hash)`, checking at each step that the author may make the change (an admin,
 //!   or, to leave or rekey, a member). A change that may not be made at its place is skipped
 //!   by everyone alike. So members that hold the same changes hold the same state, whatever
-//!   order the changes arrived in: concurrent changes converge.
+//!   order the changes arrived in: concurrent changes converge. Each change names its
+//!   `parents` (what its author had seen), and a removal wins over the changes of the
+//!   removed made concurrently with it, so that a removed admin cannot act "before" its
+//!   removal by picking an old lamport (`Log::analyse` has the rules; docs/protocol.md §14.1).
 //! - **Secret.** A change that adds or removes a member carries a [`Rekey`]: a
 //!   fresh group secret sealed to the seal key (from the card) of each member of the group
 //!   after the change, and to nobody else. The last rekey in replay order names the
@@ -21,7 +24,8 @@
 //!   envelope under the current secret: only current members can read it. A new secret
 //!   means a new session.
 //!
-//! Sans-I/O: time and randomness come in as arguments.
+//! Sans-I/O: time and randomness come in as arguments. (The judgements of removals are
+//! remembered process-wide by hash, a pure function's memo.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +58,8 @@ pub const MAX_NAME_BYTES: usize = 100;
 pub const MAX_DESCRIPTION_BYTES: usize = 1_024;
 /// The longest member name (from the member's card).
 pub const MAX_MEMBER_NAME_BYTES: usize = 64;
+/// Parents a change names at most (the newest heads of its author's log).
+pub const MAX_PARENTS: usize = 16;
 /// Members added by one change at most (so that a change fits one invitation part).
 pub const MAX_ADDED: usize = 128;
 /// The largest encoded change (a rekey for [`MAX_MEMBERS`] members fits).
@@ -189,8 +195,13 @@ pub struct Rekey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub group: GroupId,
-    /// One more than the highest lamport its author had seen in the group's log.
+    /// One more than the highest lamport of its parents.
     pub lamport: u64,
+    /// The hashes of the changes its author's log ended in when it was made (the heads of
+    /// the log: applied changes no other applied change names), sorted, at most
+    /// [`MAX_PARENTS`]; none for the create change. What the author had seen is these and
+    /// their ancestors.
+    pub parents: Vec<[u8; 32]>,
     pub author: AccountKey,
     /// Milliseconds since the Unix epoch, by the author's clock (shown, never trusted).
     pub at_ms: u64,
@@ -206,6 +217,7 @@ pub struct Change {
 struct Signed<'a> {
     group: &'a GroupId,
     lamport: u64,
+    parents: &'a [[u8; 32]],
     author: &'a AccountKey,
     at_ms: u64,
     op: &'a Op,
@@ -217,11 +229,13 @@ fn rekey_digest(rekey: &Rekey) -> [u8; 32] {
 }
 
 impl Change {
-    /// A change by `identity`, signed, with a rekey to `secret` if given.
+    /// A change by `identity` after `parents` (see [`Log::heads`] and
+    /// [`Log::next_lamport`]), signed, with `rekey` if given.
     pub fn new(
         identity: &Identity,
         group: GroupId,
         lamport: u64,
+        parents: Vec<[u8; 32]>,
         at_ms: u64,
         op: Op,
         rekey: Option<Rekey>,
@@ -229,6 +243,7 @@ impl Change {
         let mut change = Change {
             group,
             lamport,
+            parents,
             author: identity.public(),
             at_ms,
             op,
@@ -248,6 +263,7 @@ impl Change {
             &Signed {
                 group: &self.group,
                 lamport: self.lamport,
+                parents: &self.parents,
                 author: &self.author,
                 at_ms: self.at_ms,
                 op: &self.op,
@@ -312,6 +328,15 @@ impl Change {
             }
             _ => {}
         }
+        let creates = matches!(self.op, Op::Create { .. });
+        if self.parents.len() > MAX_PARENTS
+            || !self.parents.windows(2).all(|w| w[0] < w[1])
+            || creates != self.parents.is_empty()
+        {
+            return Err(GroupError::Invalid(
+                "a change names 1 to 16 sorted parents, a create change none",
+            ));
+        }
         if let Some(r) = &self.rekey {
             if r.boxes.len() > MAX_MEMBERS || r.boxes.iter().any(|(_, b)| b.len() != BOX_BYTES) {
                 return Err(GroupError::Invalid("a malformed rekey"));
@@ -353,6 +378,9 @@ pub struct MemberState {
     pub seal_key: [u8; 32],
     pub name: String,
     pub admin: bool,
+    /// The place `(lamport, hash)` of the change that made the member admin: its
+    /// seniority among admins (smaller: more senior).
+    pub admin_since: Option<(u64, [u8; 32])>,
     /// The lamport of the change that added the member.
     pub since: u64,
 }
@@ -546,78 +574,347 @@ impl Log {
         }
     }
 
-    /// The lamport for this node's next change.
+    /// The lamport for this node's next change: one more than that of the newest of
+    /// [`Log::heads`] (0 without a create change).
     pub fn next_lamport(&self) -> u64 {
-        self.changes
-            .keys()
-            .next_back()
-            .map_or(0, |(l, _)| l.saturating_add(1))
+        self.next().0
+    }
+
+    /// The parents of this node's next change: the applied changes no other applied change
+    /// names, the newest [`MAX_PARENTS`] of them, sorted.
+    pub fn heads(&self) -> Vec<[u8; 32]> {
+        self.next().1
+    }
+
+    /// [`Log::next_lamport`] and [`Log::heads`] from one replay.
+    pub fn next(&self) -> (u64, Vec<[u8; 32]>) {
+        let analysis = self.analyse();
+        let lamport = analysis
+            .heads
+            .iter()
+            .map(|&i| analysis.dag.changes[i].lamport.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        let mut heads: Vec<[u8; 32]> = analysis
+            .heads
+            .iter()
+            .map(|&i| analysis.dag.hashes[i])
+            .collect();
+        heads.sort_unstable();
+        (lamport, heads)
     }
 
     /// Replay the log. `None` until the log holds the group's create change.
     pub fn state(&self) -> Option<State> {
-        let mut state: Option<State> = None;
-        let mut skipped = 0;
-        for ((lamport, hash), change) in &self.changes {
-            match state.as_mut() {
-                None => {
-                    let creates = match &change.op {
-                        Op::Create { members, .. } => {
-                            members.iter().any(|m| m.account == change.author)
-                        }
-                        _ => false,
-                    };
-                    if let (
-                        true,
-                        Op::Create {
-                            name,
-                            description,
-                            members,
-                            ..
-                        },
-                    ) = (creates, &change.op)
-                    {
-                        let mut s = State {
-                            id: self.id,
-                            name: name.clone(),
-                            description: description.clone(),
-                            creator: change.author,
-                            created_ms: change.at_ms,
-                            members: BTreeMap::new(),
-                            key_change: Some(*hash),
-                            rekeys: BTreeSet::from([*hash]),
-                            skipped: 0,
-                            lamport: *lamport,
-                        };
-                        for m in members {
-                            add(&mut s, m, *lamport);
-                        }
-                        if let Some(creator) = s.members.get_mut(&change.author) {
-                            creator.admin = true;
-                        }
-                        state = Some(s);
-                    } else {
-                        skipped += 1;
-                    }
-                }
-                Some(s) => {
-                    if apply(s, change, *lamport) {
-                        if change.rekey_digest.is_some() {
-                            s.key_change = Some(*hash);
-                            s.rekeys.insert(*hash);
-                        }
-                    } else {
-                        skipped += 1;
-                    }
-                    s.lamport = *lamport;
+        self.analyse().state
+    }
+
+    /// The replay (see the module's documentation and docs/protocol.md §14.1):
+    /// 1. changes are taken in `(lamport, hash)` order; a change is *whole* when every
+    ///    parent is present and whole with a lower lamport (a create change has none); the
+    ///    others wait;
+    /// 2. every whole removal (a `Remove`, a `Leave`) is judged in the replay of its own
+    ///    causal past, which nothing made later or concurrently can change: *effective* if
+    ///    its author could make it there; its author's seniority is the place of the change
+    ///    that made that author admin, there;
+    /// 3. effective removals are taken most senior author first; one whose author was
+    ///    removed by a removal taken before it and concurrent with it (neither had seen the
+    ///    other) is void, the others *stand*;
+    /// 4. every change concurrent with a standing removal of its author is skipped (unless it
+    ///    is a standing removal itself), so
+    ///    that a removed admin cannot act "before" its removal by signing a change with
+    ///    an old lamport and old parents;
+    /// 5. the rest is replayed in order, each change checked against the state at its
+    ///    place, but a removal applies only if it stands (and then always).
+    fn analyse(&self) -> Analysis<'_> {
+        let dag = Dag::of(self);
+        let n = dag.changes.len();
+        let mut removals: Vec<Option<Removal>> = vec![None; n];
+        for i in 0..n {
+            let c = dag.changes[i];
+            if !dag.whole[i] || !matches!(c.op, Op::Remove(_) | Op::Leave) {
+                continue;
+            }
+            // A whole change's hash fixes its whole past (each names its parents by hash),
+            // so a removal is judged once per process.
+            if let Some(judged) = judged(&dag.hashes[i]) {
+                removals[i] = judged;
+                continue;
+            }
+            let past: Vec<usize> = (0..i).filter(|&j| dag.is_ancestor(j, i)).collect();
+            let (before, _) = replay(self.id, &dag, &past, &removals);
+            let Some(before) = before else {
+                remember(dag.hashes[i], None);
+                continue;
+            };
+            removals[i] = Some(match &c.op {
+                Op::Remove(target) => Removal {
+                    target: *target,
+                    author: c.author,
+                    effective: before.is_admin(&c.author)
+                        && before.is_member(target)
+                        && target != &c.author,
+                    seniority: before
+                        .members
+                        .get(&c.author)
+                        .and_then(|m| m.admin_since)
+                        .unwrap_or((u64::MAX, [0xff; 32])),
+                },
+                _ => Removal {
+                    target: c.author,
+                    author: c.author,
+                    effective: before.is_member(&c.author),
+                    seniority: (u64::MAX, [0xff; 32]),
+                },
+            });
+            remember(dag.hashes[i], removals[i]);
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let (state, applied) = replay(self.id, &dag, &all, &removals);
+        let mut named = vec![false; n];
+        for &i in &applied {
+            for p in &dag.changes[i].parents {
+                if let Some(&j) = dag.index.get(p) {
+                    named[j] = true;
                 }
             }
         }
+        let mut heads: Vec<usize> = applied.into_iter().filter(|&i| !named[i]).collect();
+        // Newest first, then cut.
+        heads.sort_unstable_by(|a, b| b.cmp(a));
+        heads.truncate(MAX_PARENTS);
+        Analysis { dag, state, heads }
+    }
+}
+
+/// Removals judged so far in this process, by hash; at most [`JUDGED`] (then forgotten all
+/// at once: they are judged again as needed).
+static JUDGEMENTS: std::sync::Mutex<Option<std::collections::HashMap<[u8; 32], Option<Removal>>>> =
+    std::sync::Mutex::new(None);
+const JUDGED: usize = 65_536;
+
+/// How the removal `hash` was judged, if it was.
+fn judged(hash: &[u8; 32]) -> Option<Option<Removal>> {
+    let cache = JUDGEMENTS.lock().unwrap_or_else(|p| p.into_inner());
+    cache.as_ref().and_then(|m| m.get(hash).copied())
+}
+
+fn remember(hash: [u8; 32], removal: Option<Removal>) {
+    let mut cache = JUDGEMENTS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = cache.get_or_insert_with(std::collections::HashMap::new);
+    if map.len() >= JUDGED {
+        map.clear();
+    }
+    map.insert(hash, removal);
+}
+
+/// What [`Log::analyse`] finds.
+struct Analysis<'a> {
+    dag: Dag<'a>,
+    state: Option<State>,
+    /// The heads (indices), newest first.
+    heads: Vec<usize>,
+}
+
+/// A removal as judged in its own causal past.
+#[derive(Clone, Copy, Debug)]
+struct Removal {
+    /// Who is removed (the author, for a leave).
+    target: AccountKey,
+    author: AccountKey,
+    effective: bool,
+    /// Where its author became admin (smaller: more senior); the last place for a leave.
+    seniority: (u64, [u8; 32]),
+}
+
+/// The log's changes in replay order with their causal order.
+struct Dag<'a> {
+    changes: Vec<&'a Change>,
+    hashes: Vec<[u8; 32]>,
+    index: std::collections::HashMap<[u8; 32], usize>,
+    /// Every parent present and whole, with a lower lamport.
+    whole: Vec<bool>,
+    /// For each whole change, the set of its ancestors (a bit per index).
+    ancestors: Vec<Vec<u64>>,
+}
+
+impl<'a> Dag<'a> {
+    fn of(log: &'a Log) -> Self {
+        let changes: Vec<&Change> = log.changes.values().collect();
+        let hashes: Vec<[u8; 32]> = log.changes.keys().map(|(_, h)| *h).collect();
+        let index: std::collections::HashMap<[u8; 32], usize> =
+            hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        let n = changes.len();
+        let words = n.div_ceil(64);
+        let mut whole = vec![false; n];
+        let mut ancestors = vec![Vec::new(); n];
+        for i in 0..n {
+            let c = changes[i];
+            let mut ok = matches!(c.op, Op::Create { .. }) == c.parents.is_empty();
+            let mut set = vec![0u64; words];
+            for p in &c.parents {
+                match index.get(p) {
+                    Some(&j) if whole[j] && changes[j].lamport < c.lamport => {
+                        set[j / 64] |= 1 << (j % 64);
+                        for (w, a) in set.iter_mut().zip(&ancestors[j]) {
+                            *w |= a;
+                        }
+                    }
+                    _ => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            whole[i] = ok;
+            if ok {
+                ancestors[i] = set;
+            }
+        }
+        Dag {
+            changes,
+            hashes,
+            index,
+            whole,
+            ancestors,
+        }
+    }
+
+    /// Is `a` an ancestor of `b`?
+    fn is_ancestor(&self, a: usize, b: usize) -> bool {
+        self.ancestors[b]
+            .get(a / 64)
+            .is_some_and(|w| (w >> (a % 64)) & 1 == 1)
+    }
+
+    /// Had neither of `a` and `b` seen the other?
+    fn concurrent(&self, a: usize, b: usize) -> bool {
+        a != b && !self.is_ancestor(a, b) && !self.is_ancestor(b, a)
+    }
+}
+
+/// Replay the changes `subset` (indices in order, causally closed) of `dag` as
+/// [`Log::analyse`] says, with `removals` judged for every whole removal among them. The
+/// state, and the indices of the changes that applied.
+fn replay(
+    id: GroupId,
+    dag: &Dag<'_>,
+    subset: &[usize],
+    removals: &[Option<Removal>],
+) -> (Option<State>, Vec<usize>) {
+    // Effective removals, most senior author first; void if their author was removed by
+    // one taken before that they had not seen (nor it them).
+    let mut candidates: Vec<(usize, Removal)> = subset
+        .iter()
+        .filter_map(|&i| removals[i].filter(|r| r.effective).map(|r| (i, r)))
+        .collect();
+    candidates.sort_by_key(|(i, r)| (r.seniority, *i));
+    let mut standing: BTreeMap<AccountKey, Vec<usize>> = BTreeMap::new();
+    let mut stands = BTreeSet::new();
+    for (d, r) in candidates {
+        let void = standing
+            .get(&r.author)
+            .is_some_and(|es| es.iter().any(|&e| dag.concurrent(d, e)));
+        if !void {
+            standing.entry(r.target).or_default().push(d);
+            stands.insert(d);
+        }
+    }
+    let mut state: Option<State> = None;
+    let mut applied = Vec::new();
+    let mut skipped = 0;
+    for &i in subset {
+        let change = dag.changes[i];
+        let lamport = change.lamport;
+        let hash = dag.hashes[i];
+        // A standing removal applies even if its author was removed concurrently by a
+        // junior admin (both stand: each had the right where it was made).
+        let suppressed = !stands.contains(&i)
+            && standing
+                .get(&change.author)
+                .is_some_and(|ds| ds.iter().any(|&d| dag.concurrent(i, d)));
+        if !dag.whole[i] || suppressed {
+            skipped += 1;
+            if let Some(s) = state.as_mut() {
+                s.lamport = lamport;
+            }
+            continue;
+        }
+        match state.as_mut() {
+            None => match created(id, change, (lamport, hash)) {
+                Some(s) => {
+                    state = Some(s);
+                    applied.push(i);
+                }
+                None => skipped += 1,
+            },
+            Some(s) => {
+                let ok = match &change.op {
+                    Op::Remove(_) | Op::Leave if stands.contains(&i) => {
+                        let target = removals[i].map(|r| r.target).unwrap_or(change.author);
+                        s.members.remove(&target);
+                        ensure_admin(s, (lamport, hash));
+                        true
+                    }
+                    Op::Remove(_) | Op::Leave => false,
+                    _ => apply(s, change, (lamport, hash)),
+                };
+                if ok {
+                    if change.rekey_digest.is_some() {
+                        s.key_change = Some(hash);
+                        s.rekeys.insert(hash);
+                    }
+                    applied.push(i);
+                } else {
+                    skipped += 1;
+                }
+                s.lamport = lamport;
+            }
+        }
+    }
+    (
         state.map(|mut s| {
             s.skipped = skipped;
             s
-        })
+        }),
+        applied,
+    )
+}
+
+/// The state a create change makes, if it is one its author may make.
+fn created(id: GroupId, change: &Change, at: (u64, [u8; 32])) -> Option<State> {
+    let Op::Create {
+        name,
+        description,
+        members,
+        ..
+    } = &change.op
+    else {
+        return None;
+    };
+    if !members.iter().any(|m| m.account == change.author) {
+        return None;
     }
+    let mut s = State {
+        id,
+        name: name.clone(),
+        description: description.clone(),
+        creator: change.author,
+        created_ms: change.at_ms,
+        members: BTreeMap::new(),
+        key_change: Some(at.1),
+        rekeys: BTreeSet::from([at.1]),
+        skipped: 0,
+        lamport: at.0,
+    };
+    for m in members {
+        add(&mut s, m, at.0);
+    }
+    if let Some(creator) = s.members.get_mut(&change.author) {
+        creator.admin = true;
+        creator.admin_since = Some(at);
+    }
+    Some(s)
 }
 
 fn add(s: &mut State, m: &Member, lamport: u64) -> bool {
@@ -633,19 +930,19 @@ fn add(s: &mut State, m: &Member, lamport: u64) -> bool {
             seal_key: m.seal_key,
             name: m.name.clone(),
             admin: false,
+            admin_since: None,
             since: lamport,
         },
     );
     true
 }
 
-/// Apply one change at its place in the replay; false (and no effect) if its author may not
-/// make it there.
-fn apply(s: &mut State, c: &Change, lamport: u64) -> bool {
+/// Apply one change other than a removal at its place `at` in the replay; false (and no
+/// effect) if its author may not make it there.
+fn apply(s: &mut State, c: &Change, at: (u64, [u8; 32])) -> bool {
     let admin = s.is_admin(&c.author);
     let member = s.is_member(&c.author);
     match &c.op {
-        Op::Create { .. } => false,
         Op::Add(members) if admin => {
             let new: BTreeSet<&AccountKey> = members
                 .iter()
@@ -656,18 +953,8 @@ fn apply(s: &mut State, c: &Change, lamport: u64) -> bool {
                 return false;
             }
             for m in members {
-                add(s, m, lamport);
+                add(s, m, at.0);
             }
-            true
-        }
-        Op::Remove(key) if admin && s.members.contains_key(key) && key != &c.author => {
-            s.members.remove(key);
-            ensure_admin(s);
-            true
-        }
-        Op::Leave if member => {
-            s.members.remove(&c.author);
-            ensure_admin(s);
             true
         }
         Op::Rename(name) if admin => {
@@ -680,7 +967,10 @@ fn apply(s: &mut State, c: &Change, lamport: u64) -> bool {
         }
         Op::MakeAdmin(key) if admin && s.members.contains_key(key) => {
             if let Some(m) = s.members.get_mut(key) {
-                m.admin = true;
+                if !m.admin {
+                    m.admin = true;
+                    m.admin_since = Some(at);
+                }
             }
             true
         }
@@ -691,7 +981,7 @@ fn apply(s: &mut State, c: &Change, lamport: u64) -> bool {
 
 /// A group left without an admin makes its longest-standing member one (the smallest
 /// `since`, then the smallest key): every member picks the same.
-fn ensure_admin(s: &mut State) {
+fn ensure_admin(s: &mut State, at: (u64, [u8; 32])) {
     if s.members.values().any(|m| m.admin) {
         return;
     }
@@ -703,6 +993,7 @@ fn ensure_admin(s: &mut State) {
     {
         if let Some(m) = s.members.get_mut(&key) {
             m.admin = true;
+            m.admin_since = Some(at);
         }
     }
 }

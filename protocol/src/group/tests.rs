@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
-use rand::SeedableRng;
+use rand::{Rng as _, SeedableRng};
 
 /// A user: account identity and seal key.
 struct User {
@@ -57,6 +57,7 @@ fn create(by: &User, others: &[&User], rng: &mut StdRng) -> (Log, GroupSecret) {
         &by.id,
         id,
         0,
+        Vec::new(),
         1,
         Op::Create {
             nonce,
@@ -73,7 +74,16 @@ fn create(by: &User, others: &[&User], rng: &mut StdRng) -> (Log, GroupSecret) {
 }
 
 fn change(by: &User, log: &Log, op: Op, rekey: Option<Rekey>) -> Change {
-    Change::new(&by.id, log.id(), log.next_lamport(), 2, op, rekey).unwrap()
+    Change::new(
+        &by.id,
+        log.id(),
+        log.next_lamport(),
+        log.heads(),
+        2,
+        op,
+        rekey,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -129,7 +139,16 @@ fn a_forged_or_tampered_change_is_refused_and_a_non_admin_change_is_skipped() {
     other.group = GroupId([0; 16]);
     assert!(matches!(log.insert(other), Err(GroupError::OtherGroup)));
     // A membership change without a rekey.
-    assert!(Change::new(&alice.id, log.id(), 1, 0, Op::Remove(bob.key()), None).is_err());
+    assert!(Change::new(
+        &alice.id,
+        log.id(),
+        1,
+        log.heads(),
+        0,
+        Op::Remove(bob.key()),
+        None
+    )
+    .is_err());
     // Signed properly by a member who is not an admin, and by a stranger: kept in the
     // log (they verify) but skipped by the replay.
     let (_, rekey) = rekey_to(&[&alice, &bob, &eve], &mut rng);
@@ -151,6 +170,7 @@ fn a_forged_or_tampered_change_is_refused_and_a_non_admin_change_is_skipped() {
         &eve.id,
         log.id(),
         0,
+        Vec::new(),
         0,
         Op::Create {
             nonce: [9; 16],
@@ -261,6 +281,7 @@ fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
             &alice.id,
             log.id(),
             9,
+            log.heads(),
             0,
             Op::Leave,
             Some(rekey_to(&[&bob], &mut rng).1)
@@ -298,6 +319,7 @@ fn after_a_leave_every_admin_has_a_turn_to_rekey_counted_from_the_leave() {
         &carol.id,
         log.id(),
         log.next_lamport(),
+        log.heads(),
         5_000,
         Op::Leave,
         None,
@@ -334,6 +356,152 @@ fn after_a_leave_every_admin_has_a_turn_to_rekey_counted_from_the_leave() {
     assert_eq!(state.stale_since(&log), None);
 }
 
+/// A change by `by` made on the log `seen` (its heads and lamport), at `at_ms`.
+fn change_on(by: &User, seen: &Log, op: Op, rekey: Option<Rekey>) -> Change {
+    Change::new(
+        &by.id,
+        seen.id(),
+        seen.next_lamport(),
+        seen.heads(),
+        7,
+        op,
+        rekey,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_removed_admin_cannot_act_before_its_removal_by_signing_with_an_old_lamport() {
+    let mut rng = rng();
+    let (alice, bob, carol) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    );
+    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
+    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    // What bob had seen when alice went on without him.
+    let seen = log.clone();
+    log.insert(change(&alice, &log, Op::Rename("later".into()), None))
+        .unwrap();
+    let (_, rekey) = rekey_to(&[&alice, &carol], &mut rng);
+    let removal = change(&alice, &log, Op::Remove(bob.key()), Some(rekey));
+    let removal_lamport = removal.lamport;
+    log.insert(removal).unwrap();
+    // Removed, bob signs changes after what he had seen, with lamports below his removal's:
+    // removing alice, making carol admin, renaming, and rekeying to himself and carol.
+    let (_, rekey) = rekey_to(&[&bob, &carol], &mut rng);
+    let backdated = [
+        change_on(&bob, &seen, Op::Remove(alice.key()), Some(rekey)),
+        change_on(&bob, &seen, Op::MakeAdmin(carol.key()), None),
+        change_on(&bob, &seen, Op::Rename("bob's".into()), None),
+    ];
+    for c in &backdated {
+        assert!(c.lamport < removal_lamport, "placed before the removal");
+        log.insert(c.clone()).unwrap();
+    }
+    let state = log.state().unwrap();
+    assert!(!state.is_member(&bob.key()), "bob is out");
+    assert!(state.is_admin(&alice.key()), "alice stays, and admin");
+    assert!(!state.is_admin(&carol.key()));
+    assert_eq!(state.name, "later");
+    assert!(
+        !state.rekeys.contains(&backdated[0].hash()),
+        "bob's secret is not the group's"
+    );
+    assert_eq!(state.skipped, 3);
+    // alice's next change does not name bob's.
+    let heads = log.heads();
+    assert!(backdated.iter().all(|c| !heads.contains(&c.hash())));
+}
+
+#[test]
+fn of_two_admins_removing_each_other_at_once_the_senior_stays() {
+    let mut rng = rng();
+    let (alice, bob, carol) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    );
+    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
+    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    // Neither saw the other's; bob's even takes an earlier place (a lower lamport is his to
+    // pick).
+    let (_, r1) = rekey_to(&[&alice, &carol], &mut rng);
+    let (_, r2) = rekey_to(&[&bob, &carol], &mut rng);
+    let by_alice = Change::new(
+        &alice.id,
+        log.id(),
+        log.next_lamport() + 1,
+        log.heads(),
+        7,
+        Op::Remove(bob.key()),
+        Some(r1),
+    )
+    .unwrap();
+    let by_bob = change(&bob, &log, Op::Remove(alice.key()), Some(r2));
+    for c in [by_bob, by_alice] {
+        log.insert(c).unwrap();
+    }
+    let state = log.state().unwrap();
+    assert!(
+        state.is_admin(&alice.key()),
+        "alice made bob admin: she is senior"
+    );
+    assert!(!state.is_member(&bob.key()));
+
+    // Removals that do not remove each other both stand, whoever is senior: bob removes
+    // alice while she removes carol.
+    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
+    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    let (_, r1) = rekey_to(&[&alice, &bob], &mut rng);
+    let (_, r2) = rekey_to(&[&bob, &carol], &mut rng);
+    let a = change(&alice, &log, Op::Remove(carol.key()), Some(r1));
+    let b = change(&bob, &log, Op::Remove(alice.key()), Some(r2));
+    log.insert(a).unwrap();
+    log.insert(b).unwrap();
+    let state = log.state().unwrap();
+    assert_eq!(state.members.keys().collect::<Vec<_>>(), vec![&bob.key()]);
+    assert!(state.is_admin(&bob.key()));
+}
+
+#[test]
+fn a_change_waits_for_its_parents() {
+    let mut rng = rng();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let (mut log, _) = create(&alice, &[&bob], &mut rng);
+    let mut ahead = log.clone();
+    let first = change(&alice, &ahead, Op::Rename("one".into()), None);
+    ahead.insert(first.clone()).unwrap();
+    let second = change(&alice, &ahead, Op::Describe("two".into()), None);
+    // The second arrives first: kept, not applied.
+    log.insert(second).unwrap();
+    let state = log.state().unwrap();
+    assert_eq!((state.name.as_str(), state.skipped), ("friends", 1));
+    assert_eq!(
+        log.heads().len(),
+        1,
+        "only the create: nothing names a change that waits"
+    );
+    log.insert(first).unwrap();
+    let state = log.state().unwrap();
+    assert_eq!(
+        (state.name.as_str(), state.description.as_str()),
+        ("one", "two")
+    );
+    assert_eq!(state.skipped, 0);
+    // A parent that names a change of a later lamport, or none at all, never applies.
+    let mut bad = change(&alice, &log, Op::Rename("x".into()), None);
+    bad.lamport = 1;
+    assert!(
+        log.insert(bad).is_err(),
+        "no longer verifies: the lamport is signed"
+    );
+}
+
 #[test]
 fn a_member_added_beside_a_concurrent_rekey_is_reported_uncovered() {
     let mut rng = rng();
@@ -355,6 +523,7 @@ fn a_member_added_beside_a_concurrent_rekey_is_reported_uncovered() {
         &alice.id,
         log.id(),
         lamport,
+        log.heads(),
         3,
         Op::Add(vec![carol.member()]),
         Some(r1),
@@ -364,6 +533,7 @@ fn a_member_added_beside_a_concurrent_rekey_is_reported_uncovered() {
         &bob.id,
         log.id(),
         lamport,
+        log.heads(),
         3,
         Op::Add(vec![dave.member()]),
         Some(r2),
@@ -381,11 +551,13 @@ fn the_log_is_bounded() {
     let mut rng = rng();
     let alice = User::new("alice", 1);
     let (mut log, _) = create(&alice, &[], &mut rng);
+    let root = log.heads();
     for i in 1..MAX_CHANGES {
         let c = Change::new(
             &alice.id,
             log.id(),
             i as u64,
+            root.clone(),
             0,
             Op::Rename(format!("{i}")),
             None,
@@ -393,7 +565,16 @@ fn the_log_is_bounded() {
         .unwrap();
         log.insert(c).unwrap();
     }
-    let one_more = Change::new(&alice.id, log.id(), 5, 0, Op::Rename("more".into()), None).unwrap();
+    let one_more = Change::new(
+        &alice.id,
+        log.id(),
+        5,
+        root.clone(),
+        0,
+        Op::Rename("more".into()),
+        None,
+    )
+    .unwrap();
     assert!(matches!(log.insert(one_more), Err(GroupError::LogFull)));
     // A lamport no log can reach is refused whatever the log holds (no overflow either).
     let mut fresh = Log::new(log.id());
@@ -403,6 +584,7 @@ fn the_log_is_bounded() {
             &alice.id,
             log.id(),
             lamport,
+            root.clone(),
             0,
             Op::Rename("far".into()),
             None,
@@ -427,10 +609,13 @@ fn a_rekey_for_the_largest_group_fits_one_change() {
         users.iter().map(|u| (u.key(), u.seal.public())).collect();
     let secret = GroupSecret::generate(&mut rng);
     let rekey = secret.rekey(&to, &mut rng).unwrap();
+    // With as many parents as a change may name.
+    let parents: Vec<[u8; 32]> = (0..MAX_PARENTS as u8).map(|i| [i; 32]).collect();
     let c = Change::new(
         &users[0].id,
         GroupId([1; 16]),
         3,
+        parents,
         0,
         Op::Rekey,
         Some(rekey.clone()),
@@ -470,28 +655,42 @@ fn megolm_sender_keys_open_only_with_their_signature_and_only_forwards() {
     assert!(other.decrypt(&mut inbound).is_err());
 }
 
-/// Random changes by two admins and a member, some of which the replay must skip.
+/// Random changes by two admins and a member, some of which the replay must skip: each
+/// made after the base log's heads and a random choice of the earlier ones (so that many
+/// are concurrent, and some backdated: an old lamport after old parents).
 fn ops(users: &[User], picks: &[(u8, u8, u8)], rng: &mut StdRng, log: &Log) -> Vec<Change> {
-    picks
-        .iter()
-        .enumerate()
-        .map(|(i, (who, what, whom))| {
-            let by = &users[usize::from(*who) % 3];
-            let target = &users[usize::from(*whom) % users.len()];
-            let all: Vec<&User> = users.iter().collect();
-            let op = match what % 6 {
-                0 => Op::Add(vec![target.member()]),
-                1 => Op::Remove(target.key()),
-                2 => Op::Rename(format!("name {i}")),
-                3 => Op::MakeAdmin(target.key()),
-                4 => Op::Leave,
-                _ => Op::Describe(format!("about {i}")),
-            };
-            let rekey = op.rekeys().then(|| rekey_to(&all, rng).1);
-            // Lamports collide often: concurrent changes.
-            Change::new(&by.id, log.id(), 1 + (i as u64) / 2, 0, op, rekey).unwrap()
-        })
-        .collect()
+    let base = log.heads();
+    let base_lamport = log.next_lamport();
+    let mut made: Vec<Change> = Vec::new();
+    for (i, (who, what, whom)) in picks.iter().enumerate() {
+        let by = &users[usize::from(*who) % 3];
+        let target = &users[usize::from(*whom) % users.len()];
+        let all: Vec<&User> = users.iter().collect();
+        let op = match what % 6 {
+            0 => Op::Add(vec![target.member()]),
+            1 => Op::Remove(target.key()),
+            2 => Op::Rename(format!("name {i}")),
+            3 => Op::MakeAdmin(target.key()),
+            4 => Op::Leave,
+            _ => Op::Describe(format!("about {i}")),
+        };
+        let rekey = op.rekeys().then(|| rekey_to(&all, rng).1);
+        let mut parents: Vec<[u8; 32]> = base.clone();
+        let mut lamport = base_lamport;
+        for earlier in &made {
+            if rng.gen_bool(0.4) {
+                parents.push(earlier.hash());
+                lamport = lamport.max(earlier.lamport + 1);
+            }
+        }
+        parents.sort_unstable();
+        parents.dedup();
+        parents.truncate(MAX_PARENTS);
+        // Sometimes a lamport above what the parents ask (as after a skipped change).
+        let lamport = lamport + u64::from(*what % 2);
+        made.push(Change::new(&by.id, log.id(), lamport, parents, 0, op, rekey).unwrap());
+    }
+    made
 }
 
 proptest! {

@@ -44,6 +44,7 @@ impl Service {
             &account.identity,
             id,
             0,
+            Vec::new(),
             unix_ms(),
             Op::Create {
                 nonce,
@@ -130,10 +131,12 @@ impl Service {
             None => None,
         };
         let leaving = matches!(op, Op::Leave);
+        let (lamport, parents) = log.next();
         let change = Change::new(
             &account.identity,
             record.id,
-            log.next_lamport(),
+            lamport,
+            parents,
             unix_ms(),
             op,
             rekey,

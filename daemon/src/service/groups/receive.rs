@@ -321,10 +321,12 @@ impl Service {
         let secret = GroupSecret::generate(&mut OsRng);
         let recipients = Self::recipients(state, &[], None);
         let rekey = secret.rekey(&recipients, &mut OsRng)?;
+        let (lamport, parents) = log.next();
         let c = Change::new(
             &account.identity,
             record.id,
-            log.next_lamport(),
+            lamport,
+            parents,
             unix_ms(),
             Op::Rekey,
             Some(rekey),
