@@ -17,9 +17,11 @@ use sotto_protocol::group::GroupId;
 use sotto_protocol::identity::AccountKey;
 
 const FLAGS: &[&str] = &[];
+/// What the hub and relays log, to a file each (read by a test): everything sotto logs.
+const OTHERS_LOG: &str = "sotto_daemon=debug,info";
 
-/// A hub, three more nodes (relays and hosts), and alice, bob and carol, each the others'
-/// contact.
+/// A hub, three more nodes (relays and hosts, logging at debug level to files), and alice,
+/// bob and carol, each the others' contact.
 struct Net {
     _root: tempfile::TempDir,
     others: Vec<Daemon>,
@@ -38,11 +40,15 @@ impl Net {
     /// a test whose members fetch hourly needs that).
     fn with(members: &[&str], publish: bool) -> Net {
         let root = root();
-        let hub = Daemon::start_node(root.path(), "hub", false, FLAGS);
-        let mut others: Vec<Daemon> = (0..3)
-            .map(|i| Daemon::join(root.path(), &format!("relay{i}"), &hub, FLAGS))
-            .collect();
+        let hub = Daemon::start_logged(root.path(), "hub", FLAGS, OTHERS_LOG);
         let hub_addr = hub.bootstrap_addr();
+        let mut others: Vec<Daemon> = (0..3)
+            .map(|i| {
+                let name = format!("relay{i}");
+                let extra = ["--bootstrap", hub_addr.as_str()];
+                Daemon::start_logged(root.path(), &name, &extra, OTHERS_LOG)
+            })
+            .collect();
         let mut args = vec!["--bootstrap", hub_addr.as_str()];
         args.extend_from_slice(members);
         let member = |name: &str| Daemon::start_node(root.path(), name, publish, &args);
@@ -251,6 +257,20 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
                 "{what} in the store of {}",
                 d.name
             );
+        }
+        // Nor what they logged, at debug level.
+        let log = d.log();
+        assert!(log.contains("mailbox"), "{} logged its hosting", d.name);
+        let alice_hex: String = alice_raw.iter().map(|b| format!("{b:02x}")).collect();
+        for (what, needle) in [
+            ("the group's name", "friends"),
+            ("the group id", id.as_str()),
+            ("a member's name", "Alice"),
+            ("a member's name", "Carol"),
+            ("a member's address", alice_address.as_str()),
+            ("a member's account key", alice_hex.as_str()),
+        ] {
+            assert!(!log.contains(needle), "{what} in the log of {}", d.name);
         }
     }
 }
