@@ -73,6 +73,23 @@ fn create(by: &User, others: &[&User], rng: &mut StdRng) -> (Log, GroupSecret) {
     (log, secret)
 }
 
+/// alice, bob and carol.
+fn three() -> (User, User, User) {
+    (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    )
+}
+
+/// A group alice made with bob and carol, bob made admin.
+fn with_two_admins(alice: &User, bob: &User, carol: &User, rng: &mut StdRng) -> Log {
+    let (mut log, _) = create(alice, &[bob, carol], rng);
+    log.insert(change(alice, &log, Op::MakeAdmin(bob.key()), None))
+        .unwrap();
+    log
+}
+
 fn change(by: &User, log: &Log, op: Op, rekey: Option<Rekey>) -> Change {
     Change::new(
         &by.id,
@@ -262,11 +279,7 @@ fn a_removed_member_cannot_open_the_next_secret_and_a_new_one_no_earlier_secret(
 #[test]
 fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
     let mut rng = rng();
-    let (alice, bob, carol) = (
-        User::new("alice", 1),
-        User::new("bob", 2),
-        User::new("carol", 3),
-    );
+    let (alice, bob, carol) = three();
     let (mut log, _) = create(&alice, &[&bob], &mut rng);
     let (_, rekey) = rekey_to(&[&alice, &bob, &carol], &mut rng);
     log.insert(change(
@@ -305,14 +318,8 @@ fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
 #[test]
 fn after_a_leave_every_admin_has_a_turn_to_rekey_counted_from_the_leave() {
     let mut rng = rng();
-    let (alice, bob, carol) = (
-        User::new("alice", 1),
-        User::new("bob", 2),
-        User::new("carol", 3),
-    );
-    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
-    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
-        .unwrap();
+    let (alice, bob, carol) = three();
+    let mut log = with_two_admins(&alice, &bob, &carol, &mut rng);
     let state = log.state().unwrap();
     assert_eq!(state.stale_since(&log), None, "not stale: nobody left");
     let leave = Change::new(
@@ -373,14 +380,8 @@ fn change_on(by: &User, seen: &Log, op: Op, rekey: Option<Rekey>) -> Change {
 #[test]
 fn a_removed_admin_cannot_act_before_its_removal_by_signing_with_an_old_lamport() {
     let mut rng = rng();
-    let (alice, bob, carol) = (
-        User::new("alice", 1),
-        User::new("bob", 2),
-        User::new("carol", 3),
-    );
-    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
-    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
-        .unwrap();
+    let (alice, bob, carol) = three();
+    let mut log = with_two_admins(&alice, &bob, &carol, &mut rng);
     // What bob had seen when alice went on without him.
     let seen = log.clone();
     log.insert(change(&alice, &log, Op::Rename("later".into()), None))
@@ -419,14 +420,8 @@ fn a_removed_admin_cannot_act_before_its_removal_by_signing_with_an_old_lamport(
 #[test]
 fn of_two_admins_removing_each_other_at_once_the_senior_stays() {
     let mut rng = rng();
-    let (alice, bob, carol) = (
-        User::new("alice", 1),
-        User::new("bob", 2),
-        User::new("carol", 3),
-    );
-    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
-    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
-        .unwrap();
+    let (alice, bob, carol) = three();
+    let mut log = with_two_admins(&alice, &bob, &carol, &mut rng);
     // Neither saw the other's; bob's even takes an earlier place (a lower lamport is his to
     // pick).
     let (_, r1) = rekey_to(&[&alice, &carol], &mut rng);
@@ -454,9 +449,7 @@ fn of_two_admins_removing_each_other_at_once_the_senior_stays() {
 
     // Removals that do not remove each other both stand, whoever is senior: bob removes
     // alice while she removes carol.
-    let (mut log, _) = create(&alice, &[&bob, &carol], &mut rng);
-    log.insert(change(&alice, &log, Op::MakeAdmin(bob.key()), None))
-        .unwrap();
+    let mut log = with_two_admins(&alice, &bob, &carol, &mut rng);
     let (_, r1) = rekey_to(&[&alice, &bob], &mut rng);
     let (_, r2) = rekey_to(&[&bob, &carol], &mut rng);
     let a = change(&alice, &log, Op::Remove(carol.key()), Some(r1));
