@@ -243,3 +243,85 @@ fn block_unblock_and_bans_from_the_cli() {
         Some(6)
     );
 }
+
+#[test]
+fn a_group_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let alice = Node::start(root.path(), "alice", None);
+    let status = alice.json(&["status"]);
+    let bootstrap = format!(
+        "{}/p2p/{}",
+        status["listen_addrs"][0].as_str().unwrap(),
+        status["peer_id"].as_str().unwrap()
+    );
+    let bob = Node::start(root.path(), "bob", Some(&bootstrap));
+    alice.json(&["init", "--name", "Alice"]);
+    bob.json(&["init", "--name", "Bob"]);
+    let alice_card = alice.json(&["id"])["card"].as_str().unwrap().to_owned();
+    let bob_card = bob.json(&["id"])["card"].as_str().unwrap().to_owned();
+    bob.json(&["contact", "add", &alice_card, "--name", "alice"]);
+    alice.json(&["contact", "add", &bob_card, "--name", "bob"]);
+
+    let created = alice.json(&["group", "create", "club", "--member", "bob"]);
+    assert_eq!(created["role"], "admin");
+    assert_eq!(created["member_count"], 2);
+    // Bob's node takes the invitation of a contact at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bob.json(&["group", "list"])[0]["status"] != "joined" {
+        assert!(Instant::now() < deadline, "bob never joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = bob.json(&["group", "info", "club"]);
+    assert_eq!(info["role"], "member");
+    assert_eq!(info["key_stale"], false);
+    for key in ["id", "title", "members", "admins", "dropped", "created_ms"] {
+        assert!(!info[key].is_null(), "group info --json has {key}");
+    }
+    let human = String::from_utf8_lossy(&bob.sotto(&["group", "info", "club"]).stdout).into_owned();
+    assert!(
+        human.contains("members:") && human.contains("(admin)"),
+        "{human}"
+    );
+
+    // One namespace: `send` and `messages` take the group's name.
+    bob.json(&["send", "club", "hello club"]);
+    let got = wait_for_text(&alice, "club", "hello club");
+    assert_eq!(
+        (&got["group"], &got["from"]),
+        (&"club".into(), &"bob".into())
+    );
+
+    // Bad input: a member who is no admin, a group that does not exist.
+    assert_eq!(
+        bob.sotto(&["group", "rename", "club", "mine"])
+            .status
+            .code(),
+        Some(8)
+    );
+    assert_eq!(
+        alice.sotto(&["group", "info", "nosuch"]).status.code(),
+        Some(5)
+    );
+    assert_eq!(
+        alice.sotto(&["group", "create", "bob"]).status.code(),
+        Some(7),
+        "a contact has that name"
+    );
+
+    // Bob leaves; alice, the admin, sees one member and a fresh key.
+    bob.json(&["group", "leave", "club"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = alice.json(&["group", "info", "club"]);
+        if info["member_count"] == 1 && info["key_stale"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leave never reached alice: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bob.json(&["group", "list"])[0]["status"], "left");
+}
