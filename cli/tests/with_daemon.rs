@@ -101,12 +101,11 @@ fn wait_for_text(node: &Node, contact: &str, text: &str) -> Value {
     }
 }
 
-#[test]
-fn two_users_chat_through_the_cli() {
+/// alice's and bob's daemons in a fresh directory (kept while the test runs), bob's
+/// bootstrapped to alice's.
+fn two_nodes() -> (tempfile::TempDir, Node, Node) {
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    // No addresses in the cards: the first messages travel through the mailbox hosts of
-    // a two-node network, then the nodes learn each other's addresses from presence.
     let alice = Node::start(root.path(), "alice", None);
     let status = alice.json(&["status"]);
     let bootstrap = format!(
@@ -115,6 +114,14 @@ fn two_users_chat_through_the_cli() {
         status["peer_id"].as_str().unwrap()
     );
     let bob = Node::start(root.path(), "bob", Some(&bootstrap));
+    (root, alice, bob)
+}
+
+#[test]
+fn two_users_chat_through_the_cli() {
+    // No addresses in the cards: the first messages travel through the mailbox hosts of
+    // a two-node network, then the nodes learn each other's addresses from presence.
+    let (_root, alice, bob) = two_nodes();
 
     // Before init: a clear error and its exit code.
     assert_eq!(alice.sotto(&["id"]).status.code(), Some(4));
@@ -246,16 +253,7 @@ fn block_unblock_and_bans_from_the_cli() {
 
 #[test]
 fn a_group_through_the_cli() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let alice = Node::start(root.path(), "alice", None);
-    let status = alice.json(&["status"]);
-    let bootstrap = format!(
-        "{}/p2p/{}",
-        status["listen_addrs"][0].as_str().unwrap(),
-        status["peer_id"].as_str().unwrap()
-    );
-    let bob = Node::start(root.path(), "bob", Some(&bootstrap));
+    let (_root, alice, bob) = two_nodes();
     alice.json(&["init", "--name", "Alice"]);
     bob.json(&["init", "--name", "Bob"]);
     let alice_card = alice.json(&["id"])["card"].as_str().unwrap().to_owned();
