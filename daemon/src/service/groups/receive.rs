@@ -57,44 +57,60 @@ impl Service {
             }
         };
         let mut log = log_of(&record);
-        let taken = match payload {
-            Payload::Change(change) => self.take_change(
-                account,
-                &mut record,
-                &mut log,
-                vec![change],
-                &mut batch,
-                &mut staged,
-            )?,
-            Payload::Changes(changes) if changes.len() <= proto::MAX_CHANGES => self.take_change(
-                account,
-                &mut record,
-                &mut log,
-                changes,
-                &mut batch,
-                &mut staged,
-            )?,
-            Payload::Changes(_) => false,
+        // Whether it was taken, and the state it leaves (replayed once: a sender key or a
+        // message leaves the log as it was).
+        let (taken, state) = match payload {
+            Payload::Change(change) => {
+                let taken = self.take_change(
+                    account,
+                    &mut record,
+                    &mut log,
+                    vec![change],
+                    &mut batch,
+                    &mut staged,
+                )?;
+                (taken, log.state())
+            }
+            Payload::Changes(changes) if changes.len() <= proto::MAX_CHANGES => {
+                let taken = self.take_change(
+                    account,
+                    &mut record,
+                    &mut log,
+                    changes,
+                    &mut batch,
+                    &mut staged,
+                )?;
+                (taken, log.state())
+            }
+            Payload::Changes(_) => (false, None),
             // From a current member of this group, or refused (a non-member's post, a
             // removed member's).
             // A sender key only for the secret it came under, one that applied.
-            Payload::SenderKey(key) => match log.state() {
-                Some(state)
-                    if key.group == record.id
-                        && state.is_member(&key.member)
-                        && key.key_change == hash
-                        && state.rekeys.contains(&hash) =>
-                {
-                    self.take_sender_key(&mut record, &state, key, &mut batch, &mut staged)?
-                }
-                _ => false,
-            },
-            Payload::Message(sent) => match log.state() {
-                Some(state) if sent.group == record.id && state.is_member(&sent.sender) => {
-                    self.take_message(&mut record, &state, sent, now, &mut batch, &mut staged)?
-                }
-                _ => false,
-            },
+            Payload::SenderKey(key) => {
+                let state = log.state();
+                let taken = match &state {
+                    Some(s)
+                        if key.group == record.id
+                            && s.is_member(&key.member)
+                            && key.key_change == hash
+                            && s.rekeys.contains(&hash) =>
+                    {
+                        self.take_sender_key(&mut record, s, key, &mut batch, &mut staged)?
+                    }
+                    _ => false,
+                };
+                (taken, state)
+            }
+            Payload::Message(sent) => {
+                let state = log.state();
+                let taken = match &state {
+                    Some(s) if sent.group == record.id && s.is_member(&sent.sender) => {
+                        self.take_message(&mut record, s, sent, now, &mut batch, &mut staged)?
+                    }
+                    _ => false,
+                };
+                (taken, state)
+            }
         };
         if !taken {
             record.dropped += 1;
@@ -102,7 +118,7 @@ impl Service {
         // Passed on to a few members who are this node's contacts, so that a message spreads
         // along contacts within seconds instead of waiting for each member's next fetch.
         let me = account.identity.public();
-        let forward = match (taken, log.state()) {
+        let forward = match (taken, state) {
             (true, Some(state)) if state.is_member(&me) => {
                 self.direct_pushes(&state, &me, &[bytes.to_vec()], MAX_FORWARD)?
             }
