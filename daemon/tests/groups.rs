@@ -234,6 +234,12 @@ fn three_members_talk_and_a_removed_member_reads_nothing_after() {
             .all(|(id, _, _)| *id != session.session_id()),
         "carol holds alice's session of after the removal"
     );
+    // Alice's earlier key reached carol over a pairwise Olm session of the group's (beside
+    // their chat's), started from carol's member record.
+    assert!(
+        !carol_store.member_sessions(&alice_key).unwrap().is_empty(),
+        "carol holds no Olm session with alice"
+    );
     drop((alice_store, carol_store));
 
     // Nobody but the members holds the group's name, its id, the members' names or account
@@ -376,6 +382,49 @@ fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
         "one of the two renames won: {settled:?}"
     );
     println!("settled on {settled:?}");
+}
+
+/// Sender keys travel over pairwise Olm sessions started from the member records' card
+/// keys; a member whose card's fallback key was replaced twice since (so that the card's key
+/// opens nothing any more) announces the new one, and a member who starts a session with it
+/// only then uses that.
+#[test]
+fn a_member_whose_fallback_key_was_replaced_still_gets_the_first_sender_key() {
+    let mut net = Net::new();
+    make_group(&net, "club");
+    // Carol replaces her fallback key every 2 s for 7 s (three times or more), then stops
+    // replacing it: the key in her member record is gone from her account.
+    let fallback = |d: &Daemon| {
+        let card = d.call("account.get", json!({}))["card"].clone();
+        sotto_protocol::card::Card::from_uri(card.as_str().unwrap())
+            .unwrap()
+            .body()
+            .fallback_key
+    };
+    let before = fallback(&net.carol);
+    net.carol.stop();
+    net.carol
+        .extra
+        .extend(["--fallback-rotation-secs".to_owned(), "2".to_owned()]);
+    net.carol.restart();
+    std::thread::sleep(Duration::from_secs(7));
+    net.carol.stop();
+    net.carol.extra.truncate(net.carol.extra.len() - 2);
+    net.carol.restart();
+    assert_ne!(
+        before,
+        fallback(&net.carol),
+        "carol's fallback key was replaced"
+    );
+    // Her announcement has left, and alice has fetched since (every second).
+    wait_until(Duration::from_secs(60), "carol's announcement left", || {
+        (group_outbox(&net.carol) == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    // Alice's first message in the group: her sender key reaches carol on the new key.
+    net.alice.send("club", "on your new key");
+    wait_group_text(&net.carol, "club", "alice", "on your new key");
+    wait_group_text(&net.bob, "club", "alice", "on your new key");
 }
 
 #[test]

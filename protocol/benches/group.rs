@@ -1,7 +1,8 @@
 //! What a group message costs in CPU against raw Megolm: the sender encrypting once in its
 //! Megolm session and sealing the group envelope, a member opening and decrypting it; and
 //! what a change of membership costs: a fresh secret sealed to every member, at 8 to 1,024
-//! members; and what a node pays per group secret it tries on an envelope that is not
+//! members; what sharing a new sender key with every member over pairwise Olm sessions
+//! costs; and what a node pays per group secret it tries on an envelope that is not
 //! sealed under it. Run with `cargo bench -p sotto-protocol --bench group`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,6 +15,7 @@ use sotto_protocol::content::{Content, MessageId};
 use sotto_protocol::envelope::SealKey;
 use sotto_protocol::group::{self, Change, GroupId, GroupSecret, Op, Payload, SenderKey, Sent};
 use sotto_protocol::identity::{AccountKey, Identity};
+use sotto_protocol::session::{Device, Pairwise};
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
@@ -105,6 +107,10 @@ fn bench(c: &mut Criterion) {
                     Identity::generate(&mut rng).public()
                 },
                 seal_key: [0; 32],
+                olm: group::OlmKeys {
+                    identity: [0; 32],
+                    fallback: [0; 32],
+                },
                 name: "m".into(),
             })
             .collect();
@@ -139,6 +145,10 @@ fn bench(c: &mut Criterion) {
                 Op::Add(vec![group::Member {
                     account: last,
                     seal_key: [0; 32],
+                    olm: group::OlmKeys {
+                        identity: [0; 32],
+                        fallback: [0; 32],
+                    },
                     name: "x".into(),
                 }])
             } else {
@@ -189,6 +199,62 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             })
         });
+    }
+
+    // A new Megolm session shared with every other member: one Olm message each over the
+    // pairwise session (started first when there is none), bundled and sealed in group
+    // envelopes. What a sender pays once per session (every 100 messages, 7 days, or
+    // secret).
+    let device = Device::new();
+    let key = SenderKey::new(&alice, id, [0; 32], &group::new_session())
+        .to_bytes()
+        .unwrap();
+    for members in [8usize, 64, 256, 1024] {
+        let others: Vec<(AccountKey, [u8; 32], [u8; 32])> = (1..members)
+            .map(|_| {
+                let d = Device::new();
+                (
+                    Identity::generate(&mut rng).public(),
+                    d.session_key(),
+                    d.fallback_key(),
+                )
+            })
+            .collect();
+        let share = |sessions: &mut Vec<Pairwise>, rng: &mut StdRng| {
+            let boxes = others
+                .iter()
+                .zip(sessions.iter_mut())
+                .map(|((k, identity, fallback), p)| {
+                    (*k, p.encrypt(&device, identity, fallback, &key).unwrap())
+                })
+                .collect();
+            group::SenderKeys::bundles(id, alice.public(), boxes)
+                .into_iter()
+                .map(|b| group::seal_payload(&secret, &Payload::SenderKeys(b), rng).unwrap())
+                .map(|e| e.len())
+                .sum::<usize>()
+        };
+        let bytes = share(
+            &mut others.iter().map(|_| Pairwise::new()).collect(),
+            &mut rng,
+        );
+        eprintln!("group/share_sender_key_{members}_members: {bytes} bytes of group envelopes");
+        g.bench_function(
+            format!("share_sender_key_{members}_members_new_sessions"),
+            |b| {
+                b.iter_batched(
+                    || others.iter().map(|_| Pairwise::new()).collect::<Vec<_>>(),
+                    |mut sessions| share(&mut sessions, &mut rng),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+        let mut sessions: Vec<Pairwise> = others.iter().map(|_| Pairwise::new()).collect();
+        share(&mut sessions, &mut rng);
+        g.bench_function(
+            format!("share_sender_key_{members}_members_sessions_held"),
+            |b| b.iter(|| share(&mut sessions, &mut rng)),
+        );
     }
     g.finish();
 }

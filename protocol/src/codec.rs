@@ -32,7 +32,7 @@ fn options(limit: u64) -> impl Options {
 }
 
 /// Encode `value`, refusing results longer than `limit` bytes (at most [`MAX_SIZE`]).
-pub fn encode_limited<T: Serialize>(value: &T, limit: u64) -> Result<Vec<u8>, CodecError> {
+pub fn encode_limited<T: Serialize + ?Sized>(value: &T, limit: u64) -> Result<Vec<u8>, CodecError> {
     let limit = limit.min(MAX_SIZE);
     options(limit).serialize(value).map_err(|e| match *e {
         bincode::ErrorKind::SizeLimit => CodecError::TooLarge {
@@ -46,7 +46,7 @@ pub fn encode_limited<T: Serialize>(value: &T, limit: u64) -> Result<Vec<u8>, Co
 }
 
 /// Encode `value` with the default limit, [`MAX_SIZE`].
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     encode_limited(value, MAX_SIZE)
 }
 

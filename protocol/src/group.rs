@@ -20,9 +20,11 @@
 //!   after it ([`State::stale_key`]). The secret yields the group's dead drops (rotating per epoch like a
 //!   pair's) and the key of the group envelopes left there ([`seal_payload`]).
 //! - **Sender keys.** Each member encrypts its messages with its own Megolm session and
-//!   announces the session key in a [`SenderKey`] signed by its account key, inside a group
-//!   envelope under the current secret: only current members can read it. A new secret
-//!   means a new session.
+//!   shares the session key, in a [`SenderKey`] signed by its account key, with each other
+//!   current member over a pairwise Olm session started from that member's card keys
+//!   ([`OlmKeys`]): [`SenderKeys`] bundles the Olm messages, inside group envelopes under
+//!   the current secret. Only current members can read it, each only with its own session.
+//!   A new secret means a new session.
 //!
 //! Sans-I/O: time and randomness come in as arguments. (The judgements of removals are
 //! remembered process-wide by hash, a pure function's memo.)
@@ -75,6 +77,7 @@ const BOX_BYTES: usize = 32 + 16;
 
 const CHANGE_DOMAIN: &[u8] = b"sotto/group/change/v1";
 const SENDER_KEY_DOMAIN: &[u8] = b"sotto/group/sender-key/v1";
+const MEMBER_KEYS_DOMAIN: &[u8] = b"sotto/group/member-keys/v1";
 const ID_DOMAIN: &[u8] = b"sotto/group/id/v1";
 const REKEY_INFO: &[u8] = b"sotto/group/rekey/v1";
 const DROP_INFO: &[u8] = b"sotto/group/drop/v1";
@@ -140,12 +143,22 @@ impl std::fmt::Debug for GroupId {
 }
 
 /// A member as a change names it: the account, the seal key its group secrets are sealed
-/// to, and the name its card gives.
+/// to, its Olm keys, and the name its card gives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub account: AccountKey,
     pub seal_key: [u8; 32],
+    pub olm: OlmKeys,
     pub name: String,
+}
+
+/// A member's Olm keys, from its card: the identity key and the fallback key. The other
+/// members start the pairwise Olm sessions its sender keys travel over with these (the
+/// fallback key only to start one; a newer one comes in a [`MemberKeys`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OlmKeys {
+    pub identity: [u8; 32],
+    pub fallback: [u8; 32],
 }
 
 /// What a change does.
@@ -387,8 +400,8 @@ pub use envelope::{chunk_changes, open_payload, seal_payload, Payload};
 pub use keys::GroupSecret;
 pub use log::{Log, MemberState, State};
 pub use sender::{
-    new_session, pickle_inbound, pickle_session, unpickle_inbound, unpickle_session, SenderKey,
-    Sent,
+    new_session, pickle_inbound, pickle_session, unpickle_inbound, unpickle_session, MemberKeys,
+    SenderKey, SenderKeys, Sent,
 };
 
 #[cfg(test)]

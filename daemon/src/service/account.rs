@@ -148,8 +148,15 @@ impl Service {
             (self.inner.keys.fallback_rotation_ms / 4).clamp(1, 3_600_000),
         );
         loop {
-            if let Err(e) = self.rotate_keys_if_due(unix_ms()).await {
-                tracing::warn!("fallback key rotation: {e}");
+            match self.rotate_keys_if_due(unix_ms()).await {
+                Ok(true) => {
+                    // Members who start a session with this node later need the new key.
+                    if let Err(e) = self.announce_member_keys().await {
+                        tracing::warn!("cannot announce the new fallback key to groups: {e}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("fallback key rotation: {e}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use sotto_protocol::content::MessageId;
-use sotto_protocol::group::{Change, GroupId, Sent};
+use sotto_protocol::group::{Change, GroupId, MemberKeys, Sent};
 use sotto_protocol::identity::AccountKey;
 
 use super::schema::{concat, Tree};
@@ -76,10 +76,12 @@ pub const MAX_PENDING: usize = 64;
 pub const MAX_SESSIONS_PER_MEMBER: usize = 4;
 
 /// A member's Megolm sessions in a group (newest last): id, pickle, and the hash of the
-/// change whose secret the session was announced under.
+/// change whose secret the session was announced under; and the newest Olm keys the member
+/// announced in the group, if any (else its member record's count).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InboundSessions {
     pub sessions: Vec<(String, String, [u8; 32])>,
+    pub keys: Option<MemberKeys>,
 }
 
 /// A group message as stored.
@@ -160,6 +162,14 @@ impl Store {
             .collect())
     }
 
+    /// The pairwise Olm sessions with a member of a group (pickles, most recently used
+    /// first), over which sender keys travel.
+    pub fn member_sessions(&self, member: &AccountKey) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .get(Tree::MemberSessions, &member.0, "member sessions")?
+            .unwrap_or_default())
+    }
+
     pub fn group_message(&self, seq: Seq) -> Result<Option<GroupMessage>, StoreError> {
         self.get(Tree::GroupMessages, &seq.key(), "group message")
     }
@@ -217,6 +227,14 @@ impl Batch {
 
     pub fn remove_group_sessions(&mut self, group: &GroupId, member: &AccountKey) {
         self.remove(Tree::GroupSessions, concat(&group.0, &member.0));
+    }
+
+    pub fn put_member_sessions(
+        &mut self,
+        member: &AccountKey,
+        pickles: &[String],
+    ) -> Result<(), StoreError> {
+        self.put(Tree::MemberSessions, member.0, pickles)
     }
 
     pub fn put_group_message(&mut self, seq: Seq, m: &GroupMessage) -> Result<(), StoreError> {

@@ -85,7 +85,7 @@ impl Batch {
         self.ops.push((tree, key.into(), Some(value.into())));
     }
 
-    fn put<T: Serialize>(
+    fn put<T: Serialize + ?Sized>(
         &mut self,
         tree: Tree,
         key: impl Into<Vec<u8>>,

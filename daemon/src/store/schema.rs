@@ -56,10 +56,13 @@ pub(super) enum Tree {
     /// Sequence number → [`super::GroupOutboxEntry`]: group envelopes waiting to be left at
     /// the group's dead drop. Schema 3.
     GroupOutbox,
+    /// Member account key → the pairwise Olm sessions with that member of a group, over
+    /// which sender keys travel (pickles, most recently used first). Schema 3.
+    MemberSessions,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 22] = [
+pub(super) const TREES: [(Tree, &str); 23] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -82,6 +85,7 @@ pub(super) const TREES: [(Tree, &str); 22] = [
     (Tree::GroupSessions, "group_sessions"),
     (Tree::GroupMessages, "group_messages"),
     (Tree::GroupOutbox, "group_outbox"),
+    (Tree::MemberSessions, "member_sessions"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";

@@ -7,11 +7,14 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
     Change(Change),
-    SenderKey(SenderKey),
+    /// A member's sender key, one Olm message per other member.
+    SenderKeys(SenderKeys),
     Message(Sent),
     /// Part of the group's log, without rekeys: left under a new secret after a rekey for
     /// members a concurrent change left out, so that they catch up on changes they missed.
     Changes(Vec<Change>),
+    /// A member's newer fallback key.
+    Keys(MemberKeys),
 }
 
 /// `changes` without their rekeys, in chunks of at most `max_bytes` encoded (a change

@@ -7,6 +7,7 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberState {
     pub seal_key: [u8; 32],
+    pub olm: OlmKeys,
     pub name: String,
     pub admin: bool,
     /// The place `(lamport, hash)` of the change that made the member admin: its
@@ -553,6 +554,7 @@ fn add(s: &mut State, m: &Member, lamport: u64) -> bool {
         m.account,
         MemberState {
             seal_key: m.seal_key,
+            olm: m.olm,
             name: m.name.clone(),
             admin: false,
             admin_since: None,

@@ -1,13 +1,15 @@
 use super::*;
+use crate::session::{Device, Pairwise};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng};
 
-/// A user: account identity and seal key.
+/// A user: account identity, seal key and Olm device.
 struct User {
     id: Identity,
     seal: SealKey,
+    device: Device,
     name: &'static str,
 }
 
@@ -16,7 +18,15 @@ impl User {
         User {
             id: Identity::from_seed(&[seed; 32]),
             seal: SealKey::from_secret(&[seed.wrapping_add(100); 32]),
+            device: Device::new(),
             name,
+        }
+    }
+
+    fn olm(&self) -> OlmKeys {
+        OlmKeys {
+            identity: self.device.session_key(),
+            fallback: self.device.fallback_key(),
         }
     }
 
@@ -24,6 +34,7 @@ impl User {
         Member {
             account: self.id.public(),
             seal_key: self.seal.public(),
+            olm: self.olm(),
             name: self.name.into(),
         }
     }
@@ -591,21 +602,19 @@ fn the_log_is_bounded() {
 #[test]
 fn a_rekey_for_the_largest_group_fits_one_change() {
     let mut rng = rng();
-    let users: Vec<User> = (0..MAX_MEMBERS)
-        .map(|_| User {
-            id: Identity::generate(&mut rng),
-            seal: SealKey::generate(&mut rng),
-            name: "m",
-        })
+    let users: Vec<(Identity, SealKey)> = (0..MAX_MEMBERS)
+        .map(|_| (Identity::generate(&mut rng), SealKey::generate(&mut rng)))
         .collect();
-    let to: Vec<(AccountKey, [u8; 32])> =
-        users.iter().map(|u| (u.key(), u.seal.public())).collect();
+    let to: Vec<(AccountKey, [u8; 32])> = users
+        .iter()
+        .map(|(id, seal)| (id.public(), seal.public()))
+        .collect();
     let secret = GroupSecret::generate(&mut rng);
     let rekey = secret.rekey(&to, &mut rng).unwrap();
     // With as many parents as a change may name.
     let parents: Vec<[u8; 32]> = (0..MAX_PARENTS as u8).map(|i| [i; 32]).collect();
     let c = Change::new(
-        &users[0].id,
+        &users[0].0,
         GroupId([1; 16]),
         3,
         parents,
@@ -616,8 +625,8 @@ fn a_rekey_for_the_largest_group_fits_one_change() {
     .unwrap();
     let env = seal_payload(&secret, &Payload::Change(c), &mut rng).unwrap();
     assert!(env.len() <= crate::envelope::MAX_BYTES);
-    let last = users.last().unwrap();
-    assert!(GroupSecret::open_rekey(&rekey, &last.key(), &last.seal).is_some());
+    let (id, seal) = users.last().unwrap();
+    assert!(GroupSecret::open_rekey(&rekey, &id.public(), seal).is_some());
 }
 
 #[test]
@@ -646,6 +655,127 @@ fn megolm_sender_keys_open_only_with_their_signature_and_only_forwards() {
     // A message of another session.
     let other = Sent::encrypt(group, alice.key(), &mut new_session(), b"x");
     assert!(other.decrypt(&mut inbound).is_err());
+}
+
+#[test]
+fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
+    let mut alice = User::new("alice", 1);
+    let mut bob = User::new("bob", 2);
+    let carol = User::new("carol", 3);
+    let group = GroupId([1; 16]);
+    let mut rng = rng();
+    let secret = GroupSecret::generate(&mut rng);
+    let mut session = new_session();
+    let key = SenderKey::new(&alice.id, group, [5; 32], &session);
+    let plain = key.to_bytes().unwrap();
+    // Alice's sessions with bob and carol, started from the keys their member records carry.
+    let mut to_bob = Pairwise::new();
+    let mut to_carol = Pairwise::new();
+    let boxes = vec![
+        (
+            bob.key(),
+            to_bob
+                .encrypt(
+                    &alice.device,
+                    &bob.olm().identity,
+                    &bob.olm().fallback,
+                    &plain,
+                )
+                .unwrap(),
+        ),
+        (
+            carol.key(),
+            to_carol
+                .encrypt(
+                    &alice.device,
+                    &carol.olm().identity,
+                    &carol.olm().fallback,
+                    &plain,
+                )
+                .unwrap(),
+        ),
+    ];
+    let bundles = SenderKeys::bundles(group, alice.key(), boxes);
+    assert_eq!(bundles.len(), 1);
+    let env = seal_payload(&secret, &Payload::SenderKeys(bundles[0].clone()), &mut rng).unwrap();
+    let Payload::SenderKeys(got) = open_payload(&secret, &env).unwrap() else {
+        panic!("not a sender-key bundle");
+    };
+    // Bob opens his own box with the session it starts, and reads alice's next message.
+    let mut from_alice = Pairwise::new();
+    let mine: Vec<_> = got.boxes_for(&bob.key()).collect();
+    assert_eq!(mine.len(), 1);
+    let opened = from_alice
+        .decrypt(&mut bob.device, &alice.olm().identity, mine[0])
+        .unwrap();
+    let mut inbound = SenderKey::from_bytes(&opened).unwrap().open().unwrap();
+    let sent = Sent::encrypt(group, alice.key(), &mut session, b"hello");
+    assert_eq!(sent.decrypt(&mut inbound).unwrap().0, b"hello");
+    // Carol's box does not open with bob's device, nor as from someone else's identity.
+    let carols: Vec<_> = got.boxes_for(&carol.key()).collect();
+    assert!(Pairwise::new()
+        .decrypt(&mut bob.device, &alice.olm().identity, carols[0])
+        .is_err());
+    assert!(Pairwise::new()
+        .decrypt(&mut bob.device, &carol.olm().identity, mine[0])
+        .is_err());
+    // Eve, whom alice did not name, has no box.
+    assert_eq!(got.boxes_for(&User::new("eve", 4).key()).count(), 0);
+    // A second key on the same session: no longer a new session for bob.
+    let second = SenderKey::new(&alice.id, group, [6; 32], &new_session());
+    let ct = to_bob
+        .encrypt(
+            &alice.device,
+            &bob.olm().identity,
+            &bob.olm().fallback,
+            &second.to_bytes().unwrap(),
+        )
+        .unwrap();
+    let opened = from_alice
+        .decrypt(&mut bob.device, &alice.olm().identity, &ct)
+        .unwrap();
+    assert_eq!(SenderKey::from_bytes(&opened).unwrap(), second);
+    // A member's newer fallback key: signed by the member, refused if changed.
+    alice.device.rotate_fallback_key();
+    let keys = MemberKeys::new(&alice.id, group, alice.olm(), 7);
+    keys.verify().unwrap();
+    let mut forged = keys.clone();
+    forged.olm.fallback = carol.olm().fallback;
+    assert!(matches!(forged.verify(), Err(GroupError::BadSignature)));
+}
+
+#[test]
+fn sender_keys_for_a_full_group_fit_their_envelopes() {
+    let alice = User::new("alice", 1);
+    let group = GroupId([1; 16]);
+    let mut rng = rng();
+    let secret = GroupSecret::generate(&mut rng);
+    let key = SenderKey::new(&alice.id, group, [5; 32], &new_session());
+    let plain = key.to_bytes().unwrap();
+    let boxes: Vec<(AccountKey, crate::session::Ciphertext)> = (0..MAX_MEMBERS - 1)
+        .map(|_| {
+            let other = Device::new();
+            let ct = Pairwise::new()
+                .encrypt(
+                    &alice.device,
+                    &other.session_key(),
+                    &other.fallback_key(),
+                    &plain,
+                )
+                .unwrap();
+            (Identity::generate(&mut rng).public(), ct)
+        })
+        .collect();
+    let bundles = SenderKeys::bundles(group, alice.key(), boxes);
+    assert_eq!(
+        bundles.len(),
+        (MAX_MEMBERS - 1).div_ceil(sender::BOXES_PER_BUNDLE)
+    );
+    for b in bundles {
+        b.check().unwrap();
+        let env = seal_payload(&secret, &Payload::SenderKeys(b), &mut rng).unwrap();
+        assert!(env.len() <= crate::envelope::MAX_BYTES);
+    }
 }
 
 /// Random changes by two admins and a member, some of which the replay must skip: each

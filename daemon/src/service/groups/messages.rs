@@ -69,19 +69,15 @@ impl Service {
             Some((session, o)) => (session, o.created_ms, o.sent),
             None => {
                 let session = proto::new_session();
-                let announce = Payload::SenderKey(SenderKey::new(
-                    &account.identity,
-                    record.id,
-                    hash,
-                    &session,
-                ));
-                self.stage_group_deposit(
+                let key = SenderKey::new(&account.identity, record.id, hash, &session);
+                self.stage_sender_key(
+                    account,
+                    &record,
+                    &state,
+                    &key,
+                    &secret,
                     &mut batch,
                     &mut staged,
-                    record.id,
-                    &secret,
-                    &announce,
-                    None,
                 )?;
                 (session, now, 0)
             }

@@ -5,10 +5,11 @@
 //! the secret current before it, so that every member (a removed one too) learns of it;
 //! members added get the whole log in an invitation over their pairwise session. Group
 //! messages are encrypted once in this node's Megolm session and left once at the group's
-//! dead drop, whatever the group's size; the session key is announced there first, under
-//! the group secret. Everything a group operation changes is written in one transaction
+//! dead drop, whatever the group's size; the session key is shared first with every other
+//! member over a pairwise Olm session (`keys`). Everything a group operation changes is written in one transaction
 //! under the account lock, with the invitations it sends.
 
+mod keys;
 mod manage;
 mod messages;
 mod receive;
@@ -318,6 +319,10 @@ impl Service {
             let member = Member {
                 account: key,
                 seal_key: card.body().seal_key,
+                olm: proto::OlmKeys {
+                    identity: card.body().session_key,
+                    fallback: card.body().fallback_key,
+                },
                 name: member_name(&card.body().name),
             };
             if !out.iter().any(|(k, _, _)| k == &key) {
@@ -331,11 +336,14 @@ impl Service {
         Member {
             account: account.identity.public(),
             seal_key: account.seal.public(),
+            olm: proto::OlmKeys {
+                identity: account.device.session_key(),
+                fallback: account.device.fallback_key(),
+            },
             name: member_name(&account.name),
         }
     }
 
-    /// The secret the group's current state names (else the newest held).
     /// The group `group` as a member about to change it or write to it: joined, still a
     /// member in its state, holding its current secret; else the error that says which.
     fn joined(&self, group: &str, me: &AccountKey) -> Result<Joined, GroupError> {

@@ -26,8 +26,8 @@ impl Service {
         if store.is_seen(&digest)? {
             return Ok(GroupTaken::Taken);
         }
-        let guard = self.inner.account.lock().await;
-        let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
+        let mut guard = self.inner.account.lock().await;
+        let account = guard.as_mut().ok_or(GroupError::NoAccount)?;
         if store.is_seen(&digest)? {
             return Ok(GroupTaken::Taken);
         }
@@ -86,18 +86,27 @@ impl Service {
             // From a current member of this group, or refused (a non-member's post, a
             // removed member's).
             // A sender key only for the secret it came under, one that applied.
-            Payload::SenderKey(key) => {
+            Payload::SenderKeys(bundle) => {
                 let state = log.state();
                 let taken = match &state {
-                    Some(s)
-                        if key.group == record.id
-                            && s.is_member(&key.member)
-                            && key.key_change == hash
-                            && s.rekeys.contains(&hash) =>
-                    {
-                        self.take_sender_key(&mut record, s, key, &mut batch, &mut staged)?
-                    }
-                    _ => false,
+                    Some(s) => self.take_sender_keys(
+                        account,
+                        &mut record,
+                        s,
+                        hash,
+                        bundle,
+                        &mut batch,
+                        &mut staged,
+                    )?,
+                    None => false,
+                };
+                (taken, state)
+            }
+            Payload::Keys(keys) => {
+                let state = log.state();
+                let taken = match &state {
+                    Some(s) => self.take_member_keys(&record, s, keys, &mut batch)?,
+                    None => false,
                 };
                 (taken, state)
             }
