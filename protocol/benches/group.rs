@@ -206,9 +206,7 @@ fn bench(c: &mut Criterion) {
     // envelopes. What a sender pays once per session (every 100 messages, 7 days, or
     // secret).
     let device = Device::new();
-    let key = SenderKey::new(&alice, id, [0; 32], &group::new_session())
-        .to_bytes()
-        .unwrap();
+    let key = SenderKey::new(&alice, id, [0; 32], &group::new_session());
     for members in [8usize, 64, 256, 1024] {
         let others: Vec<(AccountKey, [u8; 32], [u8; 32])> = (1..members)
             .map(|_| {
@@ -221,14 +219,18 @@ fn bench(c: &mut Criterion) {
             })
             .collect();
         let share = |sessions: &mut Vec<Pairwise>, rng: &mut StdRng| {
+            let (bundle_key, sealed) = group::SenderKeys::seal(&key, rng).unwrap();
             let boxes = others
                 .iter()
                 .zip(sessions.iter_mut())
                 .map(|((k, identity, fallback), p)| {
-                    (*k, p.encrypt(&device, identity, fallback, &key).unwrap())
+                    let ct = p
+                        .encrypt(&device, identity, fallback, bundle_key.as_ref())
+                        .unwrap();
+                    (*k, ct)
                 })
                 .collect();
-            group::SenderKeys::bundles(id, alice.public(), boxes)
+            group::SenderKeys::bundles(id, alice.public(), sealed, boxes)
                 .into_iter()
                 .map(|b| group::seal_payload(&secret, &Payload::SenderKeys(b), rng).unwrap())
                 .map(|e| e.len())

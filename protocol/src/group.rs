@@ -385,7 +385,9 @@ impl Change {
     }
 }
 
-fn tag(key: &AccountKey) -> [u8; 8] {
+/// The first 8 bytes of an account key: how a rekey box or a sender-key box names its
+/// member.
+pub fn tag(key: &AccountKey) -> [u8; 8] {
     let mut t = [0u8; 8];
     t.copy_from_slice(&key.0[..8]);
     t

@@ -232,7 +232,7 @@ impl Client {
                 if let Kind::Group(group, hash) = kind {
                     // Left for the other members; read past from now on.
                     self.service
-                        .receive_group(group, hash, &fetched.envelope)
+                        .receive_group(group, hash, &fetched.envelope, false)
                         .await;
                     self.set_group_cursor(cursor.clone(), digest);
                     junk_in_a_row = 0;

@@ -4,12 +4,13 @@
 use super::*;
 use crate::session::Ciphertext;
 
-/// The most Olm messages a [`SenderKeys`] bundle carries in one group envelope: each is
-/// about 540 bytes, so that the bundle stays under [`MAX_PAYLOAD_BYTES`].
-pub const BOXES_PER_BUNDLE: usize = 100;
-/// The largest Olm message of a sender key (a pre-key message of an encoded [`SenderKey`]
-/// is about 530 bytes).
-const MAX_BOX_BYTES: usize = 1_024;
+/// The largest encoded [`SenderKey`] (about 380 bytes).
+const MAX_SENDER_KEY_BYTES: usize = 1_024;
+/// The largest Olm message of a bundle key (a pre-key message of 32 bytes is about 190).
+const MAX_BOX_BYTES: usize = 512;
+/// Boxes a bundle carries at most (a group's other members fit in few bundles).
+pub const MAX_BOXES: usize = MAX_MEMBERS;
+const BUNDLE_INFO: &[u8] = b"sotto/group/sender-keys/v1";
 
 /// A member's Megolm session key, signed by its account key, for the secret made by the
 /// change `key_change` (so that a key cannot be resealed under another secret).
@@ -61,47 +62,81 @@ impl SenderKey {
 }
 
 impl SenderKey {
-    /// The encoding an Olm message carries.
+    /// The encoding a bundle seals.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GroupError> {
-        Ok(codec::encode_limited(self, MAX_BOX_BYTES as u64)?)
+        Ok(codec::encode_limited(self, MAX_SENDER_KEY_BYTES as u64)?)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GroupError> {
-        Ok(codec::decode_limited(bytes, MAX_BOX_BYTES as u64)?)
+        Ok(codec::decode_limited(bytes, MAX_SENDER_KEY_BYTES as u64)?)
     }
 }
 
-/// One member's sender key for the other members: one Olm message (of the encoded
-/// [`SenderKey`]) per recipient, over the pairwise session between the two, named by the
-/// first 8 bytes of the recipient's account key. A group of more than
-/// [`BOXES_PER_BUNDLE`] others takes several bundles, each in a group envelope of its own.
+/// One member's sender key for the other members: the encoded [`SenderKey`] sealed once
+/// under a fresh 32-byte **bundle key** (ChaCha20-Poly1305, zero nonce — the key is used
+/// once —, the group id and the member's account key as associated data), and the bundle
+/// key in one Olm message per recipient, over the pairwise session between the two, named
+/// by the first 8 bytes of the recipient's account key. The boxes of a large group take
+/// several bundles, each in a group envelope of its own and each carrying the sealed key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenderKeys {
     pub group: GroupId,
     pub member: AccountKey,
+    pub sealed: Vec<u8>,
     pub boxes: Vec<([u8; 8], Ciphertext)>,
 }
 
 impl SenderKeys {
-    /// `boxes` (each for the member whose account key it names) in bundles of at most
-    /// [`BOXES_PER_BUNDLE`].
+    /// Seal `key` under a fresh bundle key: the bundle key (to encrypt for each recipient)
+    /// and the sealed key (for [`SenderKeys::bundles`]).
+    pub fn seal(
+        key: &SenderKey,
+        rng: &mut impl rand::RngCore,
+    ) -> Result<(Zeroizing<[u8; 32]>, Vec<u8>), GroupError> {
+        let mut bundle_key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bundle_key.as_mut());
+        let plain = Zeroizing::new(key.to_bytes()?);
+        let sealed = cipher(&bundle_key)
+            .encrypt(
+                &Nonce::default(),
+                AeadPayload {
+                    msg: &plain,
+                    aad: &bundle_aad(&key.group, &key.member),
+                },
+            )
+            .map_err(|_| GroupError::Invalid("the sender key does not seal"))?;
+        Ok((bundle_key, sealed))
+    }
+
+    /// `boxes` (each the bundle key for the member whose account key it names) in as few
+    /// bundles as fit a group envelope each, every one with `sealed`.
     pub fn bundles(
         group: GroupId,
         member: AccountKey,
+        sealed: Vec<u8>,
         boxes: Vec<(AccountKey, Ciphertext)>,
     ) -> Vec<SenderKeys> {
-        let mut out = Vec::new();
-        let mut boxes = boxes.into_iter().peekable();
-        while boxes.peek().is_some() {
-            out.push(SenderKeys {
-                group,
-                member,
-                boxes: boxes
-                    .by_ref()
-                    .take(BOXES_PER_BUNDLE)
-                    .map(|(k, c)| (tag(&k), c))
-                    .collect(),
-            });
+        // What a bundle may spend on boxes: the payload less the sealed key and framing.
+        let budget = MAX_PAYLOAD_BYTES.saturating_sub(sealed.len() + 256);
+        let mut out: Vec<SenderKeys> = Vec::new();
+        let mut used = usize::MAX;
+        for (k, c) in boxes {
+            let size = 8 + 16 + c.body.len();
+            if used.saturating_add(size) > budget
+                || out.last().is_some_and(|b| b.boxes.len() >= MAX_BOXES)
+            {
+                out.push(SenderKeys {
+                    group,
+                    member,
+                    sealed: sealed.clone(),
+                    boxes: Vec::new(),
+                });
+                used = 0;
+            }
+            used += size;
+            if let Some(last) = out.last_mut() {
+                last.boxes.push((tag(&k), c));
+            }
         }
         out
     }
@@ -115,15 +150,45 @@ impl SenderKeys {
             .map(|(_, c)| c)
     }
 
-    /// Within bounds: at most [`BOXES_PER_BUNDLE`] boxes.
+    /// The sender key, with the bundle key an Olm message for this node held.
+    pub fn open(&self, bundle_key: &[u8]) -> Result<SenderKey, GroupError> {
+        let bundle_key: [u8; 32] = bundle_key
+            .try_into()
+            .map_err(|_| GroupError::Invalid("a bundle key is 32 bytes"))?;
+        let bundle_key = Zeroizing::new(bundle_key);
+        let plain = Zeroizing::new(
+            cipher(&bundle_key)
+                .decrypt(
+                    &Nonce::default(),
+                    AeadPayload {
+                        msg: &self.sealed,
+                        aad: &bundle_aad(&self.group, &self.member),
+                    },
+                )
+                .map_err(|_| GroupError::Unopenable)?,
+        );
+        SenderKey::from_bytes(&plain)
+    }
+
+    /// Within bounds: at most [`MAX_BOXES`] boxes and a sealed key of a sender key's size.
     pub fn check(&self) -> Result<(), GroupError> {
-        if self.boxes.len() > BOXES_PER_BUNDLE {
-            return Err(GroupError::Invalid(
-                "too many sender-key boxes in one bundle",
-            ));
+        if self.boxes.len() > MAX_BOXES || self.sealed.len() > MAX_SENDER_KEY_BYTES + 16 {
+            return Err(GroupError::Invalid("a malformed sender-key bundle"));
         }
         Ok(())
     }
+}
+
+fn cipher(key: &Zeroizing<[u8; 32]>) -> ChaCha20Poly1305 {
+    let mut k = Zeroizing::new([0u8; 32]);
+    let _ = Hkdf::<Sha256>::new(None, key.as_ref()).expand(BUNDLE_INFO, k.as_mut());
+    ChaCha20Poly1305::new(Key::from_slice(k.as_ref()))
+}
+
+fn bundle_aad(group: &GroupId, member: &AccountKey) -> Vec<u8> {
+    let mut a = group.0.to_vec();
+    a.extend_from_slice(&member.0);
+    a
 }
 
 /// A member's Olm keys as it announces them, signed by its account key, after its card's

@@ -667,35 +667,26 @@ fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
     let secret = GroupSecret::generate(&mut rng);
     let mut session = new_session();
     let key = SenderKey::new(&alice.id, group, [5; 32], &session);
-    let plain = key.to_bytes().unwrap();
+    let (bundle_key, sealed) = SenderKeys::seal(&key, &mut rng).unwrap();
     // Alice's sessions with bob and carol, started from the keys their member records carry.
     let mut to_bob = Pairwise::new();
     let mut to_carol = Pairwise::new();
+    let (b, c) = (bob.olm(), carol.olm());
     let boxes = vec![
         (
             bob.key(),
             to_bob
-                .encrypt(
-                    &alice.device,
-                    &bob.olm().identity,
-                    &bob.olm().fallback,
-                    &plain,
-                )
+                .encrypt(&alice.device, &b.identity, &b.fallback, bundle_key.as_ref())
                 .unwrap(),
         ),
         (
             carol.key(),
             to_carol
-                .encrypt(
-                    &alice.device,
-                    &carol.olm().identity,
-                    &carol.olm().fallback,
-                    &plain,
-                )
+                .encrypt(&alice.device, &c.identity, &c.fallback, bundle_key.as_ref())
                 .unwrap(),
         ),
     ];
-    let bundles = SenderKeys::bundles(group, alice.key(), boxes);
+    let bundles = SenderKeys::bundles(group, alice.key(), sealed, boxes);
     assert_eq!(bundles.len(), 1);
     let env = seal_payload(&secret, &Payload::SenderKeys(bundles[0].clone()), &mut rng).unwrap();
     let Payload::SenderKeys(got) = open_payload(&secret, &env).unwrap() else {
@@ -708,10 +699,10 @@ fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
     let opened = from_alice
         .decrypt(&mut bob.device, &alice.olm().identity, mine[0])
         .unwrap();
-    let mut inbound = SenderKey::from_bytes(&opened).unwrap().open().unwrap();
+    let mut inbound = got.open(&opened).unwrap().open().unwrap();
     let sent = Sent::encrypt(group, alice.key(), &mut session, b"hello");
     assert_eq!(sent.decrypt(&mut inbound).unwrap().0, b"hello");
-    // Carol's box does not open with bob's device, nor as from someone else's identity.
+    // Carol's box does not open with bob's device, nor bob's as from someone else.
     let carols: Vec<_> = got.boxes_for(&carol.key()).collect();
     assert!(Pairwise::new()
         .decrypt(&mut bob.device, &alice.olm().identity, carols[0])
@@ -719,22 +710,24 @@ fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
     assert!(Pairwise::new()
         .decrypt(&mut bob.device, &carol.olm().identity, mine[0])
         .is_err());
-    // Eve, whom alice did not name, has no box.
+    // Eve, whom alice did not name, has no box; a wrong bundle key opens nothing, nor does
+    // the sealed key moved to another sender's bundle.
     assert_eq!(got.boxes_for(&User::new("eve", 4).key()).count(), 0);
+    assert!(matches!(got.open(&[7; 32]), Err(GroupError::Unopenable)));
+    let mut moved = got.clone();
+    moved.member = carol.key();
+    assert!(moved.open(&opened).is_err());
     // A second key on the same session: no longer a new session for bob.
     let second = SenderKey::new(&alice.id, group, [6; 32], &new_session());
+    let (second_key, second_sealed) = SenderKeys::seal(&second, &mut rng).unwrap();
     let ct = to_bob
-        .encrypt(
-            &alice.device,
-            &bob.olm().identity,
-            &bob.olm().fallback,
-            &second.to_bytes().unwrap(),
-        )
+        .encrypt(&alice.device, &b.identity, &b.fallback, second_key.as_ref())
         .unwrap();
     let opened = from_alice
         .decrypt(&mut bob.device, &alice.olm().identity, &ct)
         .unwrap();
-    assert_eq!(SenderKey::from_bytes(&opened).unwrap(), second);
+    let bundle = &SenderKeys::bundles(group, alice.key(), second_sealed, vec![(bob.key(), ct)])[0];
+    assert_eq!(bundle.open(&opened).unwrap(), second);
     // A member's newer fallback key: signed by the member, refused if changed.
     alice.device.rotate_fallback_key();
     let keys = MemberKeys::new(&alice.id, group, alice.olm(), 7);
@@ -745,13 +738,13 @@ fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
 }
 
 #[test]
-fn sender_keys_for_a_full_group_fit_their_envelopes() {
+fn sender_keys_for_a_full_group_fit_few_envelopes() {
     let alice = User::new("alice", 1);
     let group = GroupId([1; 16]);
     let mut rng = rng();
     let secret = GroupSecret::generate(&mut rng);
     let key = SenderKey::new(&alice.id, group, [5; 32], &new_session());
-    let plain = key.to_bytes().unwrap();
+    let (bundle_key, sealed) = SenderKeys::seal(&key, &mut rng).unwrap();
     let boxes: Vec<(AccountKey, crate::session::Ciphertext)> = (0..MAX_MEMBERS - 1)
         .map(|_| {
             let other = Device::new();
@@ -760,16 +753,17 @@ fn sender_keys_for_a_full_group_fit_their_envelopes() {
                     &alice.device,
                     &other.session_key(),
                     &other.fallback_key(),
-                    &plain,
+                    bundle_key.as_ref(),
                 )
                 .unwrap();
             (Identity::generate(&mut rng).public(), ct)
         })
         .collect();
-    let bundles = SenderKeys::bundles(group, alice.key(), boxes);
+    let bundles = SenderKeys::bundles(group, alice.key(), sealed, boxes);
+    assert!(bundles.len() <= 4, "{} bundles", bundles.len());
     assert_eq!(
-        bundles.len(),
-        (MAX_MEMBERS - 1).div_ceil(sender::BOXES_PER_BUNDLE)
+        bundles.iter().map(|b| b.boxes.len()).sum::<usize>(),
+        MAX_MEMBERS - 1
     );
     for b in bundles {
         b.check().unwrap();

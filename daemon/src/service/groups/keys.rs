@@ -1,6 +1,7 @@
-//! Sender keys over pairwise Olm sessions: a member shares each new Megolm session key with
-//! every other member in an Olm message of its own (bundled, in group envelopes under the
-//! current secret); a member opens only the one for it. Members who are not each other's
+//! Sender keys over pairwise Olm sessions: a member seals each new Megolm session key under
+//! a fresh bundle key and shares that with every other member in an Olm message of its own
+//! (bundled, in group envelopes under the current secret); a member opens only the one for
+//! it. Members who are not each other's
 //! contacts start those sessions from the Olm keys of the member records (from the cards),
 //! or from the newer fallback key a member announced after replacing its card's
 //! (docs/protocol.md §14.4).
@@ -48,7 +49,7 @@ impl Service {
         staged: &mut Staged,
     ) -> Result<usize, GroupError> {
         let me = account.identity.public();
-        let plain = key.to_bytes()?;
+        let (bundle_key, sealed) = SenderKeys::seal(key, &mut OsRng)?;
         let pickle_key = self.inner.pickle_key;
         let mut boxes: Vec<(AccountKey, Ciphertext)> = Vec::new();
         for member in state.members.keys().filter(|m| *m != &me) {
@@ -63,7 +64,12 @@ impl Service {
                     Pairwise::new()
                 }
             };
-            match pairwise.encrypt(&account.device, &olm.identity, &olm.fallback, &plain) {
+            match pairwise.encrypt(
+                &account.device,
+                &olm.identity,
+                &olm.fallback,
+                bundle_key.as_ref(),
+            ) {
                 Ok(ct) => {
                     batch.put_member_sessions(member, &pairwise.pickle(&pickle_key))?;
                     boxes.push((*member, ct));
@@ -72,7 +78,7 @@ impl Service {
             }
         }
         let shared = boxes.len();
-        for bundle in SenderKeys::bundles(record.id, me, boxes) {
+        for bundle in SenderKeys::bundles(record.id, me, sealed, boxes) {
             self.stage_group_deposit(
                 batch,
                 staged,
@@ -125,10 +131,10 @@ impl Service {
                 self.stage_account(batch, account)?;
             }
             batch.put_member_sessions(&bundle.member, &pairwise.pickle(&pickle_key))?;
-            let key = match SenderKey::from_bytes(&plain) {
+            let key = match bundle.open(&plain) {
                 Ok(k) => k,
                 Err(e) => {
-                    tracing::debug!("a malformed sender key: {e}");
+                    tracing::debug!("a sender key does not open with its bundle key: {e}");
                     return Ok(false);
                 }
             };
@@ -209,7 +215,13 @@ impl Service {
             )?;
             // Straight to the members who are online contacts too, as a message goes.
             if let Some(envelope) = staged_envelopes(&batch).pop() {
-                pushes.extend(self.direct_pushes(&state, &me, &[envelope], MAX_DIRECT_PUSH)?);
+                pushes.extend(self.direct_pushes(
+                    &state,
+                    &me,
+                    &[envelope],
+                    MAX_DIRECT_PUSH,
+                    |_| true,
+                )?);
             }
             announced += 1;
         }

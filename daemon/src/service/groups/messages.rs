@@ -123,14 +123,16 @@ impl Service {
     }
 
     /// Where to push group envelopes directly, besides the dead drop: to at most `limit`
-    /// members, drawn at random, who are contacts whose node this node knows (none when
-    /// this node is mailbox-only: pushing would show its node to them).
+    /// members for whom `wanted` holds, drawn at random, who are contacts whose node this
+    /// node knows (none when this node is mailbox-only: pushing would show its node to
+    /// them).
     pub(super) fn direct_pushes(
         &self,
         state: &GroupState,
         me: &AccountKey,
         envelopes: &[Vec<u8>],
         limit: usize,
+        wanted: impl Fn(&AccountKey) -> bool,
     ) -> Result<Vec<Push>, StoreError> {
         if self.inner.mailbox.mailbox_only || envelopes.is_empty() {
             return Ok(Vec::new());
@@ -139,7 +141,7 @@ impl Service {
         rand::seq::SliceRandom::shuffle(keys.as_mut_slice(), &mut rand::thread_rng());
         let mut out = Vec::new();
         for key in keys {
-            if key == me || out.len() >= limit {
+            if key == me || out.len() >= limit || !wanted(key) {
                 continue;
             }
             let Some(contact) = self.inner.store.contact(key)? else {
@@ -187,7 +189,7 @@ impl Service {
             }
             for (hash, secret) in record.secrets.iter().rev().take(2) {
                 if proto::open_payload(&GroupSecret::from_bytes(*secret), bytes).is_ok() {
-                    return Some(self.receive_group(record.id, *hash, bytes).await);
+                    return Some(self.receive_group(record.id, *hash, bytes, true).await);
                 }
             }
         }

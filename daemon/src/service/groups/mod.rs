@@ -44,6 +44,11 @@ pub const MAX_STRANGER_INVITATIONS: usize = 16;
 /// Members a member passes a group envelope it took on to, at most (its contacts among the
 /// members, drawn at random): a message spreads along contacts.
 pub const MAX_FORWARD: usize = 8;
+/// Members expected to pass on an envelope they fetched from the dead drop (each does with
+/// probability this over the group's size): every member fetches the same envelope, so
+/// that passing each on from all of them would cost a group of N members N times
+/// [`MAX_FORWARD`] pushes. Pushed envelopes are always passed on.
+pub const FETCHED_PASS_ON: usize = 16;
 /// Group envelopes waiting for the group dead drop at most; sending refuses beyond.
 pub const MAX_GROUP_OUTBOX: usize = 10_000;
 
@@ -466,7 +471,13 @@ impl Service {
         me: &AccountKey,
         guard: G,
     ) -> Result<(), GroupError> {
-        let pushes = self.direct_pushes(state, me, &staged_envelopes(&batch), MAX_DIRECT_PUSH)?;
+        let pushes = self.direct_pushes(
+            state,
+            me,
+            &staged_envelopes(&batch),
+            MAX_DIRECT_PUSH,
+            |_| true,
+        )?;
         self.commit_group(batch, staged).await?;
         drop(guard);
         self.push_directly(pushes);

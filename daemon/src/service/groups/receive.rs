@@ -4,9 +4,16 @@
 use super::*;
 
 impl Service {
-    /// A group envelope fetched from the dead drop of `group`'s secret `hash`.
-    pub async fn receive_group(&self, group: GroupId, hash: [u8; 32], bytes: &[u8]) -> GroupTaken {
-        match self.try_receive_group(group, hash, bytes).await {
+    /// A group envelope under `group`'s secret `hash`, fetched from its dead drop or
+    /// `pushed` by a member's node.
+    pub async fn receive_group(
+        &self,
+        group: GroupId,
+        hash: [u8; 32],
+        bytes: &[u8],
+        pushed: bool,
+    ) -> GroupTaken {
+        match self.try_receive_group(group, hash, bytes, pushed).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!("group envelope refused: {e}");
@@ -20,6 +27,7 @@ impl Service {
         group: GroupId,
         hash: [u8; 32],
         bytes: &[u8],
+        pushed: bool,
     ) -> Result<GroupTaken, GroupError> {
         let store = &self.inner.store;
         let digest = envelope::digest(bytes);
@@ -57,6 +65,8 @@ impl Service {
             }
         };
         let mut log = log_of(&record);
+        // A sender-key bundle is passed on only to members it holds a box for.
+        let mut boxes_for: Option<Vec<[u8; 8]>> = None;
         // Whether it was taken, and the state it leaves (replayed once: a sender key or a
         // message leaves the log as it was).
         let (taken, state) = match payload {
@@ -87,6 +97,7 @@ impl Service {
             // removed member's).
             // A sender key only for the secret it came under, one that applied.
             Payload::SenderKeys(bundle) => {
+                boxes_for = Some(bundle.boxes.iter().map(|(t, _)| *t).collect());
                 let state = log.state();
                 let taken = match &state {
                     Some(s) => self.take_sender_keys(
@@ -125,11 +136,21 @@ impl Service {
             record.dropped += 1;
         }
         // Passed on to a few members who are this node's contacts, so that a message spreads
-        // along contacts within seconds instead of waiting for each member's next fetch.
+        // along contacts within seconds instead of waiting for each member's next fetch; one
+        // fetched from the dead drop by a few members only, at random.
         let me = account.identity.public();
         let forward = match (taken, state) {
-            (true, Some(state)) if state.is_member(&me) => {
-                self.direct_pushes(&state, &me, &[bytes.to_vec()], MAX_FORWARD)?
+            (true, Some(state))
+                if state.is_member(&me)
+                    && (pushed
+                        || rand::random::<f64>()
+                            < FETCHED_PASS_ON as f64 / state.members.len().max(1) as f64) =>
+            {
+                self.direct_pushes(&state, &me, &[bytes.to_vec()], MAX_FORWARD, |k| {
+                    boxes_for
+                        .as_ref()
+                        .is_none_or(|tags| tags.contains(&proto::tag(k)))
+                })?
             }
             _ => Vec::new(),
         };
