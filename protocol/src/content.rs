@@ -58,8 +58,10 @@ pub enum Body {
     GroupInvite(GroupInvite),
 }
 
-/// The bytes of changes one invitation part carries at most (a part fits one message).
-pub const MAX_INVITE_PART_BYTES: usize = 24 * 1024;
+/// The bytes of changes one invitation part carries at most: a part fits one message, and
+/// one of [`crate::group::MAX_ADDED`] members with short names stays in the 16 KiB envelope
+/// bucket (a part of 24 KiB took the 64 KiB one).
+pub const MAX_INVITE_PART_BYTES: usize = 12 * 1024;
 
 /// One part of an invitation to a group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,8 +62,9 @@ pub const MAX_DESCRIPTION_BYTES: usize = 1_024;
 pub const MAX_MEMBER_NAME_BYTES: usize = 64;
 /// Parents a change names at most (the newest heads of its author's log).
 pub const MAX_PARENTS: usize = 16;
-/// Members added by one change at most (so that a change fits one invitation part).
-pub const MAX_ADDED: usize = 128;
+/// Members added by one change at most (so that a change fits one invitation part: 64
+/// members of up to 200 bytes each, 12.8 KB).
+pub const MAX_ADDED: usize = 64;
 /// The largest encoded change (a rekey for [`MAX_MEMBERS`] members fits).
 pub const MAX_CHANGE_BYTES: usize = 60 * 1024;
 /// The largest payload of one group envelope.
@@ -330,7 +331,7 @@ impl Change {
                     || !members.iter().all(member_ok) =>
             {
                 return Err(GroupError::Invalid(
-                    "an add names 1 to 128 members with names of at most 64 bytes",
+                    "an add names 1 to 64 members with names of at most 64 bytes",
                 ));
             }
             Op::Rename(name) if name.is_empty() || name.len() > MAX_NAME_BYTES => {
