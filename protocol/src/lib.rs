@@ -30,6 +30,7 @@
 //! assert_eq!(got.as_text(), Some("hi Bob"));
 //! ```
 
+pub mod blob;
 pub mod card;
 pub mod chat;
 pub mod codec;
