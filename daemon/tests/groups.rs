@@ -585,3 +585,30 @@ fn alice_address(d: &Daemon) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A group whose log no longer fits one invitation part (many changes): a member added
+/// then gets the log in several parts and joins when the last is in.
+#[test]
+fn a_member_added_to_a_long_log_joins_from_an_invitation_in_parts() {
+    let net = Net::new();
+    net.alice.call(
+        "group.create",
+        json!({ "name": "long", "members": ["bob"] }),
+    );
+    wait_status(&net.bob, "long", "joined");
+    // Each description is a change of ~1 KB: 30 of them take the log past one part (12 KiB).
+    let description = "d".repeat(900);
+    for i in 0..30 {
+        net.alice.call(
+            "group.describe",
+            json!({ "group": "long", "text": format!("{i} {description}") }),
+        );
+    }
+    net.alice.call(
+        "group.add",
+        json!({ "group": "long", "members": ["carol"] }),
+    );
+    let info = wait_status(&net.carol, "long", "joined");
+    assert_eq!(info["member_count"], 3);
+    assert!(info["description"].as_str().unwrap().starts_with("29 "));
+}

@@ -89,7 +89,15 @@ impl Service {
         batch: &mut Batch,
     ) -> Result<Staged, MessageError> {
         let card = Card::from_bytes(&contact.card)?;
-        let mut pairwise = self.load_pairwise(key)?;
+        let mut pairwise = match batch.staged_sessions(key) {
+            Some(p) => Pairwise::from_pickle(&p, &self.inner.pickle_key).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "sessions",
+                    detail: e.to_string(),
+                }
+            })?,
+            None => self.load_pairwise(key)?,
+        };
         // The card rides along only on pre-key messages: sign a fresh one only then.
         let own = if pairwise.next_is_pre_key() {
             Some(self.own_card(account).await?)

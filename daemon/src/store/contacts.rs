@@ -113,6 +113,18 @@ impl Batch {
         self.put(Tree::Sessions, key.0, &pickle)
     }
 
+    /// The sessions with `key` this batch puts (the last put), if it does: a second
+    /// message staged for the same contact in one batch must encrypt with them, not with
+    /// the stored ones, or it reuses the first one's message key.
+    pub fn staged_sessions(&self, key: &AccountKey) -> Option<Vec<String>> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(tree, k, _)| *tree == Tree::Sessions && k.as_slice() == key.0)
+            .and_then(|(_, _, v)| v.as_deref())
+            .and_then(|v| sotto_protocol::codec::decode(v).ok())
+    }
+
     pub fn block(&mut self, key: &AccountKey, now_ms: u64) {
         self.put_raw(Tree::Blocked, key.0, now_ms.to_be_bytes());
     }
