@@ -210,6 +210,9 @@ impl Service {
         for (hash, s) in &opened {
             if state.rekeys.contains(hash) {
                 Self::push_secret(record, *hash, s);
+                // The new secret's dead drop may already hold the next change (an admin
+                // adding in several changes): fetch it now, not a fetch interval later.
+                self.inner.fetch_wake.notify_one();
             }
         }
         if !state.is_member(&me) && record.status == GroupStatus::Joined {
@@ -677,6 +680,10 @@ impl Service {
                 GroupStatus::Invited { by: *from }
             };
             record.joined_ms = unix_ms();
+            if join {
+                // Changes made since the invitation wait at the group's dead drop.
+                self.inner.fetch_wake.notify_one();
+            }
         }
         log.strip_rekeys(state.key_change);
         record.changes = log.changes().cloned().collect();
