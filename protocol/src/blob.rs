@@ -87,6 +87,12 @@ pub struct Sealed {
     pub bytes: Vec<u8>,
 }
 
+/// The name of a sealed chunk: the SHA-256 of its bytes (what a holder checks a chunk it is
+/// given against, without the key).
+pub fn address(sealed: &[u8]) -> [u8; 32] {
+    Sha256::digest(sealed).into()
+}
+
 fn chunks_for(size: u64) -> Result<u32, BlobError> {
     if size > MAX_BLOB_BYTES {
         return Err(BlobError::TooLarge {
@@ -141,7 +147,7 @@ fn seal(key: &[u8; 32], size: u64, position: u32, data: &[u8]) -> Result<Sealed,
         )
         .map_err(|_| BlobError::Malformed("a chunk does not seal"))?;
     Ok(Sealed {
-        address: Sha256::digest(&bytes).into(),
+        address: address(&bytes),
         bytes,
     })
 }
