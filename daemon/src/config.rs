@@ -42,6 +42,9 @@ pub struct Keys {
     /// secret a member who left still holds (the first rekeys at once; see
     /// `sotto_protocol::group::State::rekey_rank`).
     pub group_rekey_grace_ms: u64,
+    /// The largest sender-key bundle left at a group's own dead drop; a larger one is split
+    /// among the key dead drops (`sotto_protocol::group::SenderKeys::placed`).
+    pub group_shared_bundle_bytes: usize,
 }
 
 /// The default fallback-key rotation period: 30 days.
@@ -54,6 +57,7 @@ impl Default for Keys {
         Keys {
             fallback_rotation_ms: DEFAULT_FALLBACK_ROTATION_MS,
             group_rekey_grace_ms: DEFAULT_GROUP_REKEY_GRACE_MS,
+            group_shared_bundle_bytes: sotto_protocol::group::MAX_SHARED_BUNDLE_BYTES,
         }
     }
 }
@@ -145,6 +149,7 @@ pub struct File {
     pub max_connections_per_ip: Option<u32>,
     pub fallback_rotation_secs: Option<u64>,
     pub group_rekey_grace_secs: Option<u64>,
+    pub group_shared_bundle_bytes: Option<u32>,
 }
 
 /// Why the configuration could not be read.

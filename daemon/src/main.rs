@@ -116,6 +116,12 @@ struct Args {
     /// [default: 600]
     #[arg(long, env = "SOTTO_GROUP_REKEY_GRACE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     group_rekey_grace_secs: Option<u64>,
+    /// The largest sender-key bundle (in bytes) this node leaves at a group's own dead
+    /// drop, where every member fetches it; a larger one is split among the group's 16 key
+    /// dead drops, each fetched only by the members it has keys for; 0 always splits
+    /// [default: 8192]
+    #[arg(long, env = "SOTTO_GROUP_SHARED_BUNDLE_BYTES", value_parser = clap::value_parser!(u32).range(0..=65_535))]
+    group_shared_bundle_bytes: Option<u32>,
 }
 
 impl Args {
@@ -134,6 +140,15 @@ impl Args {
         }
         if let Some(s) = self.group_rekey_grace_secs.or(file.group_rekey_grace_secs) {
             keys.group_rekey_grace_ms = config::positive_secs("group_rekey_grace_secs", s)?;
+        }
+        if let Some(b) = self
+            .group_shared_bundle_bytes
+            .or(file.group_shared_bundle_bytes)
+        {
+            if b > 65_535 {
+                anyhow::bail!("group_shared_bundle_bytes is at most 65535 (got {b})");
+            }
+            keys.group_shared_bundle_bytes = b as usize;
         }
         let data_dir = self
             .data_dir

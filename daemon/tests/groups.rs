@@ -337,6 +337,32 @@ fn a_member_away_gets_messages_and_a_change_after_the_sender_left_too() {
     assert_eq!(texts(&net.bob, "trip"), ["first", "one", "two", "three"]);
 }
 
+/// With every sender-key bundle split among the key dead drops (`--group-shared-bundle-bytes
+/// 0`, as a large group's are), a member who was away when the sender's first message went
+/// out finds the message at the group's dead drop, its key at its own key dead drop (which
+/// it looks in once a message waits for a key), and reads it, with the sender gone by then.
+#[test]
+fn a_member_away_reads_a_message_whose_key_waits_at_its_key_drop() {
+    let mut net = Net::with(&["--group-shared-bundle-bytes", "0"], false);
+    make_group(&net, "split");
+    net.bob.stop();
+    net.alice.send("split", "the key went to the key drops");
+    wait_group_text(
+        &net.carol,
+        "split",
+        "alice",
+        "the key went to the key drops",
+    );
+    wait_until(
+        Duration::from_secs(90),
+        "alice's group outbox empty",
+        || (group_outbox(&net.alice) == 0).then_some(()),
+    );
+    net.alice.stop();
+    net.bob.restart();
+    wait_group_text(&net.bob, "split", "alice", "the key went to the key drops");
+}
+
 #[test]
 fn two_admins_changing_the_group_at_once_end_in_the_same_state_everywhere() {
     let net = Net::new();

@@ -73,6 +73,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 62 * 1024;
 pub const SESSION_MESSAGES: u32 = 100;
 /// The longest a sender uses one Megolm session.
 pub const SESSION_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// The key dead drops of a group secret: a sender key too large for one small envelope is
+/// left in bundles, one per key dead drop, each for the members whose bucket it is
+/// ([`GroupSecret::key_bucket`]), so that a member fetches its own bundle, not everyone's.
+pub const KEY_BUCKETS: u8 = 16;
+/// The largest sender-key bundle left at the group's dead drop itself (where every member
+/// fetches it); a larger one is split among the key dead drops.
+pub const MAX_SHARED_BUNDLE_BYTES: usize = 8 * 1024;
+
 /// Bytes of a sealed secret for one member: the secret and the AEAD tag.
 const BOX_BYTES: usize = 32 + 16;
 
@@ -82,6 +90,8 @@ const MEMBER_KEYS_DOMAIN: &[u8] = b"sotto/group/member-keys/v1";
 const ID_DOMAIN: &[u8] = b"sotto/group/id/v1";
 const REKEY_INFO: &[u8] = b"sotto/group/rekey/v1";
 const DROP_INFO: &[u8] = b"sotto/group/drop/v1";
+const KEY_DROP_INFO: &[u8] = b"sotto/group/key-drop/v1";
+const KEY_BUCKET_INFO: &[u8] = b"sotto/group/key-bucket/v1";
 const ENVELOPE_INFO: &[u8] = b"sotto/group/envelope/v1";
 const HINT_INFO: &[u8] = b"sotto/group/hint/v1";
 /// Bytes of a group envelope's hint ([`hint`]).

@@ -85,12 +85,13 @@ impl Client {
             .max(current.saturating_sub(MAX_EPOCHS_BACK))
             .min(current.saturating_sub(1));
         let mut keys = Vec::new();
-        if let Some(account) = service.account_lock().lock().await.as_ref() {
+        let me = if let Some(account) = service.account_lock().lock().await.as_ref() {
             let intro = DropKey::from_seed(&account.intro.seed());
             keys.push((intro.intro_address(), intro, Kind::Intro));
+            account.identity.public()
         } else {
             return Ok(keys);
-        }
+        };
         for (_, c) in service.store().contacts()? {
             if !c.presence_sent {
                 continue;
@@ -101,7 +102,7 @@ impl Client {
                 (key.address(), key, Kind::Pairwise)
             }));
         }
-        for (group, hash, secret) in service.group_drops()? {
+        for (group, hash, secret) in service.group_drops(&me)? {
             keys.extend((current.saturating_sub(1)..=current).map(|e| {
                 let key = secret.drop_key(e);
                 (key.address(), key, Kind::Group(group, hash))

@@ -34,6 +34,23 @@ impl GroupSecret {
         deaddrop::Secret::from_bytes(*self.derive(DROP_INFO))
     }
 
+    /// The bucket of `member` among the key dead drops of this secret (0 to
+    /// [`KEY_BUCKETS`] − 1): keyed by the secret, so that only members can tell whose it is,
+    /// and drawn anew with each secret.
+    pub fn key_bucket(&self, member: &AccountKey) -> u8 {
+        let mut info = Vec::with_capacity(KEY_BUCKET_INFO.len() + member.0.len());
+        info.extend_from_slice(KEY_BUCKET_INFO);
+        info.extend_from_slice(&member.0);
+        self.derive(&info)[0] % KEY_BUCKETS
+    }
+
+    /// The secret of the key dead drops of `bucket` under this group secret.
+    pub fn key_drop_secret(&self, bucket: u8) -> deaddrop::Secret {
+        let mut info = KEY_DROP_INFO.to_vec();
+        info.push(bucket % KEY_BUCKETS);
+        deaddrop::Secret::from_bytes(*self.derive(&info))
+    }
+
     /// Seal this secret to each of `members` (account, seal key).
     pub fn rekey(
         &self,

@@ -141,6 +141,47 @@ impl SenderKeys {
         out
     }
 
+    /// Where the bundles of a sender key go (docs/protocol.md §14.4): all at the group's
+    /// dead drop (`None`) when they fit one bundle of at most `shared_bytes`, which every
+    /// member fetches; otherwise one bundle (or more) per key dead drop (`Some(bucket)`),
+    /// each with the boxes of the members in that bucket under `secret`, which only they
+    /// fetch.
+    pub fn placed(
+        secret: &GroupSecret,
+        group: GroupId,
+        member: AccountKey,
+        sealed: Vec<u8>,
+        boxes: Vec<(AccountKey, Ciphertext)>,
+        shared_bytes: usize,
+    ) -> Vec<(Option<u8>, SenderKeys)> {
+        let bytes = sealed.len()
+            + boxes
+                .iter()
+                .map(|(_, c)| 8 + 16 + c.body.len())
+                .sum::<usize>();
+        if bytes <= shared_bytes {
+            return Self::bundles(group, member, sealed, boxes)
+                .into_iter()
+                .map(|b| (None, b))
+                .collect();
+        }
+        let mut buckets: BTreeMap<u8, Vec<(AccountKey, Ciphertext)>> = BTreeMap::new();
+        for (k, c) in boxes {
+            buckets
+                .entry(secret.key_bucket(&k))
+                .or_default()
+                .push((k, c));
+        }
+        buckets
+            .into_iter()
+            .flat_map(|(bucket, boxes)| {
+                Self::bundles(group, member, sealed.clone(), boxes)
+                    .into_iter()
+                    .map(move |b| (Some(bucket), b))
+            })
+            .collect()
+    }
+
     /// The Olm messages that name `me` (normally one; a clash of 8-byte prefixes, more).
     pub fn boxes_for<'a>(&'a self, me: &AccountKey) -> impl Iterator<Item = &'a Ciphertext> {
         let t = tag(me);

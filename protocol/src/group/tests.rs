@@ -772,6 +772,98 @@ fn sender_keys_for_a_full_group_fit_few_envelopes() {
     }
 }
 
+/// A sender key for many members is split among the key dead drops: each member's box is
+/// in the bundle of its bucket under the secret and in no other, so that a member fetches
+/// one small envelope, not every member's box; a small group's stays one bundle at the
+/// group's dead drop.
+#[test]
+fn a_large_sender_key_is_split_among_the_key_drops_by_bucket() {
+    let alice = User::new("alice", 1);
+    let group = GroupId([1; 16]);
+    let mut rng = rng();
+    let secret = GroupSecret::generate(&mut rng);
+    let key = SenderKey::new(&alice.id, group, [5; 32], &new_session());
+    let (bundle_key, sealed) = SenderKeys::seal(&key, &mut rng).unwrap();
+    let boxes_for = |n: usize, rng: &mut StdRng| -> Vec<(AccountKey, crate::session::Ciphertext)> {
+        (0..n)
+            .map(|_| {
+                let other = Device::new();
+                let ct = Pairwise::new()
+                    .encrypt(
+                        &alice.device,
+                        &other.session_key(),
+                        &other.fallback_key(),
+                        bundle_key.as_ref(),
+                    )
+                    .unwrap();
+                (Identity::generate(rng).public(), ct)
+            })
+            .collect()
+    };
+    let small = boxes_for(7, &mut rng);
+    let placed = SenderKeys::placed(
+        &secret,
+        group,
+        alice.key(),
+        sealed.clone(),
+        small,
+        MAX_SHARED_BUNDLE_BYTES,
+    );
+    assert_eq!(placed.len(), 1);
+    assert_eq!(
+        placed[0].0, None,
+        "a small group's bundle stays at the group's drop"
+    );
+
+    let boxes = boxes_for(255, &mut rng);
+    let members: Vec<AccountKey> = boxes.iter().map(|(k, _)| *k).collect();
+    let placed = SenderKeys::placed(
+        &secret,
+        group,
+        alice.key(),
+        sealed,
+        boxes,
+        MAX_SHARED_BUNDLE_BYTES,
+    );
+    assert!(placed
+        .iter()
+        .all(|(b, _)| b.is_some_and(|b| b < KEY_BUCKETS)));
+    assert!(placed.len() > 8, "{} bundles", placed.len());
+    for m in &members {
+        let bucket = secret.key_bucket(m);
+        let holding: Vec<Option<u8>> = placed
+            .iter()
+            .filter(|(_, b)| b.boxes_for(m).next().is_some())
+            .map(|(at, _)| *at)
+            .collect();
+        assert_eq!(
+            holding,
+            [Some(bucket)],
+            "one box, in its own bucket's bundle"
+        );
+    }
+    for (_, b) in &placed {
+        b.check().unwrap();
+        let env = seal_payload(&secret, &Payload::SenderKeys(b.clone()), &mut rng).unwrap();
+        assert!(
+            env.len() <= 16 * 1024,
+            "a bundle of 255 members' takes {}",
+            env.len()
+        );
+        assert_eq!(b.open(bundle_key.as_ref()).unwrap(), key);
+    }
+    // Buckets are drawn anew with each secret, and their drops differ from the group's.
+    let next = GroupSecret::generate(&mut rng);
+    assert!(members
+        .iter()
+        .any(|m| secret.key_bucket(m) != next.key_bucket(m)));
+    let drops: BTreeSet<[u8; 32]> = (0..KEY_BUCKETS)
+        .map(|b| *secret.key_drop_secret(b).bytes())
+        .chain([*secret.drop_secret().bytes()])
+        .collect();
+    assert_eq!(drops.len(), usize::from(KEY_BUCKETS) + 1);
+}
+
 /// Random changes by two admins and a member, some of which the replay must skip: each
 /// made after the base log's heads and a random choice of the earlier ones (so that many
 /// are concurrent, and some backdated: an old lamport after old parents).

@@ -35,7 +35,8 @@ impl Service {
 
     /// Share `key` with every other member of `state`: one Olm message each over the
     /// pairwise session with that member (started now if there is none), in bundles left at
-    /// the group's dead drop under `secret`. A member whose keys do not start a session is
+    /// the group's dead drop under `secret`, or, too large for one small bundle, split among
+    /// its key dead drops by the members' buckets. A member whose keys do not start a session is
     /// skipped (and says so in the log). Returns how many members it was shared with.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn stage_sender_key(
@@ -78,12 +79,25 @@ impl Service {
             }
         }
         let shared = boxes.len();
-        for bundle in SenderKeys::bundles(record.id, me, sealed, boxes) {
-            self.stage_group_deposit(
+        let placed = SenderKeys::placed(
+            secret,
+            record.id,
+            me,
+            sealed,
+            boxes,
+            self.inner.keys.group_shared_bundle_bytes,
+        );
+        for (bucket, bundle) in placed {
+            let drop = match bucket {
+                None => secret.drop_secret(),
+                Some(b) => secret.key_drop_secret(b),
+            };
+            self.stage_group_deposit_at(
                 batch,
                 staged,
                 record.id,
                 secret,
+                &drop,
                 &Payload::SenderKeys(bundle),
                 None,
             )?;
@@ -220,7 +234,7 @@ impl Service {
                     &me,
                     &[envelope],
                     MAX_DIRECT_PUSH,
-                    |_| true,
+                    |_, _| true,
                 )?);
             }
             announced += 1;

@@ -123,16 +123,16 @@ impl Service {
     }
 
     /// Where to push group envelopes directly, besides the dead drop: to at most `limit`
-    /// members for whom `wanted` holds, drawn at random, who are contacts whose node this
-    /// node knows (none when this node is mailbox-only: pushing would show its node to
-    /// them).
+    /// members, drawn at random, who are contacts whose node this node knows, each the
+    /// envelopes (by index) `wanted` says are for it, if any (none when this node is
+    /// mailbox-only: pushing would show its node to them).
     pub(super) fn direct_pushes(
         &self,
         state: &GroupState,
         me: &AccountKey,
         envelopes: &[Vec<u8>],
         limit: usize,
-        wanted: impl Fn(&AccountKey) -> bool,
+        wanted: impl Fn(&AccountKey, usize) -> bool,
     ) -> Result<Vec<Push>, StoreError> {
         if self.inner.mailbox.mailbox_only || envelopes.is_empty() {
             return Ok(Vec::new());
@@ -141,7 +141,14 @@ impl Service {
         rand::seq::SliceRandom::shuffle(keys.as_mut_slice(), &mut rand::thread_rng());
         let mut out = Vec::new();
         for key in keys {
-            if key == me || out.len() >= limit || !wanted(key) {
+            if key == me || out.len() >= limit {
+                continue;
+            }
+            let mine: Vec<Vec<u8>> = (0..envelopes.len())
+                .filter(|i| wanted(key, *i))
+                .map(|i| envelopes[i].clone())
+                .collect();
+            if mine.is_empty() {
                 continue;
             }
             let Some(contact) = self.inner.store.contact(key)? else {
@@ -151,7 +158,7 @@ impl Service {
                 continue;
             }
             if let Some((peer, addrs)) = contact.node() {
-                out.push((peer, addrs, envelopes.to_vec()));
+                out.push((peer, addrs, mine));
             }
         }
         Ok(out)
@@ -263,9 +270,11 @@ impl Service {
     }
 
     /// The group dead drops to fetch: for each joined group, the drop secret of each secret
-    /// held, with the group and the hash of the change that made the secret.
+    /// held, with the group and the hash of the change that made the secret; and, while a
+    /// message waits for its sender's key, the key dead drop of `me`'s bucket under each.
     pub fn group_drops(
         &self,
+        me: &AccountKey,
     ) -> Result<Vec<(GroupId, [u8; 32], sotto_protocol::deaddrop::Secret)>, StoreError> {
         let mut out = Vec::new();
         for record in self.inner.store.groups()? {
@@ -275,11 +284,15 @@ impl Service {
             // The newest two: the current secret and the one before (messages sent under it
             // while its change travelled).
             for (hash, secret) in record.secrets.iter().rev().take(2) {
-                out.push((
-                    record.id,
-                    *hash,
-                    GroupSecret::from_bytes(*secret).drop_secret(),
-                ));
+                let secret = GroupSecret::from_bytes(*secret);
+                out.push((record.id, *hash, secret.drop_secret()));
+                if !record.pending.is_empty() {
+                    out.push((
+                        record.id,
+                        *hash,
+                        secret.key_drop_secret(secret.key_bucket(me)),
+                    ));
+                }
             }
         }
         Ok(out)

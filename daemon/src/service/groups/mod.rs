@@ -14,6 +14,8 @@ mod manage;
 mod messages;
 mod receive;
 
+use std::collections::HashMap;
+
 use rand::rngs::OsRng;
 use serde::Serialize;
 use serde_json::Value;
@@ -173,6 +175,9 @@ struct Staged {
     queued: Vec<Seq>,
     events: Vec<(&'static str, &'static str, Value)>,
     deposits: usize,
+    /// The staged sender-key bundles (by envelope digest), with the tags of the members
+    /// they hold a box for.
+    bundles: HashMap<[u8; 32], Vec<[u8; 8]>>,
 }
 
 fn status_name(s: GroupStatus) -> &'static str {
@@ -396,7 +401,8 @@ impl Service {
         record.secrets.drain(..over);
     }
 
-    /// Seal `payload` under `secret` and put it in the group outbox.
+    /// Seal `payload` under `secret` and put it in the group outbox, for the group's dead
+    /// drop.
     fn stage_group_deposit(
         &self,
         batch: &mut Batch,
@@ -406,12 +412,35 @@ impl Service {
         payload: &Payload,
         message: Option<(Seq, MessageId)>,
     ) -> Result<(), GroupError> {
+        let drop = secret.drop_secret();
+        self.stage_group_deposit_at(batch, staged, group, secret, &drop, payload, message)
+    }
+
+    /// Seal `payload` under `secret` and put it in the group outbox, for the dead drop of
+    /// `drop` (the group's, or one of its key dead drops).
+    #[allow(clippy::too_many_arguments)]
+    fn stage_group_deposit_at(
+        &self,
+        batch: &mut Batch,
+        staged: &mut Staged,
+        group: GroupId,
+        secret: &GroupSecret,
+        drop: &sotto_protocol::deaddrop::Secret,
+        payload: &Payload,
+        message: Option<(Seq, MessageId)>,
+    ) -> Result<(), GroupError> {
         if self.inner.store.group_outbox_len() + staged.deposits >= MAX_GROUP_OUTBOX {
             return Err(GroupError::OutboxFull {
                 limit: MAX_GROUP_OUTBOX,
             });
         }
         let envelope = proto::seal_payload(secret, payload, &mut OsRng)?;
+        if let Payload::SenderKeys(bundle) = payload {
+            staged.bundles.insert(
+                envelope::digest(&envelope),
+                bundle.boxes.iter().map(|(t, _)| *t).collect(),
+            );
+        }
         let seq = match message {
             Some((seq, _)) => seq,
             None => self.inner.store.next_seq()?,
@@ -421,7 +450,7 @@ impl Service {
             seq,
             group,
             message: message.map(|(_, id)| id),
-            drop_secret: *secret.drop_secret().bytes(),
+            drop_secret: *drop.bytes(),
             envelope,
             hosts: Vec::new(),
             failures: 0,
@@ -471,13 +500,15 @@ impl Service {
         me: &AccountKey,
         guard: G,
     ) -> Result<(), GroupError> {
-        let pushes = self.direct_pushes(
-            state,
-            me,
-            &staged_envelopes(&batch),
-            MAX_DIRECT_PUSH,
-            |_| true,
-        )?;
+        // A sender-key bundle only to the members it holds a box for.
+        let envelopes = staged_envelopes(&batch);
+        let for_whom: Vec<Option<&Vec<[u8; 8]>>> = envelopes
+            .iter()
+            .map(|e| staged.bundles.get(&envelope::digest(e)))
+            .collect();
+        let pushes = self.direct_pushes(state, me, &envelopes, MAX_DIRECT_PUSH, |k, i| {
+            for_whom[i].is_none_or(|tags| tags.contains(&proto::tag(k)))
+        })?;
         self.commit_group(batch, staged).await?;
         drop(guard);
         self.push_directly(pushes);

@@ -146,7 +146,7 @@ impl Service {
                         || rand::random::<f64>()
                             < FETCHED_PASS_ON as f64 / state.members.len().max(1) as f64) =>
             {
-                self.direct_pushes(&state, &me, &[bytes.to_vec()], MAX_FORWARD, |k| {
+                self.direct_pushes(&state, &me, &[bytes.to_vec()], MAX_FORWARD, |k, _| {
                     boxes_for
                         .as_ref()
                         .is_none_or(|tags| tags.contains(&proto::tag(k)))
@@ -493,6 +493,11 @@ impl Service {
         }
         if record.pending.len() >= store::groups::MAX_PENDING {
             record.pending.remove(0);
+        }
+        if record.pending.is_empty() {
+            // Its key may wait at this node's key dead drop, which fetch rounds look in
+            // only while a message waits: now, not a fetch interval later.
+            self.inner.fetch_wake.notify_one();
         }
         record.pending.push(sent);
         Ok(true)
