@@ -9,10 +9,12 @@
 //! member over a pairwise Olm session (`keys`). Everything a group operation changes is written in one transaction
 //! under the account lock, with the invitations it sends.
 
+mod invite;
 mod keys;
 mod manage;
 mod messages;
 mod receive;
+mod rekey;
 
 use std::collections::HashMap;
 
