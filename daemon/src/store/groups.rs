@@ -77,7 +77,7 @@ pub const MAX_SESSIONS_PER_MEMBER: usize = 4;
 
 /// A member's Megolm sessions in a group (newest last): id, pickle, and the hash of the
 /// change whose secret the session was announced under; and the newest Olm keys the member
-/// announced in the group, if any (else its member record's count).
+/// announced in the group, if any (else those of its member record).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InboundSessions {
     pub sessions: Vec<(String, String, [u8; 32])>,

@@ -40,7 +40,7 @@ pub use records::{
 use schema::{Tree, TREES};
 
 /// The schema this code writes; a store written by a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The newest events kept for clients that reconnect.
 pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never
@@ -209,6 +209,9 @@ impl Store {
         if found < 2 {
             self.migrate_to_2()?;
         }
+        if found < 4 {
+            self.migrate_to_4()?;
+        }
         meta.insert(schema::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
@@ -230,6 +233,56 @@ impl Store {
             expiry.insert(hosting::expiry_key_raw(h.expires_at, &k), &[])?;
         }
         Ok(())
+    }
+
+    /// Schema 3 → 4: group records in a format older than this code's (changes without
+    /// parents, member records without Olm keys, sessions without announced keys) are
+    /// removed, with their names, sessions and waiting envelopes: the group's other members
+    /// no longer take changes in that format, and a record that does not decode would stop
+    /// every fetch round. Their messages stay in the store. Returns how many groups went.
+    fn migrate_to_4(&self) -> Result<usize, StoreError> {
+        let groups = self.tree(Tree::Groups);
+        let mut gone: Vec<sled::IVec> = Vec::new();
+        for kv in groups.iter() {
+            let (k, v) = kv?;
+            if decode::<GroupRecord>(&v, "group").is_err() {
+                gone.push(k);
+            }
+        }
+        for k in &gone {
+            groups.remove(k)?;
+            for kv in self.tree(Tree::GroupSessions).scan_prefix(k) {
+                self.tree(Tree::GroupSessions).remove(kv?.0)?;
+            }
+        }
+        let names = self.tree(Tree::GroupNames);
+        for kv in names.iter() {
+            let (name, id) = kv?;
+            if gone.iter().any(|g| g == &id) {
+                names.remove(name)?;
+            }
+        }
+        for kv in self.tree(Tree::GroupSessions).iter() {
+            let (k, v) = kv?;
+            if decode::<InboundSessions>(&v, "group sessions").is_err() {
+                self.tree(Tree::GroupSessions).remove(k)?;
+            }
+        }
+        for kv in self.tree(Tree::GroupOutbox).iter() {
+            let (k, v) = kv?;
+            let keep = decode::<GroupOutboxEntry>(&v, "group outbox entry")
+                .is_ok_and(|e| !gone.iter().any(|g| g.as_ref() == e.group.0));
+            if !keep {
+                self.tree(Tree::GroupOutbox).remove(k)?;
+            }
+        }
+        if !gone.is_empty() {
+            tracing::warn!(
+                "{} group(s) in an older format were removed from the store (their members no longer take it); their messages are kept",
+                gone.len()
+            );
+        }
+        Ok(gone.len())
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -484,6 +537,56 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::NewerSchema { found: 99, .. })
         ));
+    }
+
+    /// A store of schema 3 holding a group in an older format (here, bytes that do not
+    /// decode) opens with the group gone, its name, sessions and outbox entries too, and
+    /// the rest kept: reading the groups works again (a fetch round reads them).
+    #[test]
+    fn an_older_group_format_is_removed_when_the_schema_moves_to_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = [3u8; 16];
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .tree(Tree::Groups)
+                .insert(old, &[0xff, 1][..])
+                .unwrap();
+            store
+                .tree(Tree::GroupNames)
+                .insert("trip", &old[..])
+                .unwrap();
+            store
+                .tree(Tree::GroupSessions)
+                .insert(schema::concat(&old, &[9; 32]), &[0xff][..])
+                .unwrap();
+            store
+                .tree(Tree::GroupOutbox)
+                .insert(Seq(4).key(), &[0xff][..])
+                .unwrap();
+            store.tree(Tree::Names).insert("bob", &[2; 32][..]).unwrap();
+            store
+                .tree(Tree::Meta)
+                .insert(schema::META_SCHEMA, &3u32.to_be_bytes())
+                .unwrap();
+            assert!(store.groups().is_err(), "as an older store reads it today");
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.groups().unwrap().is_empty());
+        assert_eq!(store.group_named("trip").unwrap(), None);
+        assert!(store.tree(Tree::GroupSessions).is_empty());
+        assert!(store.group_outbox().unwrap().is_empty());
+        assert!(store.tree(Tree::Names).get("bob").unwrap().is_some());
+        assert_eq!(
+            store
+                .tree(Tree::Meta)
+                .get(schema::META_SCHEMA)
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            &SCHEMA_VERSION.to_be_bytes()
+        );
     }
 
     #[test]
