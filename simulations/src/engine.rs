@@ -8,7 +8,7 @@ use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use libp2p::Multiaddr;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
@@ -132,7 +132,13 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Run> 
     }
     let run = outcome?;
     if !problems.is_empty() {
-        bail!("cleaning up failed: {}", problems.join("; "));
+        // The run's figures are complete by now: a node that is slow to stop on an
+        // overloaded machine must not throw them away (a 28-minute run did).
+        tracing::warn!("cleaning up after the run: {}", problems.join("; "));
+        eprintln!(
+            "sotto-sim: warning: {} node(s) did not stop cleanly after the run; the figures stand",
+            problems.len()
+        );
     }
     Ok(run)
 }
