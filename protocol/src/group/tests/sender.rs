@@ -111,6 +111,30 @@ fn a_sender_key_travels_to_each_member_over_its_own_olm_session() {
     assert!(matches!(forged.verify(), Err(GroupError::BadSignature)));
 }
 
+/// `bundle_key` in a box from `from` to each of `n` new members (each a fresh device and
+/// account), over a new Olm session each.
+fn boxes_for(
+    from: &User,
+    bundle_key: &[u8],
+    n: usize,
+    rng: &mut StdRng,
+) -> Vec<(AccountKey, crate::session::Ciphertext)> {
+    (0..n)
+        .map(|_| {
+            let other = Device::new();
+            let ct = Pairwise::new()
+                .encrypt(
+                    &from.device,
+                    &other.session_key(),
+                    &other.fallback_key(),
+                    bundle_key,
+                )
+                .unwrap();
+            (Identity::generate(rng).public(), ct)
+        })
+        .collect()
+}
+
 #[test]
 fn sender_keys_for_a_full_group_fit_few_envelopes() {
     let alice = User::new("alice", 1);
@@ -119,20 +143,7 @@ fn sender_keys_for_a_full_group_fit_few_envelopes() {
     let secret = GroupSecret::generate(&mut rng);
     let key = SenderKey::new(&alice.id, group, [5; 32], &new_session());
     let (bundle_key, sealed) = SenderKeys::seal(&key, &mut rng).unwrap();
-    let boxes: Vec<(AccountKey, crate::session::Ciphertext)> = (0..MAX_MEMBERS - 1)
-        .map(|_| {
-            let other = Device::new();
-            let ct = Pairwise::new()
-                .encrypt(
-                    &alice.device,
-                    &other.session_key(),
-                    &other.fallback_key(),
-                    bundle_key.as_ref(),
-                )
-                .unwrap();
-            (Identity::generate(&mut rng).public(), ct)
-        })
-        .collect();
+    let boxes = boxes_for(&alice, bundle_key.as_ref(), MAX_MEMBERS - 1, &mut rng);
     let bundles = SenderKeys::bundles(group, alice.key(), sealed, boxes);
     assert!(bundles.len() <= 4, "{} bundles", bundles.len());
     assert_eq!(
@@ -158,23 +169,7 @@ fn a_large_sender_key_is_split_among_the_key_drops_by_bucket() {
     let secret = GroupSecret::generate(&mut rng);
     let key = SenderKey::new(&alice.id, group, [5; 32], &new_session());
     let (bundle_key, sealed) = SenderKeys::seal(&key, &mut rng).unwrap();
-    let boxes_for = |n: usize, rng: &mut StdRng| -> Vec<(AccountKey, crate::session::Ciphertext)> {
-        (0..n)
-            .map(|_| {
-                let other = Device::new();
-                let ct = Pairwise::new()
-                    .encrypt(
-                        &alice.device,
-                        &other.session_key(),
-                        &other.fallback_key(),
-                        bundle_key.as_ref(),
-                    )
-                    .unwrap();
-                (Identity::generate(rng).public(), ct)
-            })
-            .collect()
-    };
-    let small = boxes_for(7, &mut rng);
+    let small = boxes_for(&alice, bundle_key.as_ref(), 7, &mut rng);
     let placed = SenderKeys::placed(
         &secret,
         group,
@@ -189,7 +184,7 @@ fn a_large_sender_key_is_split_among_the_key_drops_by_bucket() {
         "a small group's bundle stays at the group's drop"
     );
 
-    let boxes = boxes_for(255, &mut rng);
+    let boxes = boxes_for(&alice, bundle_key.as_ref(), 255, &mut rng);
     let members: Vec<AccountKey> = boxes.iter().map(|(k, _)| *k).collect();
     let placed = SenderKeys::placed(
         &secret,
