@@ -322,10 +322,14 @@ impl Host {
     /// the expired envelopes (through the store's expiry index), so that its cost and
     /// memory do not grow with what the host holds.
     pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
+        self.collect_garbage_at(unix_ms()).await
+    }
+
+    /// [`Host::collect_garbage`] as of `now` (unix ms): what expired at or before then.
+    async fn collect_garbage_at(&self, now: u64) -> Result<u64, StoreError> {
         let mut expired = 0u64;
         loop {
             let _g = self.lock.lock().await;
-            let now = unix_ms();
             let due = self.store.expired_hosted(now, GC_CHUNK)?;
             if due.is_empty() {
                 return Ok(expired);
@@ -608,13 +612,12 @@ mod tests {
         );
 
         // An envelope that expires is collected, and the books are back at zero.
+        let soon = unix_ms() + 60_000;
         assert_eq!(
-            host.handle_from(&peer(70), deposit(&s, 9, unix_ms() + 100))
-                .await,
+            host.handle_from(&peer(70), deposit(&s, 9, soon)).await,
             Response::Stored
         );
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        assert_eq!(host.collect_garbage().await.unwrap(), 1);
+        assert_eq!(host.collect_garbage_at(soon).await.unwrap(), 1);
         let Response::Envelopes { envelopes, .. } = host.handle_from(&peer(120), fetch(&s)).await
         else {
             panic!()
@@ -737,9 +740,11 @@ mod tests {
     async fn garbage_collection_reads_only_what_expired() {
         let (_dir, host) = host(Policy::default());
         let far = unix_ms() + 3_600_000;
+        let soon = unix_ms() + 600_000;
         let mut n = 0u32;
         // 2,000 that stay (two dead drops of 1,000), 1,100 that expire (over two chunks)
-        // two seconds after they were deposited.
+        // ten minutes on: the collections below are run as of a given time, so that a slow
+        // machine depositing them cannot make any expire early.
         for (secret, count, far) in [
             (Secret::from_bytes([1; 32]), 1_000, true),
             (Secret::from_bytes([2; 32]), 1_000, true),
@@ -750,7 +755,7 @@ mod tests {
         {
             for _ in 0..count {
                 n += 1;
-                let expires_at = far.unwrap_or_else(|| unix_ms() + 2_000);
+                let expires_at = far.unwrap_or(soon);
                 assert_eq!(
                     host.handle_from(&peer(1), numbered(&secret, n, expires_at))
                         .await,
@@ -760,16 +765,15 @@ mod tests {
         }
         let store = &host.store;
         let before = store.records_read();
-        assert_eq!(host.collect_garbage().await.unwrap(), 0);
+        assert_eq!(host.collect_garbage_at(soon - 1).await.unwrap(), 0);
         assert_eq!(
             store.records_read(),
             before,
             "nothing expired: nothing read"
         );
 
-        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
         let before = store.records_read();
-        assert_eq!(host.collect_garbage().await.unwrap(), 1_100);
+        assert_eq!(host.collect_garbage_at(soon).await.unwrap(), 1_100);
         let read = store.records_read() - before;
         // Each expired envelope, and per chunk the usage records, total and counters.
         let chunks = 1_100u64.div_ceil(GC_CHUNK as u64);
