@@ -75,6 +75,40 @@ pub struct Message {
     /// The group's name, for a group message.
     #[serde(default)]
     pub group: Option<String>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+    #[serde(default)]
+    pub edited_at: Option<i64>,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub notice: bool,
+}
+
+/// A reaction to a message.
+#[derive(Debug, Deserialize)]
+pub struct Reaction {
+    pub from: String,
+    pub emoji: String,
+}
+
+/// `chat.read`
+#[derive(Debug, Deserialize)]
+pub struct Read {
+    pub chat: String,
+    pub marked: u64,
+    pub receipt_sent: bool,
+}
+
+/// `chat.disappearing`
+#[derive(Debug, Deserialize)]
+pub struct Timer {
+    pub chat: String,
+    pub seconds: Option<u64>,
 }
 
 /// A Group object (`group.list`, and the result of every `group.*` change).

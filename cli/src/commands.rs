@@ -290,6 +290,97 @@ pub fn send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {
     )
 }
 
+/// `sotto reply NAME MSGID TEXT`
+pub fn reply(ctx: &Context, to: &str, id: &str, text: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "message.send",
+        json!({ "to": to, "text": text, "reply_to": id }),
+        |m: Message| Ok(output::sent(&m)),
+    )
+}
+
+/// `sotto react NAME MSGID EMOJI` (an empty EMOJI takes the reaction back)
+pub fn react(ctx: &Context, chat: &str, id: &str, emoji: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "message.react",
+        json!({ "chat": chat, "id": id, "emoji": emoji }),
+        |m: Message| Ok(output::message(&m)),
+    )
+}
+
+/// `sotto edit NAME MSGID TEXT`
+pub fn edit(ctx: &Context, chat: &str, id: &str, text: &str) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "message.edit",
+        json!({ "chat": chat, "id": id, "text": text }),
+        |m: Message| Ok(output::message(&m)),
+    )
+}
+
+/// `sotto delete NAME MSGID [--for-everyone]`
+pub fn delete(ctx: &Context, chat: &str, id: &str, for_everyone: bool) -> anyhow::Result<()> {
+    ctx.call_and_print(
+        "message.delete",
+        json!({ "chat": chat, "id": id, "for_everyone": for_everyone }),
+        |m: Message| {
+            Ok(if for_everyone {
+                format!("Deleted #{} for everyone.", output::short_id(&m.id))
+            } else {
+                format!("Deleted #{} here.", output::short_id(&m.id))
+            })
+        },
+    )
+}
+
+/// `sotto read NAME`
+pub fn read(ctx: &Context, chat: &str) -> anyhow::Result<()> {
+    ctx.call_and_print("chat.read", json!({ "chat": chat }), |r: api::Read| {
+        Ok(format!(
+            "Marked {} message(s) read in {}{}.",
+            r.marked,
+            output::one_line(&r.chat),
+            if r.receipt_sent {
+                " (read receipt sent)"
+            } else {
+                ""
+            }
+        ))
+    })
+}
+
+/// `sotto disappearing NAME 24h|7d|90d|off`
+pub fn disappearing(ctx: &Context, chat: &str, timer: &str) -> anyhow::Result<()> {
+    let seconds = match timer {
+        "off" => None,
+        "24h" | "1d" => Some(86_400),
+        "7d" => Some(7 * 86_400),
+        "90d" => Some(90 * 86_400),
+        other => {
+            return Err(InvalidInput(format!(
+                "a disappearing timer is 24h, 7d, 90d or off, not {other:?}"
+            ))
+            .into())
+        }
+    };
+    ctx.call_and_print(
+        "chat.disappearing",
+        json!({ "chat": chat, "seconds": seconds }),
+        |t: api::Timer| {
+            Ok(match t.seconds {
+                Some(s) => format!(
+                    "Messages in {} now disappear {} day(s) after they are sent.",
+                    output::one_line(&t.chat),
+                    s / 86_400
+                ),
+                None => format!(
+                    "Messages in {} no longer disappear.",
+                    output::one_line(&t.chat)
+                ),
+            })
+        },
+    )
+}
+
 /// `sotto messages [NAME] [--limit N]`
 pub fn messages(ctx: &Context, contact: Option<&str>, limit: Option<u32>) -> anyhow::Result<()> {
     let mut params = serde_json::Map::new();

@@ -91,6 +91,36 @@ enum Command {
         /// The message; `-` reads it from standard input
         text: String,
     },
+    /// Reply to a message (MSGID: its id from `sotto messages`, or 4+ of its first digits)
+    Reply {
+        /// The contact's or group's name
+        name: String,
+        msgid: String,
+        text: String,
+    },
+    /// React to a message with one emoji; an empty EMOJI ('') takes your reaction back
+    React {
+        name: String,
+        msgid: String,
+        emoji: String,
+    },
+    /// Change the text of a message of yours (within 15 minutes of sending it)
+    Edit {
+        name: String,
+        msgid: String,
+        text: String,
+    },
+    /// Delete a message here, or one of yours for everyone (within 48 hours)
+    Delete {
+        name: String,
+        msgid: String,
+        #[arg(long)]
+        for_everyone: bool,
+    },
+    /// Mark a conversation read (and tell the contact, unless read receipts are off)
+    Read { name: String },
+    /// Make new messages in a conversation disappear for both sides: 24h, 7d, 90d or off
+    Disappearing { name: String, timer: String },
     /// Show messages, oldest first
     Messages {
         /// Only the conversation with this contact (name or address)
@@ -270,6 +300,16 @@ fn main() -> ExitCode {
         Command::Peers(PeersCommand::Bans) => commands::peers_bans(&ctx),
         Command::Peers(PeersCommand::Unban { peer }) => commands::peers_unban(&ctx, &peer),
         Command::Send { name, text } => commands::send(&ctx, &name, &text),
+        Command::Reply { name, msgid, text } => commands::reply(&ctx, &name, &msgid, &text),
+        Command::React { name, msgid, emoji } => commands::react(&ctx, &name, &msgid, &emoji),
+        Command::Edit { name, msgid, text } => commands::edit(&ctx, &name, &msgid, &text),
+        Command::Delete {
+            name,
+            msgid,
+            for_everyone,
+        } => commands::delete(&ctx, &name, &msgid, for_everyone),
+        Command::Read { name } => commands::read(&ctx, &name),
+        Command::Disappearing { name, timer } => commands::disappearing(&ctx, &name, &timer),
         Command::Messages { name, limit } => commands::messages(&ctx, name.as_deref(), limit),
         Command::Watch { since } => commands::watch(&ctx, since),
         Command::Requests(RequestsCommand::List) => commands::requests_list(&ctx),

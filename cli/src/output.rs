@@ -21,7 +21,7 @@ use crate::api::{
 const LABEL: usize = 14;
 
 /// Indent of continuation lines of a multi-line message: the width of a time and two spaces.
-const CONTINUATION: &str = "                  ";
+const CONTINUATION: &str = "                             ";
 
 /// `account.create` / `account.get`, with "Account created." first after `sotto init`.
 pub fn account(account: &Account, created: bool) -> String {
@@ -208,33 +208,72 @@ pub fn messages(messages: &[Message], contact: Option<&str>) -> String {
     messages.iter().map(message).collect::<Vec<_>>().join("\n")
 }
 
-/// One message: `2026-11-29 10:04  me → bob: text  [delivered]` for an outgoing one,
-/// `2026-11-29 10:05  bob: text` for an incoming one, `2026-11-29 10:05  [friends] bob:
-/// text` for one in a group. The time is when it was sent.
+/// A message id as lines show it: its first 8 hex digits (commands take any unique prefix
+/// of 4 or more).
+pub fn short_id(id: &str) -> String {
+    one_line(id.get(..8).unwrap_or(id))
+}
+
+/// One message: `2026-11-29 10:04  #00112233  me → bob: text  [delivered]` for an outgoing
+/// one, `2026-11-29 10:05  #00112233  bob: text` for an incoming one, `… [friends] bob:
+/// text` for one in a group; then what happened to it: `↩ #id` before the text for a reply,
+/// `(edited)`, `(deleted)`, reactions, `⏱` for one that disappears. The time is when it
+/// was sent.
 pub fn message(message: &Message) -> String {
     let when = message
         .sent_at
         .or(message.received_at)
         .map_or_else(|| "?".repeat(16), time);
-    let text = message_text(&message.text);
+    let id = short_id(&message.id);
+    if message.notice {
+        return format!(
+            "{when}  #{id}  -- {} ({})",
+            one_line(&message.text),
+            one_line(&message.from)
+        );
+    }
+    let mut text = match &message.reply_to {
+        Some(to) => format!("↩ #{} ", short_id(to)),
+        None => String::new(),
+    };
+    if message.deleted {
+        text.push_str("(deleted)");
+    } else {
+        text.push_str(&message_text(&message.text));
+    }
+    if message.edited_at.is_some() && !message.deleted {
+        text.push_str(" (edited)");
+    }
+    let mut after = String::new();
+    if !message.reactions.is_empty() {
+        let reactions: Vec<String> = message
+            .reactions
+            .iter()
+            .map(|r| format!("{} {}", one_line(&r.emoji), one_line(&r.from)))
+            .collect();
+        after.push_str(&format!("  {{{}}}", reactions.join(", ")));
+    }
+    if message.expires_at.is_some() {
+        after.push_str("  ⏱");
+    }
     if let Some(group) = &message.group {
         let state = match message.direction {
             Direction::Out => format!("  [{}]", one_line(&message.state)),
             Direction::In => String::new(),
         };
         return format!(
-            "{when}  [{}] {}: {text}{state}",
+            "{when}  #{id}  [{}] {}: {text}{state}{after}",
             one_line(group),
             one_line(&message.from)
         );
     }
     match message.direction {
         Direction::Out => format!(
-            "{when}  me → {}: {text}  [{}]",
+            "{when}  #{id}  me → {}: {text}  [{}]{after}",
             one_line(&message.contact),
             one_line(&message.state)
         ),
-        Direction::In => format!("{when}  {}: {text}", one_line(&message.from)),
+        Direction::In => format!("{when}  #{id}  {}: {text}{after}", one_line(&message.from)),
     }
 }
 
@@ -242,6 +281,8 @@ pub fn message(message: &Message) -> String {
 pub fn event(event: &Event) -> Option<String> {
     match (event.kind.as_str(), &event.message, &event.contact) {
         ("message.received" | "message.delivered", Some(m), _) => Some(message(m)),
+        ("message.updated", Some(m), _) => Some(format!("updated: {}", message(m))),
+        ("message.read", Some(m), _) => Some(format!("read: {}", message(m))),
         ("contact.added", _, Some(c)) if c.request => Some(format!(
             "New message request from {} (fingerprint {}).",
             one_line(&c.name),
@@ -422,6 +463,12 @@ mod tests {
             received_at: None,
             state: state.to_owned(),
             group: None,
+            reply_to: None,
+            reactions: Vec::new(),
+            edited_at: None,
+            deleted: false,
+            expires_at: None,
+            notice: false,
         }
     }
 
@@ -466,11 +513,11 @@ mod tests {
     fn message_lines() {
         assert_eq!(
             message(&msg(Direction::Out, "hi", "delivered")),
-            "2025-11-29 10:04  me → bob: hi  [delivered]"
+            "2025-11-29 10:04  #00112233  me → bob: hi  [delivered]"
         );
         assert_eq!(
             message(&msg(Direction::In, "hello", "received")),
-            "2025-11-29 10:04  bob: hello"
+            "2025-11-29 10:04  #00112233  bob: hello"
         );
     }
 
@@ -483,9 +530,27 @@ mod tests {
         ));
         assert_eq!(
             line,
-            "2025-11-29 10:04  bob: a\\u{1b}[2Jb\\r\\u{202e}c\n                  second"
+            "2025-11-29 10:04  #00112233  bob: a\\u{1b}[2Jb\\r\\u{202e}c\n                             second"
         );
         assert_eq!(one_line("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn what_happened_to_a_message_shows_on_its_line() {
+        let mut m = msg(Direction::In, "hello", "received");
+        m.reply_to = Some("aabbccddeeff00112233445566778899".to_owned());
+        m.edited_at = Some(1);
+        m.reactions = vec![crate::api::Reaction {
+            from: "me".to_owned(),
+            emoji: "👍".to_owned(),
+        }];
+        m.expires_at = Some(2);
+        assert_eq!(
+            message(&m),
+            "2025-11-29 10:04  #00112233  bob: ↩ #aabbccdd hello (edited)  {👍 me}  ⏱"
+        );
+        m.deleted = true;
+        assert!(message(&m).contains("(deleted)") && !message(&m).contains("hello"));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct Mailbox {
     pub policy: sotto_protocol::mailbox::Policy,
     /// Whose invitation to a group joins this node at once (the rest wait for `group join`).
     pub groups_from: GroupsFrom,
+    /// Send read receipts (`chat.read`) and take contacts' (off: neither).
+    pub read_receipts: bool,
 }
 
 /// Whose invitation to a group joins the node at once.
@@ -113,6 +115,7 @@ impl Default for Mailbox {
             private_paths: true,
             policy: sotto_protocol::mailbox::Policy::default(),
             groups_from: GroupsFrom::default(),
+            read_receipts: true,
         }
     }
 }
@@ -136,6 +139,7 @@ pub struct File {
     pub rate_onion: Option<u32>,
     pub stamp_difficulty: Option<u8>,
     pub groups_from: Option<GroupsFrom>,
+    pub read_receipts: Option<bool>,
     pub mailbox_ttl_secs: Option<u64>,
     pub rate_envelope: Option<u32>,
     pub rate_contact_envelope: Option<u32>,

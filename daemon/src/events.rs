@@ -74,7 +74,15 @@ impl Events {
             payload,
         }
         .to_value();
-        batch.put_event(cursor, serde_json::to_vec(&event).unwrap_or_default());
+        // A disappearing message's text is never written to sled (`store::vanishing`): its
+        // events are stored without it, and published live with it.
+        let mut stored = event.clone();
+        if let Some(m) = stored.get_mut(key).and_then(Value::as_object_mut) {
+            if m.get("expires_at").is_some_and(|e| !e.is_null()) && m.contains_key("text") {
+                m.insert("text".into(), Value::String(String::new()));
+            }
+        }
+        batch.put_event(cursor, serde_json::to_vec(&stored).unwrap_or_default());
         Ok(event)
     }
 

@@ -52,6 +52,9 @@ struct Args {
     /// [default: contacts]
     #[arg(long, env = "SOTTO_GROUPS_FROM", value_enum)]
     groups_from: Option<config::GroupsFrom>,
+    /// Send no read receipts, and take none from contacts
+    #[arg(long, env = "SOTTO_NO_READ_RECEIPTS")]
+    no_read_receipts: bool,
     /// Do not relay onion cells of others' private paths (this node still uses paths)
     #[arg(long, env = "SOTTO_NO_RELAY")]
     no_relay: bool,
@@ -203,6 +206,7 @@ impl Args {
         mailbox.publish_address = self.publish_address || file.publish_address.unwrap_or(false);
         mailbox.private_paths = !self.no_private_paths && file.private_paths.unwrap_or(true);
         mailbox.groups_from = self.groups_from.or(file.groups_from).unwrap_or_default();
+        mailbox.read_receipts = !self.no_read_receipts && file.read_receipts.unwrap_or(true);
         Ok(Config {
             data_dir,
             socket,

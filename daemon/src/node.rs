@@ -251,6 +251,9 @@ impl Node {
         tasks.push(tokio::spawn(
             service.clone().run_group_rekeys(shutdown_rx.clone()),
         ));
+        tasks.push(tokio::spawn(
+            service.clone().run_expiry(shutdown_rx.clone()),
+        ));
         tasks.push(tokio::spawn(rpc::serve(
             listener,
             service.clone(),

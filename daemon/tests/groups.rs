@@ -639,3 +639,110 @@ fn a_member_added_to_a_long_log_joins_from_an_invitation_in_parts() {
     assert_eq!(info["member_count"], 3);
     assert!(info["description"].as_str().unwrap().starts_with("29 "));
 }
+
+/// A group message as `d` shows it, in terms that do not depend on whose side it is.
+fn seen_in_group(d: &Daemon, group: &str) -> Vec<Value> {
+    let who = |from: &Value| match from.as_str().unwrap() {
+        "me" => d.name.clone(),
+        other => other.to_owned(),
+    };
+    d.messages(group)
+        .iter()
+        .filter(|m| m["notice"] == false)
+        .map(|m| {
+            let mut reactions: Vec<Value> = m["reactions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| json!([who(&r["from"]), r["emoji"]]))
+                .collect();
+            reactions.sort_by_key(|r| r.to_string());
+            json!({
+                "id": m["id"], "from": who(&m["from"]), "text": m["text"],
+                "reply_to": m["reply_to"], "reactions": reactions,
+                "edited": !m["edited_at"].is_null(), "deleted": m["deleted"],
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn replies_reactions_edits_and_timers_reach_every_member_alike() {
+    let net = Net::new();
+    make_group(&net, "plans");
+    let members = [&net.alice, &net.bob, &net.carol];
+    let plan = net.alice.send("plans", "dinner at 8")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for d in [&net.bob, &net.carol] {
+        wait_group_text(d, "plans", "alice", "dinner at 8");
+    }
+    net.bob.call(
+        "message.send",
+        json!({ "to": "plans", "text": "make it 9", "reply_to": plan }),
+    );
+    net.carol.call(
+        "message.react",
+        json!({ "chat": "plans", "id": plan, "emoji": "👍" }),
+    );
+    net.bob.call(
+        "message.react",
+        json!({ "chat": "plans", "id": plan, "emoji": "😋" }),
+    );
+    net.alice.call(
+        "message.edit",
+        json!({ "chat": "plans", "id": plan, "text": "dinner at 9" }),
+    );
+    // A member cannot edit another's message.
+    let refused = net
+        .carol
+        .try_call(
+            "message.edit",
+            json!({ "chat": "plans", "id": plan, "text": "dinner at 10" }),
+        )
+        .unwrap_err();
+    assert_eq!(refused["code"], -32602);
+    wait_until(Duration::from_secs(90), "every member alike", || {
+        let views: Vec<Vec<Value>> = members.iter().map(|d| seen_in_group(d, "plans")).collect();
+        let first = &views[0];
+        let done = first.len() == 2
+            && first[0]["text"] == "dinner at 9"
+            && first[0]["reactions"].as_array().unwrap().len() == 2
+            && first[1]["reply_to"] == plan.as_str();
+        (done && views.iter().all(|v| v == first)).then_some(())
+    });
+
+    // A timer set by one member applies at every member: the next message disappears
+    // everywhere.
+    net.bob.call(
+        "chat.disappearing",
+        json!({ "chat": "plans", "seconds": 12 }),
+    );
+    for d in [&net.alice, &net.carol] {
+        wait_until(Duration::from_secs(90), "the timer's notice", || {
+            d.messages("plans")
+                .into_iter()
+                .find(|m| m["notice"] == true)
+        });
+    }
+    net.carol.send("plans", "gone soon");
+    for d in members {
+        wait_until(
+            Duration::from_secs(90),
+            "the message and then its end",
+            || {
+                // Seen with an expiry, or already gone after it.
+                d.messages("plans")
+                    .into_iter()
+                    .find(|m| m["text"] == "gone soon" && !m["expires_at"].is_null())
+            },
+        );
+    }
+    for d in members {
+        wait_until(Duration::from_secs(30), "the message erased", || {
+            (!d.messages("plans").iter().any(|m| m["text"] == "gone soon")).then_some(())
+        });
+        assert_eq!(seen_in_group(d, "plans").len(), 2, "{}", d.name);
+    }
+}

@@ -1,8 +1,10 @@
 //! What a message says: its id, when it was written, and its body.
 //!
-//! Only text exists today; [`Body`] is an enum so that replies, reactions, edits, receipts,
-//! attachments and the rest of the kinds in the design can be added as new variants, and the
-//! version byte in front of every encoding lets a newer format be refused clearly.
+//! [`Body`] is an enum: new kinds are added as new variants at its end (an older node
+//! refuses one it does not know as invalid content), and the version byte in front of every
+//! encoding lets a newer format be refused clearly. Text, replies, reactions, edits,
+//! deletes, read receipts and the disappearing-message timer exist (docs/protocol.md §7);
+//! attachments do not yet.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +58,59 @@ pub enum Body {
     /// One part of an invitation to a group: the group's log, and in the last part the
     /// current secret. Sent automatically, never shown as a message.
     GroupInvite(GroupInvite),
+    /// Text that replies to a message, or disappears, or both. (Plain text goes as
+    /// [`Body::Text`], which every version reads.)
+    Post(Post),
+    /// The sender's reaction to a message: one emoji, or empty to take it back. One per
+    /// person per message: a new one replaces the last.
+    React {
+        to: MessageId,
+        emoji: String,
+    },
+    /// The sender's new text for one of its own messages, within [`EDIT_WINDOW_MS`] of it.
+    Edit {
+        to: MessageId,
+        text: String,
+    },
+    /// The sender deleted one of its own messages for everyone, within
+    /// [`DELETE_WINDOW_MS`] of it.
+    Delete {
+        to: MessageId,
+    },
+    /// The sender has read these messages (at most [`MAX_RECEIPT_IDS`]).
+    Read(Vec<MessageId>),
+    /// The sender set the chat's disappearing-message timer, in ms (`None`: off).
+    Timer(Option<u64>),
+}
+
+/// Text with what goes with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Post {
+    pub text: String,
+    /// The message this one answers.
+    pub reply_to: Option<MessageId>,
+    /// The chat's disappearing timer when it was written (ms): both sides erase the message
+    /// this long after it was written.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// How long after a message its sender may edit it (by the sender's clock; the receiver
+/// checks the edit's time against the message's).
+pub const EDIT_WINDOW_MS: u64 = 15 * 60 * 1000;
+/// How long after a message its sender may delete it for everyone.
+pub const DELETE_WINDOW_MS: u64 = 48 * 3600 * 1000;
+/// The shortest disappearing timer: one second (the CLI offers 24 h, 7 d and 90 d; the API
+/// takes any length in bounds, which is how tests use short timers).
+pub const MIN_TIMER_MS: u64 = 1000;
+/// The longest disappearing timer (a year).
+pub const MAX_TIMER_MS: u64 = 366 * 24 * 3600 * 1000;
+/// The longest reaction, in bytes (an emoji with modifiers and joiners).
+pub const MAX_REACTION_BYTES: usize = 64;
+
+/// Is `emoji` a reaction: empty (taking one back) or exactly one emoji, skin tones and
+/// joined sequences included.
+pub fn is_reaction(emoji: &str) -> bool {
+    emoji.is_empty() || (emoji.len() <= MAX_REACTION_BYTES && emojis::get(emoji).is_some())
 }
 
 /// The bytes of changes one invitation part carries at most: a part fits one message, and
@@ -99,7 +154,7 @@ impl GroupInvite {
     }
 }
 
-/// The most message ids in one receipt.
+/// The most message ids in one receipt or read receipt.
 pub const MAX_RECEIPT_IDS: usize = 256;
 
 /// What a contact needs to reach the sender: the secret of the sender's dead drops for this
@@ -162,10 +217,7 @@ impl Content {
 
     /// The text of a text message.
     pub fn as_text(&self) -> Option<&str> {
-        match &self.body {
-            Body::Text(t) => Some(t),
-            Body::Presence(_) | Body::Receipt(_) | Body::GroupInvite(_) => None,
-        }
+        self.post().map(|(text, _, _)| text)
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ContentError> {
@@ -195,8 +247,29 @@ impl Content {
             {
                 Err(ContentError::Invalid("presence hints over their limits"))
             }
-            Body::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
+            Body::Receipt(ids) | Body::Read(ids) if ids.len() > MAX_RECEIPT_IDS => {
                 Err(ContentError::Invalid("a receipt names too many messages"))
+            }
+            Body::Post(p) if p.text.len() > MAX_TEXT_BYTES => Err(ContentError::TextTooLong {
+                limit: MAX_TEXT_BYTES,
+                got: p.text.len(),
+            }),
+            Body::Post(Post {
+                expires_in_ms: Some(t),
+                ..
+            })
+            | Body::Timer(Some(t))
+                if !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(t) =>
+            {
+                Err(ContentError::Invalid(
+                    "a disappearing timer out of its bounds",
+                ))
+            }
+            Body::Edit { text, .. } if text.is_empty() || text.len() > MAX_TEXT_BYTES => {
+                Err(ContentError::Invalid("an edit's text is empty or too long"))
+            }
+            Body::React { emoji, .. } if !is_reaction(emoji) => {
+                Err(ContentError::Invalid("a reaction that is not one emoji"))
             }
             Body::GroupInvite(i)
                 if i.parts == 0
@@ -212,10 +285,44 @@ impl Content {
         }
     }
 
-    /// Is this a message the node sends and handles by itself (presence, receipt), never
-    /// shown to the user?
+    /// Is this a message the node sends and handles by itself (presence, receipts, and
+    /// what changes another message: reactions, edits, deletes), never shown to the user as
+    /// a message of its own?
     pub fn is_control(&self) -> bool {
-        !matches!(self.body, Body::Text(_))
+        !matches!(self.body, Body::Text(_) | Body::Post(_))
+    }
+
+    /// The text, the message it replies to and its disappearing timer, for a message that
+    /// is one (text or post).
+    pub fn post(&self) -> Option<(&str, Option<MessageId>, Option<u64>)> {
+        match &self.body {
+            Body::Text(t) => Some((t, None, None)),
+            Body::Post(p) => Some((&p.text, p.reply_to, p.expires_in_ms)),
+            _ => None,
+        }
+    }
+
+    /// A message: plain [`Body::Text`] when it neither replies nor disappears (every
+    /// version reads it), else a [`Body::Post`]. Refuses text over [`MAX_TEXT_BYTES`].
+    pub fn message(
+        id: MessageId,
+        sent_at: u64,
+        text: impl Into<String>,
+        reply_to: Option<MessageId>,
+        expires_in_ms: Option<u64>,
+    ) -> Result<Self, ContentError> {
+        let mut content = Content::text(id, sent_at, text)?;
+        if reply_to.is_some() || expires_in_ms.is_some() {
+            let Body::Text(text) = content.body else {
+                return Err(ContentError::Empty);
+            };
+            content.body = Body::Post(Post {
+                text,
+                reply_to,
+                expires_in_ms,
+            });
+        }
+        Ok(content)
     }
 
     /// A presence message.
@@ -278,6 +385,97 @@ mod tests {
             Content::from_bytes(&[2, 0]),
             Err(ContentError::UnsupportedVersion { got: 2, known: 1 })
         ));
+    }
+
+    #[test]
+    fn changes_round_trip_and_are_checked() {
+        let to = MessageId([9; 16]);
+        for body in [
+            Body::React {
+                to,
+                emoji: "👍🏽".into(),
+            },
+            Body::React {
+                to,
+                emoji: String::new(),
+            },
+            Body::Edit {
+                to,
+                text: "new".into(),
+            },
+            Body::Delete { to },
+            Body::Read(vec![to; 3]),
+            Body::Timer(Some(86_400_000)),
+            Body::Timer(None),
+        ] {
+            let c = Content {
+                id: MessageId([1; 16]),
+                sent_at: 5,
+                body,
+            };
+            assert!(c.is_control());
+            assert_eq!(Content::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
+        }
+        for bad in [
+            Body::React {
+                to,
+                emoji: "ok".into(),
+            },
+            Body::React {
+                to,
+                emoji: "👍👍".into(),
+            },
+            Body::Edit {
+                to,
+                text: String::new(),
+            },
+            Body::Read(vec![to; MAX_RECEIPT_IDS + 1]),
+            Body::Timer(Some(10)),
+            Body::Timer(Some(MAX_TIMER_MS + 1)),
+            Body::Post(Post {
+                text: "x".into(),
+                reply_to: None,
+                expires_in_ms: Some(0),
+            }),
+        ] {
+            let c = Content {
+                id: MessageId([1; 16]),
+                sent_at: 5,
+                body: bad,
+            };
+            assert!(
+                Content::from_bytes(&c.to_bytes().unwrap()).is_err(),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_text_stays_text_and_the_rest_is_a_post() {
+        let id = MessageId([1; 16]);
+        let plain = Content::message(id, 1, "hi", None, None).unwrap();
+        assert_eq!(plain, Content::text(id, 1, "hi").unwrap());
+        let reply = Content::message(id, 1, "hi", Some(MessageId([2; 16])), Some(60_000)).unwrap();
+        assert!(matches!(reply.body, Body::Post(_)));
+        assert!(!reply.is_control());
+        assert_eq!(
+            reply.post(),
+            Some(("hi", Some(MessageId([2; 16])), Some(60_000)))
+        );
+        assert_eq!(
+            Content::from_bytes(&reply.to_bytes().unwrap()).unwrap(),
+            reply
+        );
+    }
+
+    #[test]
+    fn reactions_are_one_emoji() {
+        for ok in ["", "👍", "👍🏽", "❤️", "👩‍👩‍👧", "🇫🇷"] {
+            assert!(is_reaction(ok), "{ok:?}");
+        }
+        for bad in ["ok", "👍👍", "a👍", " 👍", "\u{202e}"] {
+            assert!(!is_reaction(bad), "{bad:?}");
+        }
     }
 
     proptest! {

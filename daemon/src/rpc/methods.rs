@@ -48,7 +48,14 @@ impl From<MessageError> for RpcError {
                     MessageError::Empty
                     | MessageError::TooLong { .. }
                     | MessageError::Blocked(_)
-                    | MessageError::Content(_) => INVALID_PARAMS,
+                    | MessageError::Content(_)
+                    | MessageError::UnknownMessage(_)
+                    | MessageError::AmbiguousMessage(_)
+                    | MessageError::NotYours(_)
+                    | MessageError::TooLate { .. }
+                    | MessageError::Deleted
+                    | MessageError::NotAnEmoji(_)
+                    | MessageError::BadTimer { .. } => INVALID_PARAMS,
                     _ => INTERNAL_ERROR,
                 };
                 RpcError::new(code, e.to_string())
@@ -145,6 +152,18 @@ pub(super) fn opt_str_param<'a>(
     }
 }
 
+pub(super) fn opt_bool_param(params: &Value, name: &str) -> Result<Option<bool>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            RpcError::new(
+                INVALID_PARAMS,
+                format!("parameter {name:?} must be true or false"),
+            )
+        }),
+    }
+}
+
 pub(super) fn opt_u64_param(params: &Value, name: &str) -> Result<Option<u64>, RpcError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -187,9 +206,56 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &Value) -> Resul
         "peers.unban" => to_value(service.unban(str_param(params, "peer")?).await),
         "message.send" => to_value(
             service
-                .send(str_param(params, "to")?, str_param(params, "text")?)
+                .send_post(
+                    str_param(params, "to")?,
+                    str_param(params, "text")?,
+                    opt_str_param(params, "reply_to")?,
+                )
                 .await,
         ),
+        "message.react" => to_value(
+            service
+                .react(
+                    str_param(params, "chat")?,
+                    str_param(params, "id")?,
+                    str_param(params, "emoji")?,
+                )
+                .await,
+        ),
+        "message.edit" => to_value(
+            service
+                .edit(
+                    str_param(params, "chat")?,
+                    str_param(params, "id")?,
+                    str_param(params, "text")?,
+                )
+                .await,
+        ),
+        "message.delete" => to_value(
+            service
+                .delete(
+                    str_param(params, "chat")?,
+                    str_param(params, "id")?,
+                    opt_bool_param(params, "for_everyone")?.unwrap_or(false),
+                )
+                .await,
+        ),
+        "chat.read" => to_value(service.mark_read(str_param(params, "chat")?).await),
+        "chat.disappearing" => {
+            let seconds = opt_u64_param(params, "seconds")?;
+            let ms = seconds
+                .map(|s| {
+                    s.checked_mul(1000).ok_or_else(|| {
+                        RpcError::new(INVALID_PARAMS, "parameter \"seconds\" is out of range")
+                    })
+                })
+                .transpose()?;
+            to_value(
+                service
+                    .set_disappearing(str_param(params, "chat")?, ms)
+                    .await,
+            )
+        }
         "message.list" => {
             let limit =
                 opt_u64_param(params, "limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));

@@ -79,6 +79,23 @@ pub enum MessageError {
     Encrypt(ChatError),
     #[error(transparent)]
     Group(Box<super::groups::GroupError>),
+    #[error("no message {0:?} in this chat (`sotto messages NAME` lists their ids)")]
+    UnknownMessage(String),
+    #[error("{0:?} names more than one message; give more of its id")]
+    AmbiguousMessage(String),
+    #[error("only its sender can {0} a message")]
+    NotYours(&'static str),
+    #[error("a message can be {what} only within {window_secs} s of sending it")]
+    TooLate {
+        what: &'static str,
+        window_secs: u64,
+    },
+    #[error("the message was deleted")]
+    Deleted,
+    #[error("a reaction is one emoji (or empty, to take it back), not {0:?}")]
+    NotAnEmoji(String),
+    #[error("a disappearing timer is one of 24h, 7d, 90d or off (the API takes 1 to {max} s)")]
+    BadTimer { max: u64 },
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }

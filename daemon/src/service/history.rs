@@ -58,6 +58,13 @@ impl Service {
             sent_at: m.sent_at,
             received_at: m.received_at,
             state: state_name(m.state),
+            reply_to: None,
+            reactions: Vec::new(),
+            edited_at: None,
+            deleted: false,
+            expires_at: None,
+            read_at: None,
+            notice: false,
         }
     }
 
@@ -98,7 +105,10 @@ impl Service {
         } else {
             "message.on_hosts"
         };
-        let view = self.view_message(&m, &name);
+        let mut view = self.view_message(&m, &name);
+        if let Some(me) = self.own_account() {
+            self.dress(&mut view, seq, &self.inner.store.extras(seq)?, None, &me)?;
+        }
         Ok(vec![self
             .inner
             .events
@@ -117,9 +127,12 @@ impl Service {
                 .map_err(|e| MessageError::Group(Box::new(e)));
         }
         let filter = with.map(|w| self.resolve(w)).transpose()?.map(|(k, _)| k);
+        let Some(me) = self.own_account() else {
+            return Ok(Vec::new());
+        };
         let mut names = HashMap::new();
         let mut out = Vec::new();
-        for (_, m) in self.inner.store.messages()? {
+        for (seq, m) in self.inner.store.messages()? {
             if filter.is_some_and(|k| k != m.contact) {
                 continue;
             }
@@ -130,10 +143,9 @@ impl Service {
                     names.entry(m.contact).or_insert(n)
                 }
             };
-            out.push((
-                written_at(m.sent_at, m.received_at),
-                self.view_message(&m, name),
-            ));
+            let mut view = self.view_message(&m, name);
+            self.dress(&mut view, seq, &self.inner.store.extras(seq)?, None, &me)?;
+            out.push((written_at(m.sent_at, m.received_at), view));
         }
         Ok(in_order(out, limit))
     }

@@ -13,6 +13,7 @@
 //! | `contacts.rs` | `contact.add`, `contact.list`, `contact.verify` |
 //! | `send.rs` | `message.send`, sealing into the outbox, presence, receipts |
 //! | `history.rs` | `message.list`, message states |
+//! | `changes.rs` | `message.react`/`edit`/`delete`, `chat.read`, `chat.disappearing`, erasing disappearing messages |
 //! | `receive.rs` | an envelope from a peer or a mailbox host |
 //! | `requests.rs` | `requests.*` |
 //! | `defence.rs` | `contact.block`/`unblock`, `peers.bans`/`unban`, recording bans |
@@ -31,6 +32,7 @@ use crate::net;
 use crate::store::{Batch, Seq, Store, StoreError};
 
 mod account;
+mod changes;
 mod contacts;
 mod defence;
 pub mod error;
@@ -41,12 +43,13 @@ mod requests;
 mod send;
 pub mod views;
 
+pub use changes::parse_timer;
 pub use error::{AccountError, ContactError, MessageError, PeerError, ReceiveError};
 pub use groups::{GroupError, GroupInfo, GroupTaken, GroupView, MemberView};
 pub use receive::Received;
 pub use views::{
-    AccountView, BanView, BlockState, ContactView, MessageView, NodeStatus, Rejected, Unbanned,
-    Verification,
+    AccountView, BanView, BlockState, ContactView, MessageView, NodeStatus, ReactionView, ReadView,
+    Rejected, TimerView, Unbanned, Verification,
 };
 
 /// The most messages waiting in the outbox; `send` refuses more.

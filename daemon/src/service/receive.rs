@@ -303,24 +303,52 @@ impl Service {
                 batch.index_message(&content.id, None);
                 Ok(None)
             }
+            Body::React { .. }
+            | Body::Edit { .. }
+            | Body::Delete { .. }
+            | Body::Read(_)
+            | Body::Timer(_) => {
+                // A change to a message, applied by the code that applies the user's own;
+                // one that does not apply is dropped.
+                batch.index_message(&content.id, None);
+                let me = account.identity.public();
+                let chat = store::Chat::Contact(sender.key);
+                match self.stage_change(batch, chat, &sender.key, &me, content, now) {
+                    Ok(views) => events.extend(views.into_iter().map(|(kind, v)| {
+                        (kind, "message", serde_json::to_value(v).unwrap_or_default())
+                    })),
+                    Err(e) => tracing::debug!("a change to a message refused: {e}"),
+                }
+                Ok(None)
+            }
             _ => {
+                let (text, reply_to, expires_in) = content.post().unwrap_or_default();
                 let seq = store.next_seq()?;
                 let message = store::Message {
                     id: content.id,
                     contact: sender.key,
                     direction: Direction::In,
-                    text: content.as_text().unwrap_or_default().to_owned(),
+                    text: text.to_owned(),
                     sent_at: content.sent_at,
                     received_at: Some(now),
                     state: State::Received,
                 };
-                batch.put_message(seq, &message)?;
                 batch.index_message(&content.id, Some(seq));
+                let extras = store::Extras {
+                    reply_to,
+                    expires_at: expires_in.map(|t| {
+                        super::history::written_at(content.sent_at, Some(now)).saturating_add(t)
+                    }),
+                    ..Default::default()
+                };
+                batch.put_extras(seq, &store::Extras::default(), &extras)?;
+                super::changes::Found::Direct(seq, message.clone()).put(batch, &extras)?;
+                let mut view = self.view_message(&message, &sender.contact.name);
+                self.dress(&mut view, seq, &extras, None, &account.identity.public())?;
                 events.push((
                     "message.received",
                     "message",
-                    serde_json::to_value(self.view_message(&message, &sender.contact.name))
-                        .unwrap_or_default(),
+                    serde_json::to_value(view).unwrap_or_default(),
                 ));
                 Ok(Some((sender.key, content.id)))
             }

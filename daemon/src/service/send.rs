@@ -6,7 +6,7 @@
 use rand::rngs::OsRng;
 use sotto_protocol::card::Card;
 use sotto_protocol::chat::{self, LocalAccount};
-use sotto_protocol::content::{Body, Content, MessageId, Presence, MAX_TEXT_BYTES};
+use sotto_protocol::content::{Body, Content, MessageId, Post, Presence, MAX_TEXT_BYTES};
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::session::Pairwise;
 
@@ -23,14 +23,20 @@ pub(super) struct Staged {
 }
 
 impl Service {
-    /// `message.send`
+    /// A text message to a contact or a group (`message.send` without a reply).
     pub async fn send(&self, to: &str, text: &str) -> Result<MessageView, MessageError> {
-        if self.is_group(to)? {
-            return self
-                .send_group(to, text)
-                .await
-                .map_err(|e| MessageError::Group(Box::new(e)));
-        }
+        self.send_post(to, text, None).await
+    }
+
+    /// `message.send`: a message to a contact or a group, answering `reply_to` (a message
+    /// id, or a unique prefix of one, in the same chat) if given; it disappears after the
+    /// chat's timer if it has one.
+    pub async fn send_post(
+        &self,
+        to: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<MessageView, MessageError> {
         if text.is_empty() {
             return Err(MessageError::Empty);
         }
@@ -40,26 +46,112 @@ impl Service {
                 got: text.len(),
             });
         }
+        let (chat, _) = self.chat_named(to)?;
+        let reply_to = reply_to
+            .map(|r| self.pick(&chat, r).map(|f| f.id()))
+            .transpose()?;
+        self.send_content(to, |_, timer| {
+            Ok(Body::Post(Post {
+                text: text.to_owned(),
+                reply_to,
+                expires_in_ms: timer,
+            }))
+        })
+        .await
+    }
+
+    /// Send what `make` gives (from the time it is written and the chat's disappearing
+    /// timer) to the contact or group `to`: a message is stored with what goes with it, a
+    /// change (reaction, edit, delete, timer) is applied here first by the code that
+    /// applies a contact's ([`Service::stage_change`]), and the message it changed is
+    /// returned.
+    pub(super) async fn send_content(
+        &self,
+        to: &str,
+        make: impl FnOnce(u64, Option<u64>) -> Result<Body, MessageError>,
+    ) -> Result<MessageView, MessageError> {
+        if self.is_group(to)? {
+            return self
+                .send_group_content(to, |_, at, timer| make(at, timer))
+                .await
+                .map_err(|e| match e {
+                    super::GroupError::Invite(m) => *m,
+                    e => MessageError::Group(Box::new(e)),
+                });
+        }
         if self.inner.store.outbox_len() >= MAX_OUTBOX {
             return Err(MessageError::OutboxFull { limit: MAX_OUTBOX });
         }
         let guard = self.inner.account.lock().await;
-        // Taken under the lock: the order of `sent_at` is the order of the outbox.
-        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)?;
         let account = guard.as_ref().ok_or(MessageError::NoAccount)?;
+        let me = account.identity.public();
         let (key, contact) = self.resolve(to)?;
         if self.inner.store.is_blocked(&key)? {
             return Err(MessageError::Blocked(contact.name));
         }
+        let chat = store::Chat::Contact(key);
+        let timer = self.inner.store.chat_timer(&chat)?;
+        // Taken under the lock: the order of `sent_at` is the order of the outbox.
+        let sent_at = self.next_sent_at();
+        let mut content = Content {
+            id: MessageId::random(&mut OsRng),
+            sent_at,
+            body: make(sent_at, timer)?,
+        };
+        // Plain text goes as the body every version reads.
+        if let Body::Post(p) = &content.body {
+            content = Content::message(
+                content.id,
+                sent_at,
+                p.text.clone(),
+                p.reply_to,
+                p.expires_in_ms,
+            )?;
+        }
+        content.to_bytes()?;
+        let now = unix_ms();
         let mut batch = Batch::new();
+        let changed = match content.post() {
+            Some(_) => None,
+            None => Some(self.stage_change(&mut batch, chat, &me, &me, &content, now)?),
+        };
         let staged = self
             .stage_outgoing(account, &key, &contact, &content, &mut batch)
             .await?;
+        let mut events = Vec::new();
+        let view = match (changed, staged.message) {
+            (Some(changed), _) => {
+                let view = changed.first().map(|(_, v)| v.clone());
+                events = changed;
+                view.ok_or(MessageError::Empty)?
+            }
+            (None, Some(message)) => {
+                let (_, reply_to, expires_in) = content.post().unwrap_or_default();
+                let extras = store::Extras {
+                    reply_to,
+                    expires_at: expires_in.map(|t| sent_at.saturating_add(t)),
+                    ..Default::default()
+                };
+                batch.put_extras(staged.seq, &store::Extras::default(), &extras)?;
+                super::changes::Found::Direct(staged.seq, message.clone())
+                    .put(&mut batch, &extras)?;
+                let mut view = self.view_message(&message, &contact.name);
+                self.dress(&mut view, staged.seq, &extras, None, &me)?;
+                view
+            }
+            (None, None) => return Err(MessageError::Empty),
+        };
+        let order = self.inner.events.order().await;
+        let events = events
+            .iter()
+            .map(|(kind, v)| self.inner.events.stage(&mut batch, kind, "message", v))
+            .collect::<Result<Vec<_>, _>>()?;
         self.inner.store.commit(batch).await?;
+        self.inner.events.publish(events);
+        drop(order);
         drop(guard);
         self.signal(Signal::Queued(staged.seq)).await;
-        let message = staged.message.ok_or(MessageError::Empty)?;
-        Ok(self.view_message(&message, &contact.name))
+        Ok(view)
     }
 
     /// The ratchet sessions with `key` (none yet: a fresh set).

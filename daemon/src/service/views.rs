@@ -78,7 +78,49 @@ pub struct MessageView {
     pub text: String,
     pub sent_at: u64,
     pub received_at: Option<u64>,
+    /// `queued`, `on_hosts`, `delivered`, `received`, or (outgoing, the contact said so)
+    /// `read`.
     pub state: &'static str,
+    /// The id of the message this one answers.
+    pub reply_to: Option<String>,
+    /// One per person, oldest first.
+    pub reactions: Vec<ReactionView>,
+    /// When its sender last edited it.
+    pub edited_at: Option<u64>,
+    /// Deleted for everyone by its sender (the text is empty).
+    pub deleted: bool,
+    /// When it will be erased (a disappearing chat).
+    pub expires_at: Option<u64>,
+    /// When it was read: by the user (incoming) or by the contact (outgoing).
+    pub read_at: Option<u64>,
+    /// A notice of the chat (the disappearing timer changed), not a message someone wrote.
+    pub notice: bool,
+}
+
+/// A reaction as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReactionView {
+    /// `me`, the contact's name, or a group member's label.
+    pub from: String,
+    pub emoji: String,
+}
+
+/// `chat.read`
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadView {
+    pub chat: String,
+    /// Messages newly marked read.
+    pub marked: usize,
+    /// Whether the contact was told (read receipts on, a 1:1 chat).
+    pub receipt_sent: bool,
+}
+
+/// `chat.disappearing`
+#[derive(Clone, Debug, Serialize)]
+pub struct TimerView {
+    pub chat: String,
+    /// The timer in seconds, or null when off.
+    pub seconds: Option<u64>,
 }
 
 /// A ban as clients see it.

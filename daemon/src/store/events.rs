@@ -54,7 +54,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The cursors of the stored events whose JSON `matches` picks. Reads every stored
+    /// event: for erasing what a disappearing message left in the log, which is rare.
+    pub fn events_matching(&self, matches: impl Fn(&[u8]) -> bool) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(Tree::Events).iter() {
+            let (k, v) = kv?;
+            if matches(&v) {
+                out.extend(be_u64(&k));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Batch {
+    pub fn remove_event(&mut self, cursor: u64) {
+        self.remove(Tree::Events, cursor.to_be_bytes());
+    }
+
     pub fn put_event(&mut self, cursor: u64, json: Vec<u8>) {
         self.put_raw(Tree::Events, cursor.to_be_bytes(), json);
     }

@@ -241,6 +241,10 @@ impl Batch {
         self.put(Tree::GroupMessages, seq.key(), m)
     }
 
+    pub fn remove_group_message(&mut self, seq: Seq) {
+        self.remove(Tree::GroupMessages, seq.key());
+    }
+
     pub fn put_group_outbox(&mut self, e: &GroupOutboxEntry) -> Result<(), StoreError> {
         self.put(Tree::GroupOutbox, e.seq.key(), e)
     }

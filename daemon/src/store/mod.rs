@@ -22,6 +22,7 @@ use sotto_protocol::codec;
 
 pub mod contacts;
 pub mod events;
+pub mod extras;
 pub mod groups;
 pub mod hosting;
 pub mod messages;
@@ -29,18 +30,19 @@ pub mod meta;
 pub mod outbox;
 mod records;
 mod schema;
+pub mod vanishing;
 
 pub use groups::{
     Assembling, GroupMessage, GroupOutboxEntry, GroupRecord, GroupStatus, InboundSessions, Outbound,
 };
 pub use records::{
-    Ban, Contact, Direction, GuardRecord, HostStats, Hosted, InboxSecret, Message, OutboxEntry,
-    Route, Seq, State, Usage,
+    Ban, Chat, Contact, Direction, Extras, GuardRecord, HostStats, Hosted, InboxSecret, Message,
+    OutboxEntry, Route, Seq, State, Usage,
 };
 use schema::{Tree, TREES};
 
 /// The schema this code writes; a store written by a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 /// The newest events kept for clients that reconnect.
 pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never
@@ -70,6 +72,9 @@ pub enum StoreError {
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+    /// Texts of disappearing messages to write (before the ops) or shred (after): see
+    /// [`vanishing`].
+    vanishing: Vec<(Seq, Option<zeroize::Zeroizing<String>>)>,
 }
 
 impl Batch {
@@ -78,7 +83,7 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.vanishing.is_empty()
     }
 
     fn put_raw(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
@@ -170,6 +175,12 @@ impl Store {
             flushes: Arc::default(),
         };
         store.check_schema()?;
+        let shredded = store.shred_orphan_texts()?;
+        if shredded > 0 {
+            tracing::info!(
+                "{shredded} text(s) of disappearing messages already gone were shredded"
+            );
+        }
         store
             .counts
             .contacts
@@ -380,6 +391,7 @@ impl Store {
         if batch.ops.iter().any(|(_, _, v)| v.is_some()) {
             self.ensure_space()?;
         }
+        self.write_vanishing(batch)?;
         // What the batch changes in the counted trees, read inside the transaction so that
         // a put over an existing record or a removal of a missing one counts nothing.
         let result: Result<[isize; 4], TransactionError<()>> =
@@ -421,7 +433,7 @@ impl Store {
                         count.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
                     }
                 }
-                Ok(())
+                self.shred_vanishing(batch)
             }
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {

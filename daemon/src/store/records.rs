@@ -179,6 +179,43 @@ pub struct Message {
     pub state: State,
 }
 
+/// What happened to a message, 1:1 or group, after it was written. Kept apart from the
+/// message (schema 5), absent for one nothing happened to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    /// The message this one answers.
+    pub reply_to: Option<MessageId>,
+    /// One reaction per person: who, and the emoji.
+    pub reactions: Vec<(AccountKey, String)>,
+    /// When its sender last edited it (the edit's time, by the sender's clock).
+    pub edited_at: Option<u64>,
+    /// Deleted for everyone by its sender: the text is gone.
+    pub deleted: bool,
+    /// When it is erased (a disappearing chat).
+    pub expires_at: Option<u64>,
+    /// Incoming: when the user read it. Outgoing: when the contact said it read it.
+    pub read_at: Option<u64>,
+    /// A notice of the chat (the timer changed), not a message someone wrote.
+    pub notice: bool,
+}
+
+/// A conversation: with a contact, or a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chat {
+    Contact(AccountKey),
+    Group(sotto_protocol::group::GroupId),
+}
+
+impl Chat {
+    /// Its key in the store: `c` ‖ account key, or `g` ‖ group id.
+    pub(super) fn key(&self) -> Vec<u8> {
+        match self {
+            Chat::Contact(k) => super::schema::concat(b"c", &k.0),
+            Chat::Group(g) => super::schema::concat(b"g", &g.0),
+        }
+    }
+}
+
 /// A message waiting for delivery: the sealed envelope, sent as is on every attempt.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OutboxEntry {

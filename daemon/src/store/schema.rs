@@ -59,10 +59,18 @@ pub(super) enum Tree {
     /// Member account key → the pairwise Olm sessions with that member of a group, over
     /// which sender keys travel (pickles, most recently used first). Schema 3.
     MemberSessions,
+    /// Sequence number → [`super::Extras`]: what happened to a message (1:1 or group)
+    /// after it was written — reply, reactions, edit, delete, read, expiry. Schema 5.
+    Extras,
+    /// Expiry (ms, big-endian) ‖ sequence number → nothing: disappearing messages in the
+    /// order they are erased. Schema 5.
+    Expiring,
+    /// Chat ([`super::Chat`] key) → disappearing timer (ms, big-endian). Schema 5.
+    ChatTimers,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 23] = [
+pub(super) const TREES: [(Tree, &str); 26] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -86,6 +94,9 @@ pub(super) const TREES: [(Tree, &str); 23] = [
     (Tree::GroupMessages, "group_messages"),
     (Tree::GroupOutbox, "group_outbox"),
     (Tree::MemberSessions, "member_sessions"),
+    (Tree::Extras, "extras"),
+    (Tree::Expiring, "expiring"),
+    (Tree::ChatTimers, "chat_timers"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";

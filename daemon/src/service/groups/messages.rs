@@ -7,7 +7,7 @@ use super::*;
 type Push = (libp2p::PeerId, Vec<libp2p::Multiaddr>, Vec<Vec<u8>>);
 
 impl Service {
-    pub(super) fn view_group_message(
+    pub(in crate::service) fn view_group_message(
         &self,
         m: &GroupMessage,
         group: &str,
@@ -23,26 +23,29 @@ impl Service {
             sent_at: m.sent_at,
             received_at: m.received_at,
             state: super::super::history::state_name(m.state),
+            reply_to: None,
+            reactions: Vec::new(),
+            edited_at: None,
+            deleted: false,
+            expires_at: None,
+            read_at: None,
+            notice: false,
         }
     }
 
-    /// `message.send` to a group: encrypted once in this node's Megolm session (a new one,
-    /// announced first, when the secret changed or the session is old), left once at the
-    /// group's dead drop.
-    pub(in crate::service) async fn send_group(
+    /// `message.send` to a group, and every change to a group message (reaction, edit,
+    /// delete, timer): `make` gives the body, from the group's id, the time the message is
+    /// written and the group's disappearing timer. Encrypted once in this node's Megolm
+    /// session (a new one, announced first, when the secret changed or the session is old),
+    /// left once at the group's dead drop. A message is stored with what goes with it; a
+    /// change is applied here first, by the same code that applies a member's
+    /// ([`Service::stage_change`]), and the message it changed is returned.
+    pub(in crate::service) async fn send_group_content(
         &self,
         group: &str,
-        text: &str,
+        make: impl FnOnce(GroupId, u64, Option<u64>) -> Result<Body, MessageError>,
     ) -> Result<MessageView, GroupError> {
-        if text.is_empty() {
-            return Err(GroupError::Empty);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(GroupError::TooLong {
-                limit: MAX_TEXT_BYTES,
-                got: text.len(),
-            });
-        }
+        let invalid = |e: MessageError| GroupError::Invite(Box::new(e));
         let guard = self.inner.account.lock().await;
         let account = guard.as_ref().ok_or(GroupError::NoAccount)?;
         let me = account.identity.public();
@@ -52,9 +55,28 @@ impl Service {
             secret: (hash, secret),
             ..
         } = self.joined(group, &me)?;
+        let chat = store::Chat::Group(record.id);
+        let timer = self.inner.store.chat_timer(&chat)?;
+        let sent_at = self.next_sent_at();
+        let content = Content {
+            id: MessageId::random(&mut OsRng),
+            sent_at,
+            body: make(record.id, sent_at, timer).map_err(invalid)?,
+        };
+        let plaintext = content
+            .to_bytes()
+            .map_err(|e| invalid(MessageError::Content(e)))?;
         let now = unix_ms();
         let mut batch = Batch::new();
         let mut staged = Staged::default();
+        // A change is checked (and applied) before anything is encrypted or sent.
+        let changed = match content.post() {
+            Some(_) => None,
+            None => Some(
+                self.stage_change(&mut batch, chat, &me, &me, &content, now)
+                    .map_err(invalid)?,
+            ),
+        };
         let key = self.inner.pickle_key;
         let reusable = record.outbound.as_ref().filter(|o| {
             o.key_change == hash
@@ -82,11 +104,6 @@ impl Service {
                 (session, now, 0)
             }
         };
-        let content = Content::text(MessageId::random(&mut OsRng), self.next_sent_at(), text)
-            .map_err(|e| GroupError::Invite(Box::new(MessageError::Content(e))))?;
-        let plaintext = content
-            .to_bytes()
-            .map_err(|e| GroupError::Invite(Box::new(MessageError::Content(e))))?;
         let sent_msg = Sent::encrypt(record.id, me, &mut session, &plaintext);
         record.outbound = Some(Outbound {
             pickle: proto::pickle_session(&session, &key),
@@ -101,22 +118,46 @@ impl Service {
             record.id,
             &secret,
             &Payload::Message(sent_msg),
-            Some((seq, content.id)),
+            changed.is_none().then_some((seq, content.id)),
         )?;
-        let message = GroupMessage {
-            id: content.id,
-            group: record.id,
-            from: me,
-            direction: Direction::Out,
-            text: text.into(),
-            sent_at: content.sent_at,
-            received_at: None,
-            state: State::Queued,
+        let view = match (changed, content.post()) {
+            (Some(changed), _) => {
+                for (kind, v) in &changed {
+                    staged.events.push((
+                        kind,
+                        "message",
+                        serde_json::to_value(v).unwrap_or_default(),
+                    ));
+                }
+                changed.into_iter().next().ok_or(GroupError::Empty)?.1
+            }
+            (None, Some((text, reply_to, expires_in))) => {
+                let message = GroupMessage {
+                    id: content.id,
+                    group: record.id,
+                    from: me,
+                    direction: Direction::Out,
+                    text: text.to_owned(),
+                    sent_at: content.sent_at,
+                    received_at: None,
+                    state: State::Queued,
+                };
+                batch.index_message(&content.id, Some(seq));
+                let extras = store::Extras {
+                    reply_to,
+                    expires_at: expires_in.map(|t| content.sent_at.saturating_add(t)),
+                    ..Default::default()
+                };
+                batch.put_extras(seq, &store::Extras::default(), &extras)?;
+                super::super::changes::Found::Group(seq, message.clone())
+                    .put(&mut batch, &extras)?;
+                let mut view = self.view_group_message(&message, &record.local_name, "me");
+                self.dress(&mut view, seq, &extras, Some(&state), &me)?;
+                view
+            }
+            (None, None) => return Err(GroupError::Empty),
         };
-        batch.put_group_message(seq, &message)?;
-        batch.index_message(&content.id, Some(seq));
         batch.put_group(&record)?;
-        let view = self.view_group_message(&message, &record.local_name, "me");
         self.commit_and_push(batch, staged, &state, &me, guard)
             .await?;
         Ok(view)
@@ -213,7 +254,7 @@ impl Service {
         let record = self.group_by_name(group)?;
         let state = log_of(&record).state();
         let mut out = Vec::new();
-        for (_, m) in self.inner.store.group_messages(&record.id)? {
+        for (seq, m) in self.inner.store.group_messages(&record.id)? {
             let from = match (m.direction, &state) {
                 (Direction::Out, _) => "me".to_owned(),
                 (Direction::In, s) => {
@@ -225,7 +266,15 @@ impl Service {
                 }
             };
             let when = super::super::history::written_at(m.sent_at, m.received_at);
-            out.push((when, self.view_group_message(&m, &record.local_name, &from)));
+            let mut view = self.view_group_message(&m, &record.local_name, &from);
+            self.dress(
+                &mut view,
+                seq,
+                &self.inner.store.extras(seq)?,
+                state.as_ref(),
+                &me,
+            )?;
+            out.push((when, view));
         }
         Ok(super::super::history::in_order(out, limit))
     }

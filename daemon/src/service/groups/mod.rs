@@ -22,7 +22,7 @@ use rand::rngs::OsRng;
 use serde::Serialize;
 use serde_json::Value;
 use sotto_protocol::chat::LocalAccount;
-use sotto_protocol::content::{Body, Content, GroupInvite, MessageId, MAX_TEXT_BYTES};
+use sotto_protocol::content::{Body, Content, GroupInvite, MessageId};
 use sotto_protocol::envelope;
 use sotto_protocol::group::{
     self as proto, Change, GroupId, GroupSecret, Log, Member, Op, Payload, SenderKey, Sent,
@@ -201,6 +201,11 @@ struct Joined {
 }
 
 /// The log of a stored group (its changes were checked when they arrived).
+/// The group's state, as its log gives it (none for a log that does not replay).
+pub(in crate::service) fn state_of(record: &GroupRecord) -> Option<GroupState> {
+    log_of(record).state()
+}
+
 fn log_of(record: &GroupRecord) -> Log {
     let mut log = Log::new(record.id);
     for c in &record.changes {
@@ -257,7 +262,7 @@ impl Service {
     }
 
     /// The name this node shows for member `key`: a contact's name, "me", or a label.
-    fn member_label(
+    pub(in crate::service) fn member_label(
         &self,
         key: &AccountKey,
         name: &str,

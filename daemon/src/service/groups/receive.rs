@@ -393,7 +393,30 @@ impl Service {
         if self.inner.store.message_seq(&content.id)?.is_some() {
             return Ok(true);
         }
-        let Some(text) = content.as_text() else {
+        let me = self.own_account().ok_or(GroupError::NoAccount)?;
+        let Some((text, reply_to, expires_in)) = content.post() else {
+            // A change to a message (reaction, edit, delete, timer), applied by the code that
+            // applies the user's own; one that does not apply is dropped.
+            batch.index_message(&content.id, None);
+            match self.stage_change(
+                batch,
+                store::Chat::Group(record.id),
+                &sent.sender,
+                &me,
+                &content,
+                now,
+            ) {
+                Ok(views) => {
+                    for (kind, v) in views {
+                        staged.events.push((
+                            kind,
+                            "message",
+                            serde_json::to_value(v).unwrap_or_default(),
+                        ));
+                    }
+                }
+                Err(e) => tracing::debug!("a change to a group message refused: {e}"),
+            }
             return Ok(true);
         };
         let seq = self.inner.store.next_seq()?;
@@ -407,8 +430,16 @@ impl Service {
             received_at: Some(now),
             state: State::Received,
         };
-        batch.put_group_message(seq, &message)?;
         batch.index_message(&content.id, Some(seq));
+        let extras = store::Extras {
+            reply_to,
+            expires_at: expires_in.map(|t| {
+                super::super::history::written_at(content.sent_at, Some(now)).saturating_add(t)
+            }),
+            ..Default::default()
+        };
+        batch.put_extras(seq, &store::Extras::default(), &extras)?;
+        super::super::changes::Found::Group(seq, message.clone()).put(batch, &extras)?;
         let name = state
             .members
             .get(&sent.sender)
@@ -418,11 +449,12 @@ impl Service {
             Some(c) if !c.request => c.name,
             _ => format!("{name}~{}", &sent.sender.address()[..6]),
         };
+        let mut view = self.view_group_message(&message, &record.local_name, &from);
+        self.dress(&mut view, seq, &extras, Some(state), &me)?;
         staged.events.push((
             "message.received",
             "message",
-            serde_json::to_value(self.view_group_message(&message, &record.local_name, &from))
-                .unwrap_or_default(),
+            serde_json::to_value(view).unwrap_or_default(),
         ));
         Ok(true)
     }
