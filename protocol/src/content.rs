@@ -3,7 +3,7 @@
 //! [`Body`] is an enum: new kinds are added as new variants at its end (an older node
 //! refuses one it does not know as invalid content), and the version byte in front of every
 //! encoding lets a newer format be refused clearly. Text, replies, reactions, edits,
-//! deletes, read receipts and the disappearing-message timer exist (docs/protocol.md §7);
+//! deletes, read receipts and the disappearing-message timer exist (docs/protocol.md §4);
 //! attachments do not yet.
 
 use serde::{Deserialize, Serialize};
