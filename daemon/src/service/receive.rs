@@ -269,11 +269,13 @@ impl Service {
                     }
                     m.state = State::Delivered;
                     batch.put_message(seq, &m)?;
+                    let mut view = self.view_message(&m, &sender.contact.name);
+                    let me = account.identity.public();
+                    self.dress(&mut view, seq, &store.extras(seq)?, None, &me)?;
                     events.push((
                         "message.delivered",
                         "message",
-                        serde_json::to_value(self.view_message(&m, &sender.contact.name))
-                            .unwrap_or_default(),
+                        serde_json::to_value(view).unwrap_or_default(),
                     ));
                 }
                 Ok(None)

@@ -66,7 +66,10 @@ impl Service {
         let messages = store.messages_with(&key)?;
         for seq in &messages {
             batch.remove_message(*seq);
+            batch.remove_extras(*seq, &store.extras(*seq)?);
+            batch.shred_vanishing(*seq);
         }
+        batch.put_chat_timer(&crate::store::Chat::Contact(key), None);
         for e in store.outbox()? {
             if e.to == key {
                 batch.remove_outbox(e.seq);
