@@ -253,3 +253,79 @@ async fn the_fallback_key_rotates_and_the_old_one_works_for_one_more_period() {
     );
     bob.shutdown().await;
 }
+
+/// A reaction and an edit that arrive before the message they name (as when a mailbox host
+/// holding the later envelopes is fetched first) wait for it, and apply when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_arrive_before_their_message_wait_for_it() {
+    let (da, db) = (private_dir(), private_dir());
+    let (ca, cb) = (config(&da, free_port()), config(&db, free_port()));
+    let alice = Node::start(&ca).await.unwrap();
+    let bob = Node::start(&cb).await.unwrap();
+    alice.service().create_account("alice").await.unwrap();
+    bob.service().create_account("bob").await.unwrap();
+    let (card_a, card_b) = (card(alice.service()).await, card(bob.service()).await);
+    alice
+        .service()
+        .add_contact(&card_b, Some("bob"))
+        .await
+        .unwrap();
+    bob.service()
+        .add_contact(&card_a, Some("alice"))
+        .await
+        .unwrap();
+    alice.service().send("bob", "hello").await.unwrap();
+    wait_text(bob.service(), "alice", "hello").await;
+
+    // Bob goes away; alice writes, reacts to and edits what she wrote. The three envelopes
+    // wait in her outbox, and she goes away too before bob is back.
+    bob.shutdown().await;
+    let sent = alice.service().send("bob", "lunch?").await.unwrap();
+    alice.service().react("bob", &sent.id, "🍝").await.unwrap();
+    alice
+        .service()
+        .edit("bob", &sent.id, "lunch at 1?")
+        .await
+        .unwrap();
+    let mut entries: Vec<OutboxEntry> = Vec::new();
+    for _ in 0..100 {
+        entries = alice.service().store().outbox().unwrap();
+        if entries.iter().filter(|e| e.seq.0 > 0).count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alice.shutdown().await;
+    entries.sort_by_key(|e| e.seq);
+    let message = entries
+        .iter()
+        .position(|e| !e.control)
+        .expect("the message");
+    let changes: Vec<Vec<u8>> = entries[message + 1..]
+        .iter()
+        .map(|e| e.envelope.clone())
+        .collect();
+    assert_eq!(changes.len(), 2, "a reaction and an edit after the message");
+
+    // Bob gets the changes first, then the message.
+    let bob = Node::start(&cb).await.unwrap();
+    for envelope in &changes {
+        assert_eq!(
+            bob.service().receive("a host", envelope).await,
+            Response::Accepted
+        );
+    }
+    assert_eq!(
+        bob.service()
+            .receive("a host", &entries[message].envelope)
+            .await,
+        Response::Accepted
+    );
+    let list = bob.service().messages(Some("alice"), None).unwrap();
+    let lunch = list.iter().find(|m| m.id == sent.id).unwrap();
+    assert_eq!(lunch.text, "lunch at 1?");
+    assert!(lunch.edited_at.is_some());
+    assert_eq!(lunch.reactions.len(), 1);
+    assert_eq!(lunch.reactions[0].emoji, "🍝");
+    assert_eq!(lunch.reactions[0].from, "alice");
+}

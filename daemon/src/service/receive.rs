@@ -154,6 +154,11 @@ impl Service {
             self.signal(Signal::Queued(seq)).await;
         }
         self.signal(Signal::Heard(sender.key)).await;
+        if let Some((_, id)) = &stored {
+            if let Err(e) = self.apply_parked(std::slice::from_ref(id)).await {
+                tracing::warn!("cannot apply changes that waited for a message: {e}");
+            }
+        }
         if presence && !sender.contact.request {
             // The contact's node may have moved. (The message is stored: a failure here
             // must not make its sender or host try again.)
@@ -319,7 +324,7 @@ impl Service {
                     Ok(views) => events.extend(views.into_iter().map(|(kind, v)| {
                         (kind, "message", serde_json::to_value(v).unwrap_or_default())
                     })),
-                    Err(e) => tracing::debug!("a change to a message refused: {e}"),
+                    Err(e) => self.park_or_drop(batch, chat, &sender.key, content, now, e)?,
                 }
                 Ok(None)
             }

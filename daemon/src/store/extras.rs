@@ -2,7 +2,9 @@
 //! disappearing ones by expiry, and each chat's disappearing timer (schema 5).
 
 use super::schema::{concat, Tree};
-use super::{be_u64, Batch, Chat, Extras, Seq, Store, StoreError};
+use sotto_protocol::content::MessageId;
+
+use super::{be_u64, Batch, Chat, Extras, Parked, Seq, Store, StoreError};
 
 fn expiring_key(expires_at: u64, seq: Seq) -> Vec<u8> {
     concat(&expires_at.to_be_bytes(), &seq.key())
@@ -32,6 +34,27 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
+        }
+        Ok(out)
+    }
+
+    /// The changes parked for the message `id`, with their keys.
+    pub fn parked_for(&self, id: &MessageId) -> Result<Vec<(Vec<u8>, Parked)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(Tree::Parked).scan_prefix(id.0) {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), self.decode(&v, "parked change")?));
+        }
+        Ok(out)
+    }
+
+    /// Every parked change's key and when it was parked (at most a bounded few).
+    pub fn parked_ages(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(Tree::Parked).iter() {
+            let (k, v) = kv?;
+            let p: Parked = self.decode(&v, "parked change")?;
+            out.push((k.to_vec(), p.parked_at));
         }
         Ok(out)
     }
@@ -74,6 +97,21 @@ impl Batch {
             self.remove(Tree::Expiring, expiring_key(at, seq));
         }
         self.remove(Tree::Extras, seq.key());
+    }
+
+    /// Park `change`, which names the message `target` that has not arrived.
+    pub fn park(
+        &mut self,
+        target: &MessageId,
+        change: &MessageId,
+        parked: &Parked,
+    ) -> Result<(), StoreError> {
+        self.put(Tree::Parked, concat(&target.0, &change.0), parked)
+    }
+
+    /// Forget a parked change (by the key [`Store::parked_for`] gave).
+    pub fn unpark(&mut self, key: &[u8]) {
+        self.remove(Tree::Parked, key.to_vec());
     }
 
     /// Set (or, with `None`, clear) the disappearing timer of `chat`.

@@ -37,7 +37,7 @@ pub use groups::{
 };
 pub use records::{
     Ban, Chat, Contact, Direction, Extras, GuardRecord, HostStats, Hosted, InboxSecret, Message,
-    OutboxEntry, Route, Seq, State, Usage,
+    OutboxEntry, Parked, Route, Seq, State, Usage,
 };
 use schema::{Tree, TREES};
 

@@ -208,12 +208,34 @@ pub enum Chat {
 
 impl Chat {
     /// Its key in the store: `c` ‖ account key, or `g` ‖ group id.
-    pub(super) fn key(&self) -> Vec<u8> {
+    pub fn key(&self) -> Vec<u8> {
         match self {
             Chat::Contact(k) => super::schema::concat(b"c", &k.0),
             Chat::Group(g) => super::schema::concat(b"g", &g.0),
         }
     }
+
+    /// The chat a key names.
+    pub fn from_key(key: &[u8]) -> Option<Chat> {
+        match key.split_first()? {
+            (b'c', k) => Some(Chat::Contact(AccountKey(k.try_into().ok()?))),
+            (b'g', g) => Some(Chat::Group(sotto_protocol::group::GroupId(
+                g.try_into().ok()?,
+            ))),
+            _ => None,
+        }
+    }
+}
+
+/// A change (reaction, edit, delete) that arrived before the message it names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Parked {
+    /// The chat's key ([`Chat::key`]).
+    pub chat: Vec<u8>,
+    pub author: AccountKey,
+    /// The change's content, encoded.
+    pub content: Vec<u8>,
+    pub parked_at: u64,
 }
 
 /// A message waiting for delivery: the sealed envelope, sent as is on every attempt.

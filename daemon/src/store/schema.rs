@@ -67,10 +67,13 @@ pub(super) enum Tree {
     Expiring,
     /// Chat ([`super::Chat`] key) → disappearing timer (ms, big-endian). Schema 5.
     ChatTimers,
+    /// Target message id ‖ change's message id → [`super::Parked`]: a change that arrived
+    /// before the message it names, kept until that message comes. Schema 5.
+    Parked,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 26] = [
+pub(super) const TREES: [(Tree, &str); 27] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -97,6 +100,7 @@ pub(super) const TREES: [(Tree, &str); 26] = [
     (Tree::Extras, "extras"),
     (Tree::Expiring, "expiring"),
     (Tree::ChatTimers, "chat_timers"),
+    (Tree::Parked, "parked"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";

@@ -180,6 +180,8 @@ struct Staged {
     /// The staged sender-key bundles (by envelope digest), with the tags of the members
     /// they hold a box for.
     bundles: HashMap<[u8; 32], Vec<[u8; 8]>>,
+    /// Ids of the messages stored (changes parked for them apply after the commit).
+    stored: Vec<MessageId>,
 }
 
 fn status_name(s: GroupStatus) -> &'static str {

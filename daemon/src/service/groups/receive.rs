@@ -156,9 +156,13 @@ impl Service {
             _ => Vec::new(),
         };
         batch.put_group(&record)?;
+        let stored = std::mem::take(&mut staged.stored);
         self.commit_group(batch, staged).await?;
         drop(guard);
         self.push_directly(forward);
+        if let Err(e) = self.apply_parked(&stored).await {
+            tracing::warn!("cannot apply changes that waited for a group message: {e}");
+        }
         Ok(if taken {
             GroupTaken::Taken
         } else {
@@ -415,7 +419,14 @@ impl Service {
                         ));
                     }
                 }
-                Err(e) => tracing::debug!("a change to a group message refused: {e}"),
+                Err(e) => self.park_or_drop(
+                    batch,
+                    store::Chat::Group(record.id),
+                    &sent.sender,
+                    &content,
+                    now,
+                    e,
+                )?,
             }
             return Ok(true);
         };
@@ -440,6 +451,7 @@ impl Service {
         };
         batch.put_extras(seq, &store::Extras::default(), &extras)?;
         super::super::changes::Found::Group(seq, message.clone()).put(batch, &extras)?;
+        staged.stored.push(content.id);
         let name = state
             .members
             .get(&sent.sender)
