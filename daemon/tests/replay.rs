@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::inproc::{card, config, free_port, private_dir, texts, wait_text};
+use common::inproc::{card, config, free_port, introduce, private_dir, texts, wait_text};
 use sotto_daemon::node::Node;
 use sotto_daemon::store::OutboxEntry;
 use sotto_protocol::wire::Response;
@@ -19,18 +19,7 @@ async fn a_replayed_envelope_is_a_duplicate_and_the_session_survives() {
     let (ca, cb) = (config(&da, free_port()), config(&db, free_port()));
     let alice = Node::start(&ca).await.unwrap();
     let bob = Node::start(&cb).await.unwrap();
-    alice.service().create_account("alice").await.unwrap();
-    bob.service().create_account("bob").await.unwrap();
-    let (card_a, card_b) = (card(alice.service()).await, card(bob.service()).await);
-    alice
-        .service()
-        .add_contact(&card_b, Some("bob"))
-        .await
-        .unwrap();
-    bob.service()
-        .add_contact(&card_a, Some("alice"))
-        .await
-        .unwrap();
+    introduce(&alice, &bob).await;
     alice.service().send("bob", "hello").await.unwrap();
     wait_text(bob.service(), "alice", "hello").await;
 
@@ -262,18 +251,7 @@ async fn changes_that_arrive_before_their_message_wait_for_it() {
     let (ca, cb) = (config(&da, free_port()), config(&db, free_port()));
     let alice = Node::start(&ca).await.unwrap();
     let bob = Node::start(&cb).await.unwrap();
-    alice.service().create_account("alice").await.unwrap();
-    bob.service().create_account("bob").await.unwrap();
-    let (card_a, card_b) = (card(alice.service()).await, card(bob.service()).await);
-    alice
-        .service()
-        .add_contact(&card_b, Some("bob"))
-        .await
-        .unwrap();
-    bob.service()
-        .add_contact(&card_a, Some("alice"))
-        .await
-        .unwrap();
+    introduce(&alice, &bob).await;
     alice.service().send("bob", "hello").await.unwrap();
     wait_text(bob.service(), "alice", "hello").await;
 

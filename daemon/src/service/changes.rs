@@ -109,6 +109,21 @@ impl Found {
     }
 }
 
+/// A message's text: 1 to [`MAX_TEXT_BYTES`](sotto_protocol::content::MAX_TEXT_BYTES)
+/// bytes.
+pub(super) fn check_text(text: &str) -> Result<(), MessageError> {
+    if text.is_empty() {
+        return Err(MessageError::Empty);
+    }
+    if text.len() > sotto_protocol::content::MAX_TEXT_BYTES {
+        return Err(MessageError::TooLong {
+            limit: sotto_protocol::content::MAX_TEXT_BYTES,
+            got: text.len(),
+        });
+    }
+    Ok(())
+}
+
 /// A timer as people say it: `24h`, `7d`, `90d`, `off`, or a number of seconds.
 pub fn parse_timer(text: &str) -> Option<Option<u64>> {
     let text = text.trim();
@@ -441,17 +456,28 @@ impl Service {
                     }
                     _ => Vec::new(),
                 };
-                let order = self.inner.events.order().await;
-                let events = views
-                    .iter()
-                    .map(|(kind, v)| self.inner.events.stage(&mut batch, kind, "message", v))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.inner.store.commit(batch).await?;
-                self.inner.events.publish(events);
-                drop(order);
+                self.commit_with_events(batch, &views).await?;
                 drop(guard);
             }
         }
+        Ok(())
+    }
+
+    /// Commit `batch` with the message events `views` (staged in it, published after it).
+    /// Call with the account lock held.
+    pub(super) async fn commit_with_events(
+        &self,
+        mut batch: Batch,
+        views: &[(&'static str, MessageView)],
+    ) -> Result<(), StoreError> {
+        let order = self.inner.events.order().await;
+        let events = views
+            .iter()
+            .map(|(kind, v)| self.inner.events.stage(&mut batch, kind, "message", v))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.store.commit(batch).await?;
+        self.inner.events.publish(events);
+        drop(order);
         Ok(())
     }
 
@@ -617,15 +643,7 @@ impl Service {
         message: &str,
         text: &str,
     ) -> Result<MessageView, MessageError> {
-        if text.is_empty() {
-            return Err(MessageError::Empty);
-        }
-        if text.len() > sotto_protocol::content::MAX_TEXT_BYTES {
-            return Err(MessageError::TooLong {
-                limit: sotto_protocol::content::MAX_TEXT_BYTES,
-                got: text.len(),
-            });
-        }
+        check_text(text)?;
         let to = self.pick(&self.chat_named(chat)?.0, message)?.id();
         let text = text.to_owned();
         self.send_content(chat, |_, _| Ok(Body::Edit { to, text }))

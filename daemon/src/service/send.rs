@@ -6,7 +6,7 @@
 use rand::rngs::OsRng;
 use sotto_protocol::card::Card;
 use sotto_protocol::chat::{self, LocalAccount};
-use sotto_protocol::content::{Body, Content, MessageId, Post, Presence, MAX_TEXT_BYTES};
+use sotto_protocol::content::{Body, Content, MessageId, Post, Presence};
 use sotto_protocol::identity::AccountKey;
 use sotto_protocol::session::Pairwise;
 
@@ -37,15 +37,7 @@ impl Service {
         text: &str,
         reply_to: Option<&str>,
     ) -> Result<MessageView, MessageError> {
-        if text.is_empty() {
-            return Err(MessageError::Empty);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(MessageError::TooLong {
-                limit: MAX_TEXT_BYTES,
-                got: text.len(),
-            });
-        }
+        super::changes::check_text(text)?;
         let (chat, _) = self.chat_named(to)?;
         let reply_to = reply_to
             .map(|r| self.pick(&chat, r).map(|f| f.id()))
@@ -141,14 +133,7 @@ impl Service {
             }
             (None, None) => return Err(MessageError::Empty),
         };
-        let order = self.inner.events.order().await;
-        let events = events
-            .iter()
-            .map(|(kind, v)| self.inner.events.stage(&mut batch, kind, "message", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.inner.store.commit(batch).await?;
-        self.inner.events.publish(events);
-        drop(order);
+        self.commit_with_events(batch, &events).await?;
         drop(guard);
         self.signal(Signal::Queued(staged.seq)).await;
         Ok(view)

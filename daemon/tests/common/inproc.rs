@@ -151,6 +151,13 @@ pub async fn paths_network(configs: &mut [Config]) -> (Vec<Node>, Node, Node) {
         })
         .await;
     }
+    introduce(&alice, &bob).await;
+    (relays, alice, bob)
+}
+
+/// Accounts for `alice` and `bob` (so named), each the other's contact.
+#[allow(dead_code)]
+pub async fn introduce(alice: &Node, bob: &Node) {
     alice.service().create_account("alice").await.unwrap();
     bob.service().create_account("bob").await.unwrap();
     let card_a = alice.service().account().await.unwrap().card;
@@ -164,7 +171,6 @@ pub async fn paths_network(configs: &mut [Config]) -> (Vec<Node>, Node, Node) {
         .add_contact(&card_a, Some("alice"))
         .await
         .unwrap();
-    (relays, alice, bob)
 }
 
 /// Wait until every message to `with` is on mailbox hosts (or delivered).
