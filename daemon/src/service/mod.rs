@@ -13,7 +13,7 @@
 //! | `contacts.rs` | `contact.add`, `contact.list`, `contact.verify` |
 //! | `send.rs` | `message.send`, sealing into the outbox, presence, receipts |
 //! | `history.rs` | `message.list`, message states |
-//! | `changes.rs` | `message.react`/`edit`/`delete`, `chat.read`, `chat.disappearing`, erasing disappearing messages |
+//! | `changes/` | `message.react`/`edit`/`delete`, `chat.read`, `chat.disappearing`, changes that wait for their message, erasing disappearing messages |
 //! | `receive.rs` | an envelope from a peer or a mailbox host |
 //! | `requests.rs` | `requests.*` |
 //! | `defence.rs` | `contact.block`/`unblock`, `peers.bans`/`unban`, recording bans |
