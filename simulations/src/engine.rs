@@ -846,8 +846,12 @@ impl World<'_> {
                 hosted_bytes_max: hosted_max.get(i).copied().unwrap_or(0),
                 rejections: 0,
                 restarts: restarts.get(i).copied().unwrap_or(0),
+                connections: 0,
             };
             if let Ok(service) = p.service() {
+                if let Ok(status) = service.network().status().await {
+                    record.connections = status.connected_peers.len();
+                }
                 for m in service.messages(None, None)? {
                     if m.direction == "in" {
                         let e = received.entry((i, m.id)).or_insert((u64::MAX, 0));

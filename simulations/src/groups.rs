@@ -86,7 +86,29 @@ impl World<'_> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if joined < members.len() {
-            tracing::warn!("{} of {} members joined in time", joined, members.len());
+            // Where the others are: by status and the members they know of.
+            let mut states: std::collections::BTreeMap<(String, usize), usize> =
+                std::collections::BTreeMap::new();
+            for &m in &members[1..] {
+                let service = self.group_service(m).await?;
+                let list = service.group_list().await.unwrap_or_default();
+                let state = list
+                    .iter()
+                    .find(|v| v.name == GROUP)
+                    .map(|v| (v.status.to_owned(), v.member_count))
+                    .unwrap_or_else(|| ("none".to_owned(), 0));
+                *states.entry(state).or_default() += 1;
+            }
+            let states: Vec<String> = states
+                .into_iter()
+                .map(|((status, count), n)| format!("{n} {status} knowing {count} members"))
+                .collect();
+            tracing::warn!(
+                "{} of {} members joined in time; the others: {}",
+                joined,
+                members.len(),
+                states.join(", ")
+            );
         }
         Ok(Setup {
             members,
@@ -121,16 +143,20 @@ impl World<'_> {
         }
         // Until every sender's group outbox is empty, then the bytes.
         let deadline = now_ms() + (self.scenario.drain_s * 1000.0) as u64;
-        loop {
+        let outboxes_empty_ms = loop {
             let mut waiting = 0;
             for &s in &senders {
                 waiting += self.group_service(s).await?.store().group_outbox_len();
             }
-            if waiting == 0 || now_ms() >= deadline {
-                break;
+            if waiting == 0 {
+                break Some(now_ms() - window_start);
+            }
+            if now_ms() >= deadline {
+                tracing::warn!("{waiting} group envelopes not on their hosts by the end");
+                break None;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
         let mut after = Vec::new();
         for &m in &setup.members {
             after.push(self.peers[m].lock().await.traffic().bytes_out());
@@ -195,8 +221,22 @@ impl World<'_> {
             }
             tokio::time::sleep(Duration::from_millis(1_000)).await;
         }
+        let (mut members_waiting_for_keys, mut messages_waiting_for_keys) = (0, 0);
+        for &m in &setup.members {
+            let service = self.group_service(m).await?;
+            let waiting: usize = service
+                .store()
+                .groups()
+                .map(|gs| gs.iter().map(|g| g.pending.len()).sum())
+                .unwrap_or(0);
+            members_waiting_for_keys += usize::from(waiting > 0);
+            messages_waiting_for_keys += waiting;
+        }
         let messages = sent.len().max(1) as u64;
         Ok(GroupFigures {
+            outboxes_empty_ms,
+            members_waiting_for_keys,
+            messages_waiting_for_keys,
             members: setup.members.len(),
             joined: setup.joined,
             join_ms: setup.join_ms,

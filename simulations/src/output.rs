@@ -66,12 +66,12 @@ fn path_name(p: Path) -> &'static str {
 
 fn nodes_csv(run: &Run) -> String {
     let mut s = String::from(
-        "name,peer_id,role,bytes_out,envelope_out,mailbox_out,lookups,lookup_requests,hosted_envelopes,hosted_bytes,hosted_bytes_max,rejections,restarts\n",
+        "name,peer_id,role,bytes_out,envelope_out,mailbox_out,lookups,lookup_requests,hosted_envelopes,hosted_bytes,hosted_bytes_max,rejections,restarts,connections\n",
     );
     for n in &run.nodes {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             n.name,
             n.peer_id,
             serde_json::to_value(n.role)
@@ -87,7 +87,8 @@ fn nodes_csv(run: &Run) -> String {
             n.hosted_bytes,
             n.hosted_bytes_max,
             n.rejections,
-            n.restarts
+            n.restarts,
+            n.connections
         );
     }
     s
@@ -531,6 +532,18 @@ pub fn report(s: &Summary) -> String {
             g.hosted_bytes_per_message
         );
         let _ = writeln!(r, "| group envelopes members refused | {} |", g.dropped);
+        let _ = writeln!(
+            r,
+            "| senders' group outboxes empty after | {} |",
+            g.outboxes_empty_ms
+                .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_else(|| "not within the drain".to_owned())
+        );
+        let _ = writeln!(
+            r,
+            "| at the end, members with messages waiting for a sender key (messages) | {} ({}) |",
+            g.members_waiting_for_keys, g.messages_waiting_for_keys
+        );
     }
     if s.spam.attempts > 0 {
         let _ = writeln!(

@@ -37,6 +37,8 @@ pub struct NodeRecord {
     /// Deposits it refused as a host (quotas, bad proofs, expired).
     pub rejections: u64,
     pub restarts: u64,
+    /// Peers it was connected to when the figures were collected.
+    pub connections: usize,
 }
 
 /// How a message travelled.
@@ -249,6 +251,13 @@ pub struct GroupFigures {
     pub hosted_bytes_per_message: u64,
     /// Group envelopes each member fetched and refused (from non-members, not opening).
     pub dropped: u64,
+    /// From the first message until the senders' group outboxes were empty (every envelope
+    /// on its hosts), ms; `None`: not within the drain.
+    pub outboxes_empty_ms: Option<u64>,
+    /// At the end: members with messages that wait for their sender's key, and those
+    /// messages in all.
+    pub members_waiting_for_keys: usize,
+    pub messages_waiting_for_keys: usize,
 }
 
 /// The observer every node of a run shares: it keeps every mailbox request any node answered,

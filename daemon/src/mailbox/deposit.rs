@@ -17,7 +17,8 @@ use super::{Client, Error, Target};
 use crate::clock::unix_ms;
 use crate::store;
 
-/// How long the hosts found for a dead drop are used before they are looked up again.
+/// How long the hosts found for a dead drop are used for deposits before they are looked
+/// up again.
 const HOST_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Dead drops whose hosts are kept, at most.
 const HOST_CACHE_MAX: usize = 1_024;
@@ -26,24 +27,47 @@ const HOST_CACHE_MAX: usize = 1_024;
 type Found = (Instant, Vec<Target>);
 
 /// The hosts found for dead-drop addresses, kept for a short while, so that a burst of
-/// deposits to one dead drop shares one lookup. Cheap to clone; clones share the cache.
-#[derive(Clone, Default)]
+/// deposits to one dead drop (or the fetch rounds of a few minutes) shares one lookup.
+/// Cheap to clone; clones share the cache.
+#[derive(Clone)]
 pub struct HostCache {
     inner: Arc<Mutex<HashMap<Address, Found>>>,
+    ttl: Duration,
+}
+
+impl Default for HostCache {
+    fn default() -> Self {
+        HostCache::with_ttl(HOST_CACHE_TTL)
+    }
 }
 
 impl HostCache {
+    /// A cache whose entries are used for `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        HostCache {
+            inner: Arc::default(),
+            ttl,
+        }
+    }
+
     pub(super) fn get(&self, address: &Address) -> Option<Vec<Target>> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(address)
-            .filter(|(at, _)| at.elapsed() < HOST_CACHE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, t)| t.clone())
+    }
+
+    /// Forget the hosts of `address` (none of them answered): the next use looks again.
+    pub(super) fn forget(&self, address: &Address) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(address);
     }
 
     pub(super) fn put(&self, address: Address, targets: Vec<Target>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= HOST_CACHE_MAX {
-            map.retain(|_, (at, _)| at.elapsed() < HOST_CACHE_TTL);
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
             if map.len() >= HOST_CACHE_MAX {
                 map.clear();
             }

@@ -3,10 +3,12 @@
 //! looks in each of its dead drops (its intro dead drop, and each contact's pairwise drops
 //! of the epochs since its last complete fetch) at every host, hands what it finds to the
 //! service, deletes what was taken, and sends each sender one receipt. It looks in the dead
-//! drops of its groups too (of the newest two secrets it holds), from where it last read
-//! at each host; group envelopes stay there for every other member, until they expire.
+//! drops of its groups too (of the newest two secrets it holds), at one host a round in
+//! turn, from where it last read there; group envelopes stay there for every other member,
+//! until they expire. The hosts found for a dead drop are reused for a few minutes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -42,6 +44,14 @@ const MIN_WOKEN_GAP: Duration = Duration::from_secs(5);
 const DROPS_AT_ONCE: usize = 4;
 /// How long a burst of new connections may settle before the fetch they woke.
 const SETTLE: Duration = Duration::from_millis(200);
+/// How long a fetch reuses the hosts it found for a dead drop (a host that does not answer
+/// is looked up again at once): most rounds then need no lookup, which through a private
+/// path costs a Kademlia lookup at an exit. Addresses change with the epoch anyway.
+pub const FETCH_HOSTS_TTL: Duration = Duration::from_secs(180);
+/// How long after an epoch begins a group's dead drop of the epoch before is still read,
+/// at least (ms; three fetch intervals if that is longer). A deposit's address is chosen
+/// when the attempt starts, and an attempt through a private path gives up within a minute.
+const GROUP_EPOCH_GRACE: u64 = 5 * 60 * 1_000;
 
 /// The least stamp this node asks of an envelope fetched from its intro dead drop: its own
 /// hosting difficulty, but never more than the default (hosts that ask the default must
@@ -102,8 +112,18 @@ impl Client {
                 (key.address(), key, Kind::Pairwise)
             }));
         }
+        // A group's dead drop of the epoch before is read only near the epochs' boundary
+        // (a deposit begun before it may land after it) and until a complete round in this
+        // epoch: nothing is left there later but by depositors whose clocks are late.
+        let grace = GROUP_EPOCH_GRACE.max(3 * service.mailbox_config().fetch_interval_ms);
+        let group_first = if last < current || service.epoch_at(now.saturating_sub(grace)) < current
+        {
+            current.saturating_sub(1)
+        } else {
+            current
+        };
         for (group, hash, secret) in service.group_drops(&me)? {
-            keys.extend((current.saturating_sub(1)..=current).map(|e| {
+            keys.extend((group_first..=current).map(|e| {
                 let key = secret.drop_key(e);
                 (key.address(), key, Kind::Group(group, hash))
             }));
@@ -113,15 +133,32 @@ impl Client {
 
     /// Fetch every dead drop of this node from its hosts, hand what arrived to the service,
     /// and delete it at the host. Returns how many envelopes were taken.
+    ///
+    /// A pairwise or intro dead drop is read at every host (each deletes what was taken);
+    /// a group dead drop, where envelopes stay for every member until they expire, at one
+    /// host a round — this node's own host too when it is one, which costs no path — taking
+    /// the hosts in turn from round to round, and the next host in the same round when the
+    /// one chosen does not answer. Every depositor leaves a group envelope at every host,
+    /// so one host has what the others have; one that lost or withholds some is read again
+    /// a few rounds later.
     pub async fn fetch_round(&self) -> Result<usize, Error> {
         let started = unix_ms();
+        let round = self.rounds.fetch_add(1, Ordering::Relaxed);
         // Dead drops a few at a time, and each from all its hosts at once: through private
         // paths every page is a round trip through three relays, and a round that waited
         // for each in turn would take as many round trips as pages.
         let drops = self.own_drops().await?;
         let results: Vec<(usize, bool)> = futures::stream::iter(drops)
             .map(|(address, key, kind)| async move {
-                let targets = self.hosts_for(&address).await;
+                let targets = self.fetch_targets(&address).await;
+                if let Kind::Group(..) = kind {
+                    let taken = self
+                        .fetch_group_drop(&targets, &address, &key, kind, round)
+                        .await;
+                    // Group dead drops are read by cursor, whatever the epochs of the last
+                    // complete round: they do not keep a round from being complete.
+                    return (taken, true);
+                }
                 let fetched = futures::future::join_all(
                     targets
                         .iter()
@@ -129,6 +166,10 @@ impl Client {
                 )
                 .await;
                 let taken: usize = fetched.iter().map(|(n, _)| n).sum();
+                if fetched.iter().any(|(_, ok)| !ok) {
+                    // A host that did not answer may have left: look the hosts up again.
+                    self.fetch_hosts.forget(&address);
+                }
                 // This node alone is no proof that the dead drop was looked at.
                 let reached = targets
                     .iter()
@@ -149,6 +190,57 @@ impl Client {
         batch.put_last_fetch_epoch(self.service.epoch_at(started));
         self.service.store().apply(&batch)?;
         Ok(taken)
+    }
+
+    /// The hosts of `address` for a fetch: the ones found within [`FETCH_HOSTS_TTL`], else
+    /// looked up (and kept when the lookup found a full set of remote hosts).
+    async fn fetch_targets(&self, address: &Address) -> Vec<Target> {
+        if let Some(targets) = self.fetch_hosts.get(address) {
+            return targets;
+        }
+        let targets = self.hosts_for(address).await;
+        let replicas = self.service.mailbox_config().replicas.max(1);
+        if targets.len() >= replicas && targets.iter().any(|t| matches!(t, Target::Remote(..))) {
+            self.fetch_hosts.put(*address, targets.clone());
+        }
+        targets
+    }
+
+    /// Read a group dead drop: at this node's own host if it is one, and at one remote
+    /// host, the `round`-th in turn (the next ones in order while the one asked does not
+    /// answer). Returns how many envelopes were handled.
+    async fn fetch_group_drop(
+        &self,
+        targets: &[Target],
+        address: &Address,
+        key: &DropKey,
+        kind: Kind,
+        round: u64,
+    ) -> usize {
+        let mut handled = 0;
+        let remote: Vec<&Target> = targets
+            .iter()
+            .filter(|t| matches!(t, Target::Remote(..)))
+            .collect();
+        if remote.len() < targets.len() {
+            handled += self.fetch_from(&Target::Local, address, key, kind).await.0;
+        }
+        if remote.is_empty() {
+            return handled;
+        }
+        // Members start at different hosts (the address's first byte and the round), so
+        // that a group's hosts share its members' reads.
+        let first = (round as usize).wrapping_add(usize::from(address.0[0])) % remote.len();
+        for i in 0..remote.len() {
+            let target = remote[(first + i) % remote.len()];
+            let (n, answered) = self.fetch_from(target, address, key, kind).await;
+            handled += n;
+            if answered {
+                return handled;
+            }
+            self.fetch_hosts.forget(address);
+        }
+        handled
     }
 
     /// Fetch one dead drop from one host. Returns how many envelopes were taken, and

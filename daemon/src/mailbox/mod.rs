@@ -81,6 +81,11 @@ pub struct Client {
     group_cursors: GroupCursors,
     /// The hosts of group dead drops this node deposits at (see `group`).
     group_hosts: deposit::HostCache,
+    /// The hosts of this node's own dead drops, reused by fetch rounds for
+    /// [`fetch::FETCH_HOSTS_TTL`] (see `fetch`).
+    fetch_hosts: deposit::HostCache,
+    /// Fetch rounds so far: which host of a group dead drop a round reads (see `fetch`).
+    rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Group dead drop and host → the last envelope read there.
@@ -98,6 +103,8 @@ impl Client {
             paths: None,
             group_cursors: Arc::default(),
             group_hosts: deposit::HostCache::default(),
+            fetch_hosts: deposit::HostCache::with_ttl(fetch::FETCH_HOSTS_TTL),
+            rounds: Arc::default(),
         }
     }
 
