@@ -49,13 +49,23 @@ impl Client {
                 t
             }
         };
+        // At every host that does not hold it yet at once: through private paths each
+        // deposit is a round trip through three relays, and one after another an entry
+        // took three.
         let me = self.me();
-        for target in &targets {
-            let id = target.id_bytes(&me);
-            if entry.hosts.contains(&id) {
-                continue;
-            }
-            match self.ask(target, Request::Deposit(deposit.clone())).await {
+        let wanted: Vec<(&super::Target, Vec<u8>)> = targets
+            .iter()
+            .map(|t| (t, t.id_bytes(&me)))
+            .filter(|(_, id)| !entry.hosts.contains(id))
+            .collect();
+        let answers = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|(target, _)| self.ask(target, Request::Deposit(deposit.clone()))),
+        )
+        .await;
+        for ((_, id), answer) in wanted.into_iter().zip(answers) {
+            match answer {
                 Ok(Response::Stored | Response::AlreadyStored) => entry.hosts.push(id),
                 Ok(other) => tracing::debug!("a host refused a group deposit: {other:?}"),
                 Err(e) => tracing::debug!("a group deposit failed: {e}"),
