@@ -228,11 +228,8 @@ impl Client {
         if remote.is_empty() {
             return handled;
         }
-        // Members start at different hosts (the address's first byte and the round), so
-        // that a group's hosts share its members' reads.
-        let first = (round as usize).wrapping_add(usize::from(address.0[0])) % remote.len();
-        for i in 0..remote.len() {
-            let target = remote[(first + i) % remote.len()];
+        for i in read_order(remote.len(), round) {
+            let target = remote[i];
             let (n, answered) = self.fetch_from(target, address, key, kind).await;
             handled += n;
             if answered {
@@ -454,5 +451,41 @@ impl Client {
                 return;
             }
         }
+    }
+}
+
+/// The order in which round `round` asks `hosts` remote hosts of a group dead drop: from
+/// the `round`-th (modulo their number) on, so that rounds take the hosts in turn. Each
+/// node's rounds count from a random start (see `Client::new`), so that the members of a
+/// group do not all read the same host in the same round.
+fn read_order(hosts: usize, round: u64) -> impl Iterator<Item = usize> {
+    let first = if hosts == 0 {
+        0
+    } else {
+        (round % hosts as u64) as usize
+    };
+    (0..hosts).map(move |i| (first + i) % hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_order;
+
+    #[test]
+    fn rounds_take_a_group_drops_hosts_in_turn_and_each_round_can_reach_all() {
+        for hosts in 1..=5usize {
+            let start = 65_534;
+            let mut firsts = Vec::new();
+            for round in start..start + hosts as u64 {
+                let order: Vec<usize> = read_order(hosts, round).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..hosts).collect::<Vec<_>>(), "round {round}");
+                firsts.push(order[0]);
+            }
+            firsts.sort_unstable();
+            assert_eq!(firsts, (0..hosts).collect::<Vec<_>>(), "{hosts} hosts");
+        }
+        assert_eq!(read_order(0, 7).count(), 0);
     }
 }

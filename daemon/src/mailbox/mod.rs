@@ -104,7 +104,9 @@ impl Client {
             group_cursors: Arc::default(),
             group_hosts: deposit::HostCache::default(),
             fetch_hosts: deposit::HostCache::with_ttl(fetch::FETCH_HOSTS_TTL),
-            rounds: Arc::default(),
+            rounds: Arc::new(std::sync::atomic::AtomicU64::new(u64::from(
+                rand::random::<u16>(),
+            ))),
         }
     }
 
