@@ -222,7 +222,7 @@ impl Client {
             .iter()
             .filter(|t| matches!(t, Target::Remote(..)))
             .collect();
-        if remote.len() < targets.len() {
+        if targets.iter().any(|t| matches!(t, Target::Local)) {
             handled += self.fetch_from(&Target::Local, address, key, kind).await.0;
         }
         if remote.is_empty() {
