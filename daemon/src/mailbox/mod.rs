@@ -84,8 +84,6 @@ pub struct Client {
     /// The hosts of this node's own dead drops, reused by fetch rounds for
     /// [`fetch::FETCH_HOSTS_TTL`] (see `fetch`).
     fetch_hosts: deposit::HostCache,
-    /// Fetch rounds so far: which host of a group dead drop a round reads (see `fetch`).
-    rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Group dead drop and host → the last envelope read there.
@@ -104,9 +102,6 @@ impl Client {
             group_cursors: Arc::default(),
             group_hosts: deposit::HostCache::default(),
             fetch_hosts: deposit::HostCache::with_ttl(fetch::FETCH_HOSTS_TTL),
-            rounds: Arc::new(std::sync::atomic::AtomicU64::new(u64::from(
-                rand::random::<u16>(),
-            ))),
         }
     }
 
