@@ -133,14 +133,9 @@ impl Client {
             .build_deposit(&contact, entry.envelope.clone(), difficulty)
             .await?;
         let mut stored = entry.hosts.clone();
-        let targets = match cache.get(&deposit.address) {
-            Some(t) => t,
-            None => {
-                let t = self.hosts_for(&deposit.address).await;
-                cache.put(deposit.address, t.clone());
-                t
-            }
-        };
+        // Even an empty set is kept: a burst of entries to an unreachable dead drop shares
+        // one lookup.
+        let targets = self.hosts_cached(cache, &deposit.address, |_| true).await;
         for target in targets {
             let id = target.id_bytes(&me);
             if stored.contains(&id) {

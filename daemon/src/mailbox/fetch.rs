@@ -186,15 +186,11 @@ impl Client {
     /// The hosts of `address` for a fetch: the ones found within [`FETCH_HOSTS_TTL`], else
     /// looked up (and kept when the lookup found a full set of remote hosts).
     async fn fetch_targets(&self, address: &Address) -> Vec<Target> {
-        if let Some(targets) = self.fetch_hosts.get(address) {
-            return targets;
-        }
-        let targets = self.hosts_for(address).await;
         let replicas = self.service.mailbox_config().replicas.max(1);
-        if targets.len() >= replicas && targets.iter().any(|t| matches!(t, Target::Remote(..))) {
-            self.fetch_hosts.put(*address, targets.clone());
-        }
-        targets
+        self.hosts_cached(&self.fetch_hosts, address, |t| {
+            t.len() >= replicas && t.iter().any(|t| matches!(t, Target::Remote(..)))
+        })
+        .await
     }
 
     /// Read a group dead drop at every host. Returns how many envelopes were handled.

@@ -38,17 +38,12 @@ impl Client {
             auth: DepositAuth::Proof(key.sign(&Deposit::signed_bytes(&digest, expires_at))),
         };
         // A burst of group envelopes to one dead drop shares one lookup.
-        let targets = match self.group_hosts.get(&deposit.address) {
-            Some(t) => t,
-            None => {
-                let t = self.hosts_for(&deposit.address).await;
-                if t.is_empty() {
-                    return false;
-                }
-                self.group_hosts.put(deposit.address, t.clone());
-                t
-            }
-        };
+        let targets = self
+            .hosts_cached(&self.group_hosts, &deposit.address, |t| !t.is_empty())
+            .await;
+        if targets.is_empty() {
+            return false;
+        }
         // At every host that does not hold it yet at once: through private paths each
         // deposit is a round trip through three relays, and one after another an entry
         // took three.

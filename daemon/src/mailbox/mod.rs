@@ -127,6 +127,33 @@ impl Client {
         self.service.network().peer_id()
     }
 
+    /// The hosts of `address` from `cache`, else looked up and kept there when `keep` says
+    /// the set is worth reusing. Kept hosts that this node has banned since are not used:
+    /// the address is looked up again (the lookup leaves banned hosts out).
+    pub(crate) async fn hosts_cached(
+        &self,
+        cache: &deposit::HostCache,
+        address: &Address,
+        keep: impl Fn(&[Target]) -> bool,
+    ) -> Vec<Target> {
+        if let Some(targets) = cache.get(address) {
+            let store = self.service.store();
+            let banned = targets.iter().any(|t| match t {
+                Target::Remote(peer, _) => store.is_banned(&peer.to_bytes()).unwrap_or(false),
+                Target::Local => false,
+            });
+            if !banned {
+                return targets;
+            }
+            cache.forget(address);
+        }
+        let targets = self.hosts_for(address).await;
+        if keep(&targets) {
+            cache.put(*address, targets.clone());
+        }
+        targets
+    }
+
     /// The hosts of `address`, closest first, for this node's own mailbox work: found by an
     /// exit when private paths are on (none if no path worked: the caller tries again
     /// later), else by this node's own lookup.
