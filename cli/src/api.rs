@@ -87,6 +87,25 @@ pub struct Message {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub notice: bool,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A message's file (`attachment.get`, and in messages).
+#[derive(Debug, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub mime: String,
+    #[serde(default)]
+    pub kind: String,
+    pub size: u64,
+    #[serde(default)]
+    pub received: u64,
+    pub state: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A reaction to a message.

@@ -290,6 +290,91 @@ pub fn send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {
     )
 }
 
+/// `sotto send NAME [CAPTION] --file|--voice|--sticker|--gif PATH`: the daemon reads the
+/// file (its absolute path is sent), seals it and offers it to the contact.
+pub fn send_file(
+    ctx: &Context,
+    to: &str,
+    path: &std::path::Path,
+    kind: &str,
+    caption: &str,
+) -> anyhow::Result<()> {
+    let path = std::path::absolute(path)
+        .with_context(|| format!("cannot resolve the path {}", path.display()))?;
+    let caption = match caption {
+        "-" => read_stdin("caption")?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        text => text.to_owned(),
+    };
+    ctx.call_and_print(
+        "message.send",
+        json!({ "to": to, "text": caption, "file": path, "kind": kind }),
+        |m: Message| Ok(output::sent(&m)),
+    )
+}
+
+/// How long `sotto attachment get` waits without any progress before it leaves the
+/// download to the daemon.
+const STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `sotto attachment get MSGID [--out PATH]`: ask for the file, show progress on a
+/// terminal until it is complete, then save a copy at PATH if asked.
+pub fn attachment_get(
+    ctx: &Context,
+    id: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let out = out
+        .map(std::path::absolute)
+        .transpose()
+        .context("cannot resolve the output path")?;
+    let mut client = ctx.connect()?;
+    let show = !ctx.json && io::stderr().is_terminal();
+    let mut last = (0u64, std::time::Instant::now());
+    loop {
+        let value = client.call("attachment.get", json!({ "id": id }))?;
+        let a: api::Attachment = api::parse(&value, "attachment.get")?;
+        match a.state.as_str() {
+            "complete" => break,
+            "failed" => bail!(
+                "the download of {} failed: {}",
+                output::one_line(&a.name),
+                output::one_line(a.error.as_deref().unwrap_or("no reason given"))
+            ),
+            _ => {}
+        }
+        if show {
+            eprint!("\r\x1b[K{}", output::progress(&a));
+        }
+        if a.received > last.0 {
+            last = (a.received, std::time::Instant::now());
+        } else if last.1.elapsed() > STALL {
+            if show {
+                eprintln!();
+            }
+            bail!(
+                "the download of {} made no progress for {} s ({}); the daemon goes on \
+                 trying: run this again later",
+                output::one_line(&a.name),
+                STALL.as_secs(),
+                output::one_line(a.error.as_deref().unwrap_or("waiting"))
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    let value = client.call("attachment.get", json!({ "id": id, "out": out }))?;
+    if ctx.json {
+        return print_line(&value.to_string());
+    }
+    let a: api::Attachment = api::parse(&value, "attachment.get")?;
+    print_line(&output::saved(&a, out.as_deref()))
+}
+
 /// `sotto reply NAME MSGID TEXT`
 pub fn reply(ctx: &Context, to: &str, id: &str, text: &str) -> anyhow::Result<()> {
     ctx.call_and_print(

@@ -88,9 +88,28 @@ enum Command {
     Send {
         /// The contact's name or address
         name: String,
-        /// The message; `-` reads it from standard input
-        text: String,
+        /// The message (with a file: its caption); `-` reads it from standard input
+        #[arg(required_unless_present_any = ["file", "voice", "sticker", "gif"])]
+        text: Option<String>,
+        /// Send this file (up to 100 MiB by default); TEXT is its caption
+        #[arg(long, value_name = "PATH", group = "attachment")]
+        file: Option<PathBuf>,
+        /// Send this audio file as a voice note
+        #[arg(long, value_name = "PATH", group = "attachment")]
+        voice: Option<PathBuf>,
+        /// Send this webp or png image as a sticker
+        #[arg(long, value_name = "PATH", group = "attachment")]
+        sticker: Option<PathBuf>,
+        /// Send this animation, to be played looped
+        #[arg(long, value_name = "PATH", group = "attachment")]
+        gif: Option<PathBuf>,
+        /// The file's caption (instead of TEXT)
+        #[arg(long, conflicts_with = "text", requires = "attachment")]
+        caption: Option<String>,
     },
+    /// Attachments of messages: download one, save it elsewhere
+    #[command(subcommand)]
+    Attachment(AttachmentCommand),
     /// Reply to a message (MSGID: its id from `sotto messages`, or 4+ of its first digits)
     Reply {
         /// The contact's or group's name
@@ -254,6 +273,18 @@ enum RequestsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AttachmentCommand {
+    /// Download a message's file (if it is not yet) and wait for it, with progress
+    Get {
+        /// The message's id from `sotto messages`, or 4+ of its first digits
+        msgid: String,
+        /// Also save the finished file here (never over an existing file)
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum MailboxCommand {
     /// Dead drops, envelopes and bytes hosted; deposits, rejections, handovers
     Stats,
@@ -299,7 +330,34 @@ fn main() -> ExitCode {
         }
         Command::Peers(PeersCommand::Bans) => commands::peers_bans(&ctx),
         Command::Peers(PeersCommand::Unban { peer }) => commands::peers_unban(&ctx, &peer),
-        Command::Send { name, text } => commands::send(&ctx, &name, &text),
+        Command::Send {
+            name,
+            text,
+            file,
+            voice,
+            sticker,
+            gif,
+            caption,
+        } => {
+            let attachment = file
+                .map(|p| (p, "file"))
+                .or(voice.map(|p| (p, "voice")))
+                .or(sticker.map(|p| (p, "sticker")))
+                .or(gif.map(|p| (p, "gif")));
+            match attachment {
+                Some((path, kind)) => commands::send_file(
+                    &ctx,
+                    &name,
+                    &path,
+                    kind,
+                    caption.or(text).as_deref().unwrap_or(""),
+                ),
+                None => commands::send(&ctx, &name, text.as_deref().unwrap_or_default()),
+            }
+        }
+        Command::Attachment(AttachmentCommand::Get { msgid, out }) => {
+            commands::attachment_get(&ctx, &msgid, out.as_deref())
+        }
         Command::Reply { name, msgid, text } => commands::reply(&ctx, &name, &msgid, &text),
         Command::React { name, msgid, emoji } => commands::react(&ctx, &name, &msgid, &emoji),
         Command::Edit { name, msgid, text } => commands::edit(&ctx, &name, &msgid, &text),

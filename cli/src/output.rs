@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use qrcode::render::unicode::Dense1x2;
 use qrcode::{EcLevel, QrCode};
 
+use crate::api;
 use crate::api::{
     Account, Contact, Direction, Event, Group, GroupInfo, Message, Status, Verification,
 };
@@ -253,6 +254,9 @@ pub fn message(message: &Message) -> String {
             .collect();
         after.push_str(&format!("  {{{}}}", reactions.join(", ")));
     }
+    for a in &message.attachments {
+        after.push_str(&format!("  [{}]", attachment(a)));
+    }
     if message.expires_at.is_some() {
         after.push_str("  ⏱");
     }
@@ -274,6 +278,78 @@ pub fn message(message: &Message) -> String {
             one_line(&message.state)
         ),
         Direction::In => format!("{when}  #{id}  {}: {text}{after}", one_line(&message.from)),
+    }
+}
+
+/// A byte count as people read it: `812 B`, `3.4 KiB`, `20.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
+    }
+}
+
+/// An attachment in a message line: `📎 cat.png, image/png, 1.2 MiB, complete`.
+pub fn attachment(a: &api::Attachment) -> String {
+    let icon = match a.kind.as_str() {
+        "voice" => "🎤",
+        "sticker" => "🏷",
+        "gif" => "🎞",
+        _ => "📎",
+    };
+    let state = match a.state.as_str() {
+        "downloading" if a.size > 0 => {
+            format!("downloading {}%", a.received.saturating_mul(100) / a.size)
+        }
+        s => one_line(s),
+    };
+    format!(
+        "{icon} {}, {}, {}, {state}",
+        one_line(&a.name),
+        one_line(&a.mime),
+        bytes(a.size)
+    )
+}
+
+/// The progress line of `sotto attachment get`.
+pub fn progress(a: &api::Attachment) -> String {
+    let pct = a
+        .received
+        .saturating_mul(100)
+        .checked_div(a.size)
+        .unwrap_or(100);
+    let filled = (pct / 5) as usize;
+    let mut line = format!(
+        "{} [{}{}] {pct:>3}%  {} of {}",
+        one_line(&a.name),
+        "#".repeat(filled),
+        "-".repeat(20 - filled.min(20)),
+        bytes(a.received),
+        bytes(a.size)
+    );
+    if let Some(e) = &a.error {
+        line.push_str(&format!("  ({})", one_line(e)));
+    }
+    line
+}
+
+/// `sotto attachment get`, done.
+pub fn saved(a: &api::Attachment, out: Option<&std::path::Path>) -> String {
+    let at = a.path.as_deref().map(one_line).unwrap_or_default();
+    match out {
+        Some(out) => format!(
+            "{} ({}) is complete: {at}; saved a copy to {}.",
+            one_line(&a.name),
+            bytes(a.size),
+            one_line(&out.display().to_string())
+        ),
+        None => format!(
+            "{} ({}) is complete: {at}",
+            one_line(&a.name),
+            bytes(a.size)
+        ),
     }
 }
 
@@ -469,7 +545,30 @@ mod tests {
             deleted: false,
             expires_at: None,
             notice: false,
+            attachments: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_attachment_shows_its_name_type_size_and_progress_on_one_line() {
+        let mut m = msg(Direction::In, "look", "received");
+        m.attachments.push(api::Attachment {
+            name: "cat\n.png".into(),
+            mime: "image/png".into(),
+            kind: "file".into(),
+            size: 2 << 20,
+            received: 1 << 20,
+            state: "downloading".into(),
+            path: None,
+            error: None,
+        });
+        let line = message(&m);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("📎 cat\\n.png, image/png, 2.0 MiB, downloading 50%"),
+            "{line}"
+        );
+        assert!(progress(&m.attachments[0]).contains("[##########----------]  50%"));
     }
 
     #[test]

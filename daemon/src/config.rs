@@ -88,7 +88,18 @@ pub struct Mailbox {
     pub groups_from: GroupsFrom,
     /// Send read receipts (`chat.read`) and take contacts' (off: neither).
     pub read_receipts: bool,
+    /// Attachments up to this size are downloaded when their message arrives; larger ones
+    /// wait for `attachment.get`.
+    pub auto_download_bytes: u64,
+    /// The largest file this node sends or downloads (at most
+    /// [`sotto_protocol::blob::MAX_BLOB_BYTES`]).
+    pub max_attachment_bytes: u64,
 }
+
+/// The default of [`Mailbox::auto_download_bytes`]: 16 MiB.
+pub const AUTO_DOWNLOAD_BYTES: u64 = 16 << 20;
+/// The default of [`Mailbox::max_attachment_bytes`]: 100 MiB.
+pub const MAX_ATTACHMENT_BYTES: u64 = 100 << 20;
 
 /// Whose invitation to a group joins the node at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -116,6 +127,8 @@ impl Default for Mailbox {
             policy: sotto_protocol::mailbox::Policy::default(),
             groups_from: GroupsFrom::default(),
             read_receipts: true,
+            auto_download_bytes: AUTO_DOWNLOAD_BYTES,
+            max_attachment_bytes: MAX_ATTACHMENT_BYTES,
         }
     }
 }
@@ -140,6 +153,8 @@ pub struct File {
     pub stamp_difficulty: Option<u8>,
     pub groups_from: Option<GroupsFrom>,
     pub read_receipts: Option<bool>,
+    pub auto_download_bytes: Option<u64>,
+    pub max_attachment_bytes: Option<u64>,
     pub mailbox_ttl_secs: Option<u64>,
     pub rate_envelope: Option<u32>,
     pub rate_contact_envelope: Option<u32>,

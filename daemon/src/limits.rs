@@ -46,6 +46,9 @@ pub struct Limits {
     /// Onion cells (`/sotto/onion/1`) this node relays for a peer: the hop before it on
     /// someone's private path.
     pub onion: Rate,
+    /// Chunks of blobs (`/sotto/blob/1`) this node serves a peer: its own attachments, to
+    /// those it sent them to.
+    pub chunk: Rate,
     /// Kademlia lookups this node starts itself: kept below its peers' `dht` limit (a
     /// lookup asks each peer at most once), so that an honest node never trips it.
     pub own_lookups: Rate,
@@ -101,6 +104,11 @@ impl Default for Limits {
                 per_minute: 12_000,
                 burst: 3_000,
             },
+            // A chunk is 60 KiB: 30,000 a minute is 30 MiB/s to one peer.
+            chunk: Rate {
+                per_minute: 30_000,
+                burst: 2_000,
+            },
             own_lookups: Rate {
                 per_minute: 1_000,
                 burst: 1_000,
@@ -130,6 +138,7 @@ impl Limits {
             fetch: Rate::per_minute(1_000_000),
             dht: Rate::per_minute(1_000_000),
             onion: Rate::per_minute(1_000_000),
+            chunk: Rate::per_minute(1_000_000),
             own_lookups: Rate::per_minute(1_000_000),
             ..Limits::default()
         }
@@ -147,16 +156,19 @@ pub enum Kind {
     ContactEnvelope,
     /// An onion cell to relay.
     Onion,
+    /// A chunk of a blob this node offers.
+    Chunk,
 }
 
 /// Every kind, in the order of their buckets.
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind::Envelope,
     Kind::Deposit,
     Kind::Fetch,
     Kind::Dht,
     Kind::ContactEnvelope,
     Kind::Onion,
+    Kind::Chunk,
 ];
 
 /// A token bucket: `rate` tokens a minute, at most `burst` at once.
@@ -228,7 +240,7 @@ impl Pacer {
 
 #[derive(Clone, Debug)]
 struct PeerState {
-    buckets: [Bucket; 6],
+    buckets: [Bucket; 7],
     /// Refusals in the current window, and when the window started.
     refused: u32,
     window_start_ms: u64,
@@ -273,6 +285,7 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> Limiter<K> {
             Kind::Dht => self.limits.dht,
             Kind::ContactEnvelope => self.limits.contact_envelope,
             Kind::Onion => self.limits.onion,
+            Kind::Chunk => self.limits.chunk,
         }
     }
 

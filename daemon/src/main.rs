@@ -55,6 +55,13 @@ struct Args {
     /// Send no read receipts, and take none from contacts
     #[arg(long, env = "SOTTO_NO_READ_RECEIPTS")]
     no_read_receipts: bool,
+    /// Download attachments up to this many bytes when they arrive [default: 16777216]
+    #[arg(long, env = "SOTTO_AUTO_DOWNLOAD_BYTES")]
+    auto_download_bytes: Option<u64>,
+    /// The largest attachment sent or downloaded, in bytes [default: 104857600; at most
+    /// 117964800]
+    #[arg(long, env = "SOTTO_MAX_ATTACHMENT_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_attachment_bytes: Option<u64>,
     /// Do not relay onion cells of others' private paths (this node still uses paths)
     #[arg(long, env = "SOTTO_NO_RELAY")]
     no_relay: bool,
@@ -207,6 +214,21 @@ impl Args {
         mailbox.private_paths = !self.no_private_paths && file.private_paths.unwrap_or(true);
         mailbox.groups_from = self.groups_from.or(file.groups_from).unwrap_or_default();
         mailbox.read_receipts = !self.no_read_receipts && file.read_receipts.unwrap_or(true);
+        if let Some(b) = self.max_attachment_bytes.or(file.max_attachment_bytes) {
+            if b == 0 || b > sotto_protocol::blob::MAX_BLOB_BYTES {
+                return Err(config::ConfigError::OutOfRange {
+                    key: "max_attachment_bytes",
+                    value: b.to_string(),
+                    range: "1 to 117964800",
+                }
+                .into());
+            }
+            mailbox.max_attachment_bytes = b;
+        }
+        mailbox.auto_download_bytes = self
+            .auto_download_bytes
+            .or(file.auto_download_bytes)
+            .unwrap_or(config::AUTO_DOWNLOAD_BYTES);
         Ok(Config {
             data_dir,
             socket,

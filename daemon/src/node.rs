@@ -188,6 +188,7 @@ impl Node {
             mut envelopes,
             mailbox: mut requests,
             mut onion,
+            mut blob,
             connected,
             mut bans,
         } = receivers;
@@ -221,6 +222,26 @@ impl Node {
                 relay.serve(inbound);
             }
         }));
+        let blobs_dir = service.store().blobs_dir();
+        tasks.push(tokio::spawn(async move {
+            // A few chunks read at once: each is a 60 KiB read from disk.
+            let reads = Arc::new(tokio::sync::Semaphore::new(4));
+            while let Some(inbound) = blob.recv().await {
+                let Ok(permit) = reads.clone().acquire_owned().await else {
+                    break;
+                };
+                let dir = blobs_dir.clone();
+                tokio::spawn(async move {
+                    let answer =
+                        crate::service::attachments::serve_chunk(dir, inbound.request).await;
+                    let _ = inbound.reply.send(answer);
+                    drop(permit);
+                });
+            }
+        }));
+        tasks.push(tokio::spawn(
+            service.clone().run_downloads(shutdown_rx.clone()),
+        ));
         let s = service.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(event) = bans.recv().await {

@@ -311,6 +311,78 @@ impl Opener {
     }
 }
 
+/// `/sotto/blob/1`: a node asks another for one sealed chunk of a blob that node offers.
+pub const PROTOCOL: &str = "/sotto/blob/1";
+/// The largest encoded chunk request.
+pub const MAX_REQUEST_BYTES: usize = 64;
+/// The largest encoded chunk answer: one sealed chunk and its framing.
+pub const MAX_ANSWER_BYTES: usize = SEALED_CHUNK_BYTES + 64;
+
+/// One sealed chunk of the blob named `root`, at `position` (0: the manifest; `i + 1`: data
+/// chunk `i`). The root is the capability: only those the blob's reference was sent to
+/// know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub root: [u8; 32],
+    pub position: u32,
+}
+
+/// The answer to a [`ChunkRequest`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkAnswer {
+    /// The sealed chunk ([`SEALED_CHUNK_BYTES`]); the asker checks it against the manifest.
+    Chunk(Vec<u8>),
+    /// This node offers no such blob, or the blob has no such position.
+    Unknown,
+    Refused(ChunkRefusal),
+}
+
+impl std::fmt::Debug for ChunkAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkAnswer::Chunk(b) => write!(f, "Chunk({} bytes)", b.len()),
+            ChunkAnswer::Unknown => write!(f, "Unknown"),
+            ChunkAnswer::Refused(r) => write!(f, "Refused({r:?})"),
+        }
+    }
+}
+
+/// Why a node did not answer a chunk request with a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRefusal {
+    Malformed,
+    /// Over the asker's rate limit: ask again after this many milliseconds.
+    SlowDown(u32),
+    Busy,
+    Internal,
+}
+
+impl ChunkRequest {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+        crate::codec::encode_limited(self, MAX_REQUEST_BYTES as u64)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode_limited(bytes, MAX_REQUEST_BYTES as u64)
+    }
+}
+
+impl ChunkAnswer {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+        crate::codec::encode_limited(self, MAX_ANSWER_BYTES as u64)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode_limited(bytes, MAX_ANSWER_BYTES as u64)
+    }
+}
+
+/// Where a sealed chunk at `position` sits in a file of a whole sealed blob (the manifest
+/// first, then the data chunks in order, each [`SEALED_CHUNK_BYTES`]).
+pub fn offset_of(position: u32) -> u64 {
+    u64::from(position) * SEALED_CHUNK_BYTES as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +493,25 @@ mod tests {
             Opener::new(&huge, &manifest.bytes),
             Err(BlobError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn chunk_requests_and_answers_round_trip_within_their_limits() {
+        let request = ChunkRequest {
+            root: [9; 32],
+            position: MAX_CHUNKS as u32,
+        };
+        let bytes = request.to_bytes().unwrap();
+        assert!(bytes.len() <= MAX_REQUEST_BYTES);
+        assert_eq!(ChunkRequest::from_bytes(&bytes).unwrap(), request);
+        let answer = ChunkAnswer::Chunk(vec![7; SEALED_CHUNK_BYTES]);
+        let bytes = answer.to_bytes().unwrap();
+        assert!(bytes.len() <= MAX_ANSWER_BYTES);
+        assert_eq!(ChunkAnswer::from_bytes(&bytes).unwrap(), answer);
+        // A chunk answer larger than any sealed chunk does not encode or decode.
+        let huge = ChunkAnswer::Chunk(vec![0; MAX_ANSWER_BYTES]);
+        assert!(huge.to_bytes().is_err());
+        assert!(ChunkAnswer::from_bytes(&[0xff; 70]).is_err());
     }
 
     #[test]

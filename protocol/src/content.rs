@@ -3,8 +3,8 @@
 //! [`Body`] is an enum: new kinds are added as new variants at its end (an older node
 //! refuses one it does not know as invalid content), and the version byte in front of every
 //! encoding lets a newer format be refused clearly. Text, replies, reactions, edits,
-//! deletes, read receipts and the disappearing-message timer exist (docs/protocol.md §4);
-//! attachments do not yet.
+//! deletes, read receipts, the disappearing-message timer and attachments
+//! ([`Body::Media`]) exist (docs/protocol.md §4, §15).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,12 @@ pub const VERSION: u8 = 1;
 /// The longest text, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
 /// The largest encoded content accepted.
-pub const MAX_BYTES: usize = MAX_TEXT_BYTES + 256;
+/// The largest encoded content accepted (text, and what an attachment's reference adds).
+pub const MAX_BYTES: usize = MAX_TEXT_BYTES + 4 * 1024;
+/// The longest attachment file name, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest MIME type.
+pub const MAX_MIME_BYTES: usize = 127;
 
 /// A random 128-bit message id; duplicates of a message carry the same id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -81,6 +86,74 @@ pub enum Body {
     Read(Vec<MessageId>),
     /// The sender set the chat's disappearing-message timer, in ms (`None`: off).
     Timer(Option<u64>),
+    /// A file, with a caption (which may be empty) that may reply or disappear.
+    Media(Media),
+}
+
+/// A message with a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// The caption, what it answers, and the chat's timer.
+    pub post: Post,
+    pub attachment: Attachment,
+}
+
+/// What kind of file an attachment is, as its sender meant it to be shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachmentKind {
+    File,
+    /// A voice note.
+    Voice,
+    /// A sticker (webp or png).
+    Sticker,
+    /// An animation, played looped.
+    Gif,
+}
+
+impl AttachmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentKind::File => "file",
+            AttachmentKind::Voice => "voice",
+            AttachmentKind::Sticker => "sticker",
+            AttachmentKind::Gif => "gif",
+        }
+    }
+}
+
+/// A file a message carries: how to fetch it, check it and open it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The blob's root, key and size (docs/protocol.md §15).
+    pub blob: crate::blob::BlobRef,
+    /// The file's name, without any directory.
+    pub name: String,
+    /// The MIME type, detected from the bytes by the sender.
+    pub mime: String,
+    pub kind: AttachmentKind,
+    /// The sender's node, which offers the blob's chunks while it is online (`None`: a
+    /// sender that does not name its node).
+    pub source: Option<Source>,
+}
+
+/// A node that offers a blob: its PeerId (binary form) and addresses (at most 8 of at most
+/// 256 bytes, as in a card).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub peer_id: Vec<u8>,
+    pub addrs: Vec<String>,
+}
+
+/// Is `name` a file name an attachment may carry: not empty, within
+/// [`MAX_NAME_BYTES`], no directory separator, no control character, not `.` or `..`.
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 /// Text with what goes with it.
@@ -271,6 +344,35 @@ impl Content {
             Body::React { emoji, .. } if !is_reaction(emoji) => {
                 Err(ContentError::Invalid("a reaction that is not one emoji"))
             }
+            Body::Media(m) if m.post.text.len() > MAX_TEXT_BYTES => {
+                Err(ContentError::TextTooLong {
+                    limit: MAX_TEXT_BYTES,
+                    got: m.post.text.len(),
+                })
+            }
+            Body::Media(m)
+                if !is_file_name(&m.attachment.name)
+                    || m.attachment.mime.is_empty()
+                    || m.attachment.mime.len() > MAX_MIME_BYTES
+                    || m.attachment.blob.chunks().is_err()
+                    || m.attachment.source.as_ref().is_some_and(|s| {
+                        s.peer_id.len() > 128
+                            || s.addrs.len() > crate::card::MAX_ADDRS
+                            || s.addrs.iter().any(|a| a.len() > crate::card::MAX_ADDR_LEN)
+                    }) =>
+            {
+                Err(ContentError::Invalid("an attachment out of its bounds"))
+            }
+            Body::Media(Media {
+                post:
+                    Post {
+                        expires_in_ms: Some(t),
+                        ..
+                    },
+                ..
+            }) if !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(t) => Err(ContentError::Invalid(
+                "a disappearing timer out of its bounds",
+            )),
             Body::GroupInvite(i)
                 if i.parts == 0
                     || i.part >= i.parts
@@ -289,7 +391,15 @@ impl Content {
     /// what changes another message: reactions, edits, deletes), never shown to the user as
     /// a message of its own?
     pub fn is_control(&self) -> bool {
-        !matches!(self.body, Body::Text(_) | Body::Post(_))
+        !matches!(self.body, Body::Text(_) | Body::Post(_) | Body::Media(_))
+    }
+
+    /// The file of a message that carries one.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match &self.body {
+            Body::Media(m) => Some(&m.attachment),
+            _ => None,
+        }
     }
 
     /// The text, the message it replies to and its disappearing timer, for a message that
@@ -298,6 +408,7 @@ impl Content {
         match &self.body {
             Body::Text(t) => Some((t, None, None)),
             Body::Post(p) => Some((&p.text, p.reply_to, p.expires_in_ms)),
+            Body::Media(m) => Some((&m.post.text, m.post.reply_to, m.post.expires_in_ms)),
             _ => None,
         }
     }
@@ -385,6 +496,52 @@ mod tests {
             Content::from_bytes(&[2, 0]),
             Err(ContentError::UnsupportedVersion { got: 2, known: 1 })
         ));
+    }
+
+    #[test]
+    fn media_round_trips_and_is_bounded() {
+        let media = |name: &str, size: u64, addrs: usize| Content {
+            id: MessageId([4; 16]),
+            sent_at: 9,
+            body: Body::Media(Media {
+                post: Post {
+                    text: "look".into(),
+                    reply_to: None,
+                    expires_in_ms: None,
+                },
+                attachment: Attachment {
+                    blob: crate::blob::BlobRef {
+                        root: [1; 32],
+                        key: [2; 32],
+                        size,
+                    },
+                    name: name.into(),
+                    mime: "image/png".into(),
+                    kind: AttachmentKind::File,
+                    source: Some(Source {
+                        peer_id: vec![0; 38],
+                        addrs: vec!["/ip4/127.0.0.1/tcp/1".into(); addrs],
+                    }),
+                },
+            }),
+        };
+        let good = media("cat.png", 1 << 20, 8);
+        assert!(!good.is_control());
+        assert_eq!(good.as_text(), Some("look"));
+        let back = Content::from_bytes(&good.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, good);
+        assert_eq!(back.attachment().unwrap().name, "cat.png");
+        for bad in [
+            media("../etc/passwd", 1, 1),
+            media("", 1, 1),
+            media("a\nb", 1, 1),
+            media(&"x".repeat(MAX_NAME_BYTES + 1), 1, 1),
+            media("big.bin", crate::blob::MAX_BLOB_BYTES + 1, 1),
+            media("many.bin", 1, crate::card::MAX_ADDRS + 1),
+        ] {
+            let bytes = bad.to_bytes().unwrap();
+            assert!(Content::from_bytes(&bytes).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

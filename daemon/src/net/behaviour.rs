@@ -8,7 +8,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, identify, kad, ping, StreamProtocol};
 
-use super::codec::{Codec, FrameCodec, MailboxCodec, OnionCodec, Protocol};
+use super::codec::{BlobCodec, Codec, FrameCodec, MailboxCodec, OnionCodec, Protocol};
 use super::dht;
 use super::guard::Guard;
 use super::per_ip::PerIp;
@@ -37,6 +37,8 @@ pub struct Behaviour {
     pub mailbox: request_response::Behaviour<MailboxCodec>,
     /// Onion cells of private paths; a node that does not relay only sends them.
     pub onion: request_response::Behaviour<OnionCodec>,
+    /// Chunks of blobs (attachments) this node offers.
+    pub blob: request_response::Behaviour<BlobCodec>,
 }
 
 /// A request-response behaviour for the protocol `P`.
@@ -99,6 +101,7 @@ impl Behaviour {
             kad: dht::Guarded::new(kad, limits, traffic.clone()),
             envelope: exchange(traffic.clone()),
             mailbox: exchange(traffic.clone()),
+            blob: exchange(traffic.clone()),
             onion: exchange_with(
                 traffic,
                 if limits.relay {

@@ -12,7 +12,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
 use sotto_protocol::wire::{self, Refusal, Response};
-use sotto_protocol::{mailbox, onion};
+use sotto_protocol::{blob, mailbox, onion};
 
 use super::traffic::{count, Traffic};
 use crate::limits::Kind;
@@ -220,6 +220,58 @@ impl Protocol for Onion {
     }
 }
 
+/// `/sotto/blob/1`: one [`blob::ChunkRequest`], one [`blob::ChunkAnswer`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Blobs;
+
+impl Protocol for Blobs {
+    type Request = blob::ChunkRequest;
+    type Answer = blob::ChunkAnswer;
+    const ID: &'static str = blob::PROTOCOL;
+    const MAX_REQUEST: usize = blob::MAX_REQUEST_BYTES;
+    const MAX_ANSWER: usize = blob::MAX_ANSWER_BYTES;
+    fn read_request(bytes: Vec<u8>) -> Result<blob::ChunkRequest, blob::ChunkAnswer> {
+        blob::ChunkRequest::from_bytes(&bytes).map_err(|e| {
+            tracing::debug!("malformed chunk request: {e}");
+            blob::ChunkAnswer::Refused(blob::ChunkRefusal::Malformed)
+        })
+    }
+    fn kind(_: Option<&blob::ChunkRequest>) -> Kind {
+        Kind::Chunk
+    }
+    fn refusal(why: Why) -> blob::ChunkAnswer {
+        blob::ChunkAnswer::Refused(match why {
+            Why::TooLarge => blob::ChunkRefusal::Malformed,
+            Why::RateLimited { retry_after } => blob::ChunkRefusal::SlowDown(
+                u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+            ),
+            Why::Busy => blob::ChunkRefusal::Busy,
+            Why::Internal => blob::ChunkRefusal::Internal,
+        })
+    }
+    fn slow_down(answer: &blob::ChunkAnswer) -> Option<Duration> {
+        match answer {
+            blob::ChunkAnswer::Refused(blob::ChunkRefusal::SlowDown(ms)) => {
+                Some(Duration::from_millis(u64::from(*ms)).min(MAX_SLOW_DOWN))
+            }
+            blob::ChunkAnswer::Refused(blob::ChunkRefusal::Busy) => Some(BUSY_FOR),
+            _ => None,
+        }
+    }
+    fn encode(answer: &blob::ChunkAnswer) -> io::Result<Vec<u8>> {
+        answer
+            .to_bytes()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn decode(bytes: &[u8]) -> io::Result<blob::ChunkAnswer> {
+        blob::ChunkAnswer::from_bytes(bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    fn counters(t: &Traffic) -> (&AtomicU64, &AtomicU64) {
+        (&t.blob_in, &t.blob_out)
+    }
+}
+
 /// The framing of one of sotto's protocols.
 #[derive(Debug)]
 pub struct FrameCodec<P> {
@@ -254,6 +306,8 @@ pub type Codec = FrameCodec<Envelopes>;
 pub type MailboxCodec = FrameCodec<Mailbox>;
 /// The codec of `/sotto/onion/1`.
 pub type OnionCodec = FrameCodec<Onion>;
+/// The codec of `/sotto/blob/1`.
+pub type BlobCodec = FrameCodec<Blobs>;
 
 async fn read_header<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u32> {
     let mut len = [0u8; 4];

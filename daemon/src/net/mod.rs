@@ -5,8 +5,8 @@
 //! to the sender on the same stream.
 //!
 //! The stack: TCP and QUIC, Noise, yamux, identify, ping, Kademlia, and sotto's
-//! request-response protocols `/sotto/envelope/1`, `/sotto/mailbox/1` and
-//! `/sotto/onion/1`, each a
+//! request-response protocols `/sotto/envelope/1`, `/sotto/mailbox/1`, `/sotto/onion/1`
+//! and `/sotto/blob/1`, each a
 //! [`codec::Protocol`] on one framing. Every request from a peer passes the [`Guard`]
 //! (rate limits and bans) first.
 //!
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use libp2p::{kad, Multiaddr, PeerId};
 use sotto_protocol::wire::Response;
-use sotto_protocol::{mailbox, onion};
+use sotto_protocol::{blob, mailbox, onion};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -43,7 +43,7 @@ pub mod traffic;
 pub mod transport;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
-pub use codec::{Codec, Envelopes, Frame, Mailbox, MailboxCodec, Onion, Protocol};
+pub use codec::{Blobs, Codec, Envelopes, Frame, Mailbox, MailboxCodec, Onion, Protocol};
 pub use exchange::{Inbound, Inbox};
 pub use guard::{BanEvent, Guard};
 pub use task::Network;
@@ -110,6 +110,12 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
         request: Frame,
         reply: exchange::Reply<Onion>,
+    },
+    Blob {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Frame,
+        reply: exchange::Reply<Blobs>,
     },
     Relays {
         reply: oneshot::Sender<Vec<Relay>>,
@@ -311,6 +317,25 @@ impl Handle {
         .await
     }
 
+    /// Ask `peer` for one sealed chunk of a blob it offers.
+    pub async fn chunk(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: &blob::ChunkRequest,
+    ) -> Result<blob::ChunkAnswer, SendError> {
+        let bytes = request
+            .to_bytes()
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        self.request::<Blobs>(peer, |reply| Command::Blob {
+            peer,
+            addrs,
+            request: Frame::Bytes(bytes),
+            reply,
+        })
+        .await
+    }
+
     /// Peers known to relay onion cells (they said so in identify), with their addresses.
     pub async fn relays(&self) -> Result<Vec<Relay>, SendError> {
         self.ask(|reply| Command::Relays { reply }).await
@@ -352,6 +377,8 @@ pub struct Receivers {
     pub mailbox: Inbox<Mailbox>,
     /// Onion cells that arrived, to relay.
     pub onion: Inbox<Onion>,
+    /// Chunk requests that arrived.
+    pub blob: Inbox<Blobs>,
     /// Peers a new connection was made with (dropped when the queue is full).
     pub connected: mpsc::Receiver<Connected>,
     /// Bans made and run out, to be recorded.

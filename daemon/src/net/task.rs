@@ -13,7 +13,7 @@ use libp2p::{identify, kad, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::codec::{Envelopes, Mailbox, Onion, Protocol as _};
+use super::codec::{Blobs, Envelopes, Mailbox, Onion, Protocol as _};
 use super::exchange::Exchange;
 use super::guard::BanEvent;
 use super::per_ip::ip_of;
@@ -48,6 +48,7 @@ pub struct Network {
     envelopes: Exchange<Envelopes>,
     mailbox: Exchange<Mailbox>,
     onion: Exchange<Onion>,
+    blob: Exchange<Blobs>,
     /// Peers that said (in identify) that they relay onion cells: their addresses, when
     /// this node last heard so (by a counter), and whether a connection to them is open.
     relays: HashMap<PeerId, (Vec<Multiaddr>, u64, bool)>,
@@ -109,6 +110,7 @@ impl Network {
         let (envelopes, envelopes_rx) = Exchange::new(INBOUND_QUEUE);
         let (mailbox, mailbox_rx) = Exchange::new(INBOUND_QUEUE);
         let (onion, onion_rx) = Exchange::new(INBOUND_QUEUE);
+        let (blob, blob_rx) = Exchange::new(INBOUND_QUEUE);
         let (connected, connected_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ban_events, bans_rx) = mpsc::channel(COMMAND_QUEUE);
         let network = Network {
@@ -117,6 +119,7 @@ impl Network {
             envelopes,
             mailbox,
             onion,
+            blob,
             relays: HashMap::new(),
             relays_heard: 0,
             connected,
@@ -140,6 +143,7 @@ impl Network {
             envelopes: envelopes_rx,
             mailbox: mailbox_rx,
             onion: onion_rx,
+            blob: blob_rx,
             connected: connected_rx,
             bans: bans_rx,
         };
@@ -175,6 +179,11 @@ impl Network {
                 Some((channel, answer)) = self.onion.next_answer() => {
                     if self.swarm.behaviour_mut().onion.send_response(channel, answer).is_err() {
                         tracing::debug!("a peer went away before its onion answer was sent");
+                    }
+                }
+                Some((channel, answer)) = self.blob.next_answer() => {
+                    if self.swarm.behaviour_mut().blob.send_response(channel, answer).is_err() {
+                        tracing::debug!("a peer went away before its chunk was sent");
                     }
                 }
             }
@@ -214,6 +223,15 @@ impl Network {
             } => {
                 let b = self.swarm.behaviour_mut();
                 self.onion.send(&mut b.onion, peer, addrs, request, reply);
+            }
+            Command::Blob {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let b = self.swarm.behaviour_mut();
+                self.blob.send(&mut b.blob, peer, addrs, request, reply);
             }
             Command::Relays { reply } => {
                 let _ = reply.send(
@@ -311,6 +329,11 @@ impl Network {
                 let b = self.swarm.behaviour_mut();
                 self.onion
                     .on_event(event, &mut b.guard, &mut b.onion, &self.sources);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(event)) => {
+                let b = self.swarm.behaviour_mut();
+                self.blob
+                    .on_event(event, &mut b.guard, &mut b.blob, &self.sources);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Guard(event)) => self.handle_ban(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_dht_event(event),

@@ -16,6 +16,9 @@ pub struct Traffic {
     /// Onion cells relayed, sent and answered (requests and replies, both ways).
     pub onion_in: AtomicU64,
     pub onion_out: AtomicU64,
+    /// Chunks of blobs asked for and served (requests and answers, both ways).
+    pub blob_in: AtomicU64,
+    pub blob_out: AtomicU64,
     /// Kademlia closest-peer lookups this node finished, and how many requests they sent
     /// and how many of those were answered, in all.
     pub lookups: AtomicU64,
@@ -42,6 +45,8 @@ pub struct TrafficView {
     pub mailbox_out: u64,
     pub onion_in: u64,
     pub onion_out: u64,
+    pub blob_in: u64,
+    pub blob_out: u64,
     pub lookups: u64,
     pub lookup_requests: u64,
     pub lookup_successes: u64,
@@ -71,6 +76,8 @@ impl Traffic {
             mailbox_out: get(&self.mailbox_out),
             onion_in: get(&self.onion_in),
             onion_out: get(&self.onion_out),
+            blob_in: get(&self.blob_in),
+            blob_out: get(&self.blob_out),
             lookups: get(&self.lookups),
             lookup_requests: get(&self.lookup_requests),
             lookup_successes: get(&self.lookup_successes),

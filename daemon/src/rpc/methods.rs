@@ -55,6 +55,8 @@ impl From<MessageError> for RpcError {
                     | MessageError::TooLate { .. }
                     | MessageError::Deleted
                     | MessageError::NotAnEmoji(_)
+                    | MessageError::File(_)
+                    | MessageError::NoAttachment(_)
                     | MessageError::BadTimer { .. } => INVALID_PARAMS,
                     _ => INTERNAL_ERROR,
                 };
@@ -204,12 +206,42 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &Value) -> Resul
         "contact.unblock" => to_value(service.unblock(str_param(params, "contact")?).await),
         "peers.bans" => to_value(service.bans()),
         "peers.unban" => to_value(service.unban(str_param(params, "peer")?).await),
-        "message.send" => to_value(
+        "message.send" => match opt_str_param(params, "file")? {
+            Some(file) => {
+                let kind = opt_str_param(params, "kind")?.unwrap_or("file");
+                let kind = crate::service::attachments::parse_kind(kind).ok_or_else(|| {
+                    RpcError::new(
+                        INVALID_PARAMS,
+                        format!("kind must be file, voice, sticker or gif, not {kind:?}"),
+                    )
+                })?;
+                to_value(
+                    service
+                        .send_file(
+                            str_param(params, "to")?,
+                            std::path::Path::new(file),
+                            opt_str_param(params, "text")?.unwrap_or(""),
+                            kind,
+                            opt_str_param(params, "reply_to")?,
+                        )
+                        .await,
+                )
+            }
+            None => to_value(
+                service
+                    .send_post(
+                        str_param(params, "to")?,
+                        str_param(params, "text")?,
+                        opt_str_param(params, "reply_to")?,
+                    )
+                    .await,
+            ),
+        },
+        "attachment.get" => to_value(
             service
-                .send_post(
-                    str_param(params, "to")?,
-                    str_param(params, "text")?,
-                    opt_str_param(params, "reply_to")?,
+                .attachment_get(
+                    str_param(params, "id")?,
+                    opt_str_param(params, "out")?.map(std::path::Path::new),
                 )
                 .await,
         ),

@@ -96,6 +96,10 @@ pub enum MessageError {
     NotAnEmoji(String),
     #[error("a disappearing timer is one of 24h, 7d, 90d or off (the API takes 1 to {max} s)")]
     BadTimer { max: u64 },
+    #[error("{0}")]
+    File(String),
+    #[error("no attachment with message id {0:?} (`sotto messages NAME` lists their ids)")]
+    NoAttachment(String),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }

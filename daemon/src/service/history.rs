@@ -65,6 +65,7 @@ impl Service {
             expires_at: None,
             read_at: None,
             notice: false,
+            attachments: Vec::new(),
         }
     }
 

@@ -32,6 +32,7 @@ use crate::net;
 use crate::store::{Batch, Seq, Store, StoreError};
 
 mod account;
+pub mod attachments;
 mod changes;
 mod contacts;
 mod defence;
@@ -48,8 +49,8 @@ pub use error::{AccountError, ContactError, MessageError, PeerError, ReceiveErro
 pub use groups::{GroupError, GroupInfo, GroupTaken, GroupView, MemberView};
 pub use receive::Received;
 pub use views::{
-    AccountView, BanView, BlockState, ContactView, MessageView, NodeStatus, ReactionView, ReadView,
-    Rejected, TimerView, Unbanned, Verification,
+    AccountView, AttachmentView, BanView, BlockState, ContactView, MessageView, NodeStatus,
+    ReactionView, ReadView, Rejected, TimerView, Unbanned, Verification,
 };
 
 /// The most messages waiting in the outbox; `send` refuses more.
@@ -93,6 +94,8 @@ struct Inner {
     fetch_wake: Notify,
     /// Wakes the group outbox worker.
     group_wake: Notify,
+    /// Wakes the download loop (`attachments`).
+    blob_wake: Notify,
     /// Wakes the loop that rekeys groups whose secret a member who left still holds.
     rekey_wake: Notify,
     /// The account's key, once there is an account.
@@ -150,6 +153,7 @@ impl Service {
                 signals,
                 fetch_wake: Notify::new(),
                 group_wake: Notify::new(),
+                blob_wake: Notify::new(),
                 rekey_wake: Notify::new(),
                 own_account: std::sync::OnceLock::new(),
                 last_sent_at: Default::default(),

@@ -129,6 +129,11 @@ impl Service {
                     .put(&mut batch, &extras)?;
                 let mut view = self.view_message(&message, &contact.name);
                 self.dress(&mut view, staged.seq, &extras, None, &me)?;
+                if let Some(a) =
+                    self.stage_attachment(&mut batch, staged.seq, &content, Direction::Out)?
+                {
+                    view.attachments = vec![a];
+                }
                 view
             }
             (None, None) => return Err(MessageError::Empty),

@@ -95,6 +95,46 @@ pub struct MessageView {
     pub read_at: Option<u64>,
     /// A notice of the chat (the disappearing timer changed), not a message someone wrote.
     pub notice: bool,
+    /// The message's file, if it carries one.
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// An attachment as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachmentView {
+    /// The id of the message that carries it.
+    pub id: String,
+    pub name: String,
+    pub mime: String,
+    /// `file`, `voice`, `sticker` or `gif`.
+    pub kind: &'static str,
+    /// Bytes.
+    pub size: u64,
+    /// Bytes downloaded so far (all of them for one this node sent).
+    pub received: u64,
+    /// `pending`, `downloading`, `complete` or `failed`.
+    pub state: &'static str,
+    /// Where the finished download is (incoming, once complete).
+    pub path: Option<String>,
+    /// Why it failed, or what it waits for.
+    pub error: Option<String>,
+}
+
+impl AttachmentView {
+    pub fn of(r: &crate::store::AttachmentRecord) -> Self {
+        let size = r.attachment.blob.size;
+        AttachmentView {
+            id: r.message.to_string(),
+            name: r.attachment.name.clone(),
+            mime: r.attachment.mime.clone(),
+            kind: r.attachment.kind.as_str(),
+            size,
+            received: (u64::from(r.have) * sotto_protocol::blob::CHUNK_BYTES as u64).min(size),
+            state: r.state.as_str(),
+            path: r.path.as_ref().map(|p| p.display().to_string()),
+            error: r.error.clone(),
+        }
+    }
 }
 
 /// A reaction as clients see it.

@@ -20,6 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional as _;
 use sotto_protocol::codec;
 
+pub mod attachments;
 pub mod contacts;
 pub mod events;
 pub mod extras;
@@ -32,6 +33,7 @@ mod records;
 mod schema;
 pub mod vanishing;
 
+pub use attachments::{AttachmentRecord, AttachmentState};
 pub use groups::{
     Assembling, GroupMessage, GroupOutboxEntry, GroupRecord, GroupStatus, InboundSessions, Outbound,
 };
@@ -40,9 +42,10 @@ pub use records::{
     OutboxEntry, Parked, Route, Seq, State, Usage,
 };
 use schema::{Tree, TREES};
+pub use vanishing::shred as shred_file;
 
 /// The schema this code writes; a store written by a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 /// The newest events kept for clients that reconnect.
 pub const MAX_EVENTS: usize = 10_000;
 /// Free bytes below which the store refuses new records, so that the store itself never

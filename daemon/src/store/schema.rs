@@ -70,10 +70,13 @@ pub(super) enum Tree {
     /// Target message id ‖ change's message id → [`super::Parked`]: a change that arrived
     /// before the message it names, kept until that message comes. Schema 5.
     Parked,
+    /// Sequence number → [`super::AttachmentRecord`]: the file of a message that carries
+    /// one. Schema 6.
+    Attachments,
 }
 
 /// Every tree and its name in sled, in [`Tree`] order.
-pub(super) const TREES: [(Tree, &str); 27] = [
+pub(super) const TREES: [(Tree, &str); 28] = [
     (Tree::Meta, "meta"),
     (Tree::Contacts, "contacts"),
     (Tree::Names, "names"),
@@ -101,6 +104,7 @@ pub(super) const TREES: [(Tree, &str); 27] = [
     (Tree::Expiring, "expiring"),
     (Tree::ChatTimers, "chat_timers"),
     (Tree::Parked, "parked"),
+    (Tree::Attachments, "attachments"),
 ];
 
 pub(super) const META_SCHEMA: &[u8] = b"schema";

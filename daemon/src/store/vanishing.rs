@@ -31,7 +31,7 @@ fn path(store_dir: &Path, seq: Seq) -> PathBuf {
 }
 
 /// Overwrite the file with zeros, sync it, and remove it (a missing file is fine).
-fn shred(path: &Path) -> std::io::Result<()> {
+pub fn shred(path: &Path) -> std::io::Result<()> {
     let mut file = match OpenOptions::new().write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

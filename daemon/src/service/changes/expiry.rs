@@ -16,7 +16,12 @@ impl Service {
         }
         let mut batch = Batch::new();
         let mut needles = Vec::new();
+        let mut files = Vec::new();
         for f in found {
+            if let Some(r) = self.inner.store.attachment(f.seq())? {
+                batch.remove_attachment(f.seq());
+                files.push(r);
+            }
             match f {
                 Found::Direct(seq, _) => batch.remove_message(*seq),
                 Found::Group(seq, _) => batch.remove_group_message(*seq),
@@ -33,7 +38,9 @@ impl Service {
         })? {
             batch.remove_event(cursor);
         }
-        self.inner.store.commit(batch).await
+        self.inner.store.commit(batch).await?;
+        self.erase_attachment_files(&files);
+        Ok(())
     }
 
     /// Erase the disappearing messages due by `now`; returns how many went.

@@ -516,6 +516,9 @@ impl Service {
         view.expires_at = extras.expires_at;
         view.read_at = extras.read_at;
         view.notice = extras.notice;
+        if let Some(r) = self.inner.store.attachment(seq)? {
+            view.attachments = vec![super::views::AttachmentView::of(&r)];
+        }
         if view.direction == "out" && extras.read_at.is_some() {
             view.state = "read";
         }

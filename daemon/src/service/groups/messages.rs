@@ -30,6 +30,7 @@ impl Service {
             expires_at: None,
             read_at: None,
             notice: false,
+            attachments: Vec::new(),
         }
     }
 
@@ -153,6 +154,9 @@ impl Service {
                     .put(&mut batch, &extras)?;
                 let mut view = self.view_group_message(&message, &record.local_name, "me");
                 self.dress(&mut view, seq, &extras, Some(&state), &me)?;
+                if let Some(a) = self.stage_attachment(&mut batch, seq, &content, Direction::Out)? {
+                    view.attachments = vec![a];
+                }
                 view
             }
             (None, None) => return Err(GroupError::Empty),

@@ -1,0 +1,192 @@
+//! Attachments between real `sottod` processes: a file sent to an online contact arrives
+//! byte for byte, with its type found from its bytes; a download interrupted by SIGKILL
+//! resumes after a restart without starting over; bad files and ids get clear errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{pair, root, wait_until, Daemon};
+use serde_json::{json, Value};
+
+/// A file of `size` bytes that no run of chunks repeats in; PNG's signature in front when
+/// `png`.
+fn write_file(dir: &Path, name: &str, size: usize, png: bool) -> PathBuf {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    if png {
+        let sig = [
+            0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, b'I', b'H', b'D', b'R',
+        ];
+        data[..sig.len()].copy_from_slice(&sig);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+/// The attachment of message `id` as `d` shows it.
+fn attachment(d: &Daemon, id: &str) -> Value {
+    d.call("attachment.get", json!({ "id": id }))
+}
+
+/// Bytes of chunks `d` served so far.
+fn served(d: &Daemon) -> u64 {
+    d.call("node.status", json!({}))["traffic"]["blob_out"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_file_sent_to_an_online_contact_arrives_intact() {
+    let root = root();
+    let (alice, bob) = pair(root.path());
+    let file = write_file(root.path(), "holiday.png", 3 * 1024 * 1024 + 123, true);
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "the beach", "file": file }),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let mine = &sent["attachments"][0];
+    assert_eq!(mine["name"], "holiday.png", "{sent}");
+    assert_eq!(mine["mime"], "image/png", "{sent}");
+    assert_eq!(mine["state"], "complete", "{sent}");
+    // Bob's daemon downloads it by itself (under auto_download_bytes).
+    let got = wait_until(Duration::from_secs(60), "bob's download", || {
+        let m = bob.wait_for("alice", "the beach", "received");
+        (m["attachments"][0]["state"] == "complete").then_some(m)
+    });
+    let a = &got["attachments"][0];
+    assert_eq!(a["size"], 3 * 1024 * 1024 + 123);
+    assert_eq!(a["mime"], "image/png");
+    assert_eq!(a["kind"], "file");
+    let path = PathBuf::from(a["path"].as_str().unwrap());
+    assert!(path.starts_with(&bob.data_dir), "{path:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&file).unwrap());
+    // A copy elsewhere, never over an existing file.
+    let out = root.path().join("copy.png");
+    bob.call("attachment.get", json!({ "id": &id[..8], "out": out }));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+    let again = bob.try_call("attachment.get", json!({ "id": id, "out": out }));
+    assert!(again.is_err(), "{again:?}");
+    // The same file sent again is a new blob, under a new key.
+    let twice = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "again", "file": file }),
+    );
+    let m2 = wait_until(Duration::from_secs(60), "the second download", || {
+        let m = bob.wait_for("alice", "again", "received");
+        (m["attachments"][0]["state"] == "complete").then_some(m)
+    });
+    assert_ne!(twice["id"], sent["id"]);
+    let second = PathBuf::from(m2["attachments"][0]["path"].as_str().unwrap());
+    assert_ne!(
+        second, path,
+        "a second file with the same name gets its own"
+    );
+    assert_eq!(
+        std::fs::read(&second).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}
+
+#[test]
+fn a_download_killed_half_way_resumes_after_a_restart() {
+    let root = root();
+    let alice = Daemon::start(root.path(), "alice");
+    // Bob downloads nothing by himself: the test starts the download.
+    let mut bob = Daemon::start_with(root.path(), "bob", &["--auto-download-bytes", "0"]);
+    alice.init();
+    bob.init();
+    alice.add(&bob);
+    bob.add(&alice);
+    let size = 40 * 1024 * 1024;
+    let file = write_file(root.path(), "film.bin", size, false);
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "the film", "file": file }),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let m = bob.wait_for("alice", "the film", "received");
+    assert_eq!(m["attachments"][0]["state"], "pending", "{m}");
+    assert_eq!(m["attachments"][0]["mime"], "application/octet-stream");
+    assert_eq!(attachment(&bob, &id)["state"], "downloading");
+    // SIGKILL once between a third and two thirds of it is on disk.
+    let at_kill = wait_until(Duration::from_secs(120), "a third of the file", || {
+        let received = attachment(&bob, &id)["received"].as_u64().unwrap();
+        (received >= size as u64 / 3).then_some(received)
+    });
+    bob.kill();
+    let before_restart = served(&alice);
+    bob.restart();
+    let done = wait_until(Duration::from_secs(180), "the rest of the file", || {
+        let a = attachment(&bob, &id);
+        (a["state"] == "complete").then_some(a)
+    });
+    let resent = served(&alice) - before_restart;
+    println!("killed at {at_kill} of {size} bytes; after the restart alice served {resent} bytes");
+    assert!(
+        resent < size as u64 - at_kill / 2,
+        "the download started over: {resent} bytes after the restart"
+    );
+    let path = PathBuf::from(done["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&file).unwrap());
+    assert!(
+        std::fs::read_dir(bob.data_dir.join("blobs/partial"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no partial file is left"
+    );
+}
+
+#[test]
+fn bad_files_and_ids_get_clear_errors_and_change_nothing() {
+    let root = root();
+    let (alice, _bob) = pair(root.path());
+    let error = |r: Result<Value, Value>| -> (i64, String) {
+        let e = r.unwrap_err();
+        (
+            e["code"].as_i64().unwrap(),
+            e["message"].as_str().unwrap().to_owned(),
+        )
+    };
+    let missing = root.path().join("no-such-file");
+    let (code, msg) =
+        error(alice.try_call("message.send", json!({ "to": "bob", "file": missing })));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("cannot read"), "{msg}");
+    let (_, msg) =
+        error(alice.try_call("message.send", json!({ "to": "bob", "file": root.path() })));
+    assert!(msg.contains("not a regular file"), "{msg}");
+    let file = write_file(root.path(), "a.txt", 10, false);
+    let (code, msg) = error(alice.try_call(
+        "message.send",
+        json!({ "to": "bob", "file": file, "kind": "video" }),
+    ));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("kind"), "{msg}");
+    let (code, msg) = error(alice.try_call("attachment.get", json!({ "id": "abcdef12" })));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("no attachment"), "{msg}");
+    assert!(alice.messages("bob").is_empty(), "nothing was sent");
+    // Over the limit: refused before anything is sealed.
+    let small = Daemon::start_with(root.path(), "carol", &["--max-attachment-bytes", "1000"]);
+    small.init();
+    small.add(&alice);
+    let big = write_file(root.path(), "big.bin", 1001, false);
+    let (code, msg) = error(small.try_call("message.send", json!({ "to": "alice", "file": big })));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("too large"), "{msg}");
+    assert!(small.messages("alice").is_empty());
+}
