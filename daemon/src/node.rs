@@ -240,7 +240,9 @@ impl Node {
             }
         }));
         tasks.push(tokio::spawn(
-            service.clone().run_downloads(shutdown_rx.clone()),
+            service
+                .clone()
+                .run_downloads(Arc::new(client.clone()), shutdown_rx.clone()),
         ));
         let s = service.clone();
         tasks.push(tokio::spawn(async move {

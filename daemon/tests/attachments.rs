@@ -190,3 +190,62 @@ fn bad_files_and_ids_get_clear_errors_and_change_nothing() {
     assert!(msg.contains("too large"), "{msg}");
     assert!(small.messages("alice").is_empty());
 }
+
+#[test]
+fn a_file_sent_while_the_contact_is_away_arrives_after_the_sender_left_too() {
+    let root = root();
+    // The test is about where the chunks wait, not about relays' rate limits.
+    let extra = ["--rate-onion", "1000000"];
+    let hub = Daemon::start_node(root.path(), "hub", false, &extra);
+    let _hosts: Vec<Daemon> = (0..3)
+        .map(|i| Daemon::join(root.path(), &format!("host{i}"), &hub, &extra))
+        .collect();
+    let mut alice = Daemon::join(root.path(), "alice", &hub, &extra);
+    let mut bob = Daemon::join(root.path(), "bob", &hub, &extra);
+    alice.init();
+    bob.init();
+    alice.add(&bob);
+    bob.add(&alice);
+    alice.send("bob", "hello bob");
+    bob.wait_for("alice", "hello bob", "received");
+    for d in [&alice, &bob] {
+        wait_until(Duration::from_secs(60), "outboxes to empty", || {
+            (d.outbox() == 0).then_some(())
+        });
+    }
+    bob.stop();
+    let size = 20 * 1024 * 1024;
+    let file = write_file(root.path(), "report.pdf", size, false);
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "while you were away", "file": file }),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    wait_until(
+        Duration::from_secs(300),
+        "the file at the mailbox hosts",
+        || {
+            let a = attachment(&alice, &id);
+            (a["on_hosts"] == true).then_some(())
+        },
+    );
+    wait_until(Duration::from_secs(120), "the message at the hosts", || {
+        alice
+            .messages("bob")
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["state"] == "on_hosts")
+            .then_some(())
+    });
+    assert!(alice.stop().success());
+    bob.restart();
+    let m = bob.wait_for("alice", "while you were away", "received");
+    // Over the automatic limit (16 MiB): bob asks for it.
+    assert_eq!(m["attachments"][0]["state"], "pending", "{m}");
+    attachment(&bob, &id);
+    let done = wait_until(Duration::from_secs(300), "the file from the hosts", || {
+        let a = attachment(&bob, &id);
+        (a["state"] == "complete").then_some(a)
+    });
+    let path = PathBuf::from(done["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&file).unwrap());
+}

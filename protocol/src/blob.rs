@@ -377,6 +377,43 @@ impl ChunkAnswer {
     }
 }
 
+/// Sealed chunks in one of a blob's dead drops at mailbox hosts: position `p` is in drop
+/// `p / CHUNKS_PER_DROP`. 200 chunks padded to 65,535 bytes are 13.1 MB, within a host's
+/// default 16 MiB per dead drop.
+pub const CHUNKS_PER_DROP: u32 = 200;
+/// The size a sealed chunk is padded to for a mailbox host, which stores only envelope
+/// bucket sizes.
+pub const HOSTED_CHUNK_BYTES: usize = 65_535;
+const DROP_INFO: &[u8] = b"sotto/blob/drop/v1";
+
+/// The dead-drop secret of drop `index` of a blob: only those who hold the blob's key can
+/// deposit there, read it, or find it.
+pub fn drop_secret(key: &[u8; 32], index: u32) -> crate::deaddrop::Secret {
+    let mut info = DROP_INFO.to_vec();
+    info.extend_from_slice(&index.to_be_bytes());
+    let mut s = Zeroizing::new([0u8; 32]);
+    let _ = Hkdf::<Sha256>::new(None, key).expand(&info, s.as_mut());
+    crate::deaddrop::Secret::from_bytes(*s)
+}
+
+/// The dead drops of a blob of `chunks` data chunks (the manifest is position 0).
+pub fn drops(chunks: u32) -> u32 {
+    (chunks + 1).div_ceil(CHUNKS_PER_DROP)
+}
+
+/// A sealed chunk as a mailbox host stores it: zeros after it up to
+/// [`HOSTED_CHUNK_BYTES`].
+pub fn pad_for_host(sealed: &[u8]) -> Vec<u8> {
+    let mut v = sealed.to_vec();
+    v.resize(HOSTED_CHUNK_BYTES.max(sealed.len()), 0);
+    v
+}
+
+/// The sealed chunk inside what a host stored (its name is checked by the caller).
+pub fn unpad_from_host(hosted: &[u8]) -> Option<&[u8]> {
+    (hosted.len() == HOSTED_CHUNK_BYTES).then(|| &hosted[..SEALED_CHUNK_BYTES])
+}
+
 /// Where a sealed chunk at `position` sits in a file of a whole sealed blob (the manifest
 /// first, then the data chunks in order, each [`SEALED_CHUNK_BYTES`]).
 pub fn offset_of(position: u32) -> u64 {
@@ -512,6 +549,28 @@ mod tests {
         let huge = ChunkAnswer::Chunk(vec![0; MAX_ANSWER_BYTES]);
         assert!(huge.to_bytes().is_err());
         assert!(ChunkAnswer::from_bytes(&[0xff; 70]).is_err());
+    }
+
+    #[test]
+    fn a_blobs_dead_drops_hold_its_chunks_within_a_hosts_quota() {
+        assert_eq!(drops(0), 1);
+        assert_eq!(drops(199), 1);
+        assert_eq!(drops(200), 2);
+        assert_eq!(drops(MAX_CHUNKS as u32), 10);
+        assert!(
+            CHUNKS_PER_DROP as u64 * HOSTED_CHUNK_BYTES as u64
+                <= crate::mailbox::Policy::default().max_drop_bytes
+        );
+        assert!(crate::padding::is_bucket(HOSTED_CHUNK_BYTES));
+        // Each drop of each blob has its own address.
+        let a = drop_secret(&[1; 32], 0).drop_key(0).address();
+        assert_ne!(a, drop_secret(&[1; 32], 1).drop_key(0).address());
+        assert_ne!(a, drop_secret(&[2; 32], 0).drop_key(0).address());
+        let sealed = vec![7u8; SEALED_CHUNK_BYTES];
+        let hosted = pad_for_host(&sealed);
+        assert_eq!(hosted.len(), HOSTED_CHUNK_BYTES);
+        assert_eq!(unpad_from_host(&hosted), Some(&sealed[..]));
+        assert_eq!(unpad_from_host(&sealed), None);
     }
 
     #[test]

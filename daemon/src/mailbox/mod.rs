@@ -23,6 +23,7 @@ use crate::paths::{PathError, Paths};
 use crate::service::{MessageError, Service};
 use crate::store::StoreError;
 
+pub mod chunks;
 pub mod deposit;
 pub mod exit;
 pub mod fetch;

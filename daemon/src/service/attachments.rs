@@ -3,11 +3,15 @@
 //! sender's node, chunk by chunk, each checked before it is written, resumable after a
 //! restart, with progress events (`attachment.progress`).
 //!
-//! Transfer through mailbox hosts, for a sender that is offline or mailbox-only, is not
-//! built: such a download waits (state `downloading`, `error` says for what) and is tried
-//! again every [`RETRY_EVERY`].
+//! When the contact's node is not connected as the message is sent (or it goes to a
+//! group), the sender also leaves the sealed chunks at mailbox hosts (`mailbox::chunks`),
+//! so that the file can be fetched once the sender is gone too. A download asks the
+//! sender's node first and falls back to those hosts; what neither has waits (state
+//! `downloading`, `error` says for what) and is tried again every [`RETRY_EVERY`].
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -28,8 +32,10 @@ const PROGRESS_EVERY: u32 = 16;
 const CHUNK_TRIES: usize = 3;
 /// How often waiting downloads are tried again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(30);
-/// Downloads at once.
+/// Downloads and uploads at once.
 const DOWNLOADS_AT_ONCE: usize = 2;
+/// Chunks being left at hosts at once, for one upload.
+const UPLOADS_IN_FLIGHT: usize = 4;
 /// Attachments looked at in one pass of the download loop, at most.
 const SCAN_LIMIT: usize = 1_000;
 
@@ -39,6 +45,141 @@ enum Stop {
     Wait(String),
     /// Never completes.
     Fail(String),
+}
+
+/// Where a download gets its chunks.
+enum Supply<'a> {
+    /// The sender's node.
+    Direct {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        hosts: &'a dyn ChunkHosts,
+    },
+    /// Mailbox hosts, one drop of the blob at a time (the last one read kept).
+    Hosts {
+        hosts: &'a dyn ChunkHosts,
+        drop: Option<(u32, HashMap<[u8; 32], Vec<u8>>)>,
+    },
+}
+
+impl<'a> Supply<'a> {
+    /// The sender's node if the message names one, else mailbox hosts.
+    fn new(source: Option<&Source>, hosts: &'a dyn ChunkHosts) -> Self {
+        let direct = source.and_then(|s| {
+            let peer = PeerId::from_bytes(&s.peer_id).ok()?;
+            let addrs = s.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            Some((peer, addrs))
+        });
+        match direct {
+            Some((peer, addrs)) => Supply::Direct { peer, addrs, hosts },
+            None => Supply::Hosts { hosts, drop: None },
+        }
+    }
+
+    /// The sealed chunk at `position`, whose name is `address`; from mailbox hosts once the
+    /// sender's node does not answer.
+    async fn chunk(
+        &mut self,
+        service: &Service,
+        blob_ref: &blob::BlobRef,
+        position: u32,
+        address: &[u8; 32],
+    ) -> Result<Vec<u8>, Stop> {
+        if let Supply::Direct { peer, addrs, hosts } = self {
+            match service
+                .chunk_from(*peer, addrs, blob_ref.root, position)
+                .await
+            {
+                Ok(bytes) => return Ok(bytes),
+                Err(Stop::Wait(why)) => {
+                    tracing::debug!("the sender's node did not answer ({why}); asking hosts");
+                    *self = Supply::Hosts {
+                        hosts: *hosts,
+                        drop: None,
+                    };
+                }
+                Err(fail) => return Err(fail),
+            }
+        }
+        let Supply::Hosts { hosts, drop } = self else {
+            return Err(Stop::Wait("no supply".into()));
+        };
+        let index = position / blob::CHUNKS_PER_DROP;
+        if drop.as_ref().is_none_or(|(i, _)| *i != index) {
+            let chunks = blob_ref.chunks().unwrap_or(0);
+            let first = index * blob::CHUNKS_PER_DROP;
+            let last = ((index + 1) * blob::CHUNKS_PER_DROP).min(chunks + 1);
+            let want = last.saturating_sub(first) as usize;
+            let found = hosts.fetch_drop(blob_ref, index, want).await.map_err(|e| {
+                Stop::Wait(format!(
+                    "the sender's node is away and the mailbox hosts do not have the file: {e}"
+                ))
+            })?;
+            *drop = Some((
+                index,
+                found.into_iter().map(|c| (blob::address(&c), c)).collect(),
+            ));
+        }
+        drop.as_mut()
+            .and_then(|(_, m)| m.remove(address))
+            .ok_or_else(|| {
+                Stop::Wait(format!(
+                    "the sender's node is away and the mailbox hosts lack chunk {position}"
+                ))
+            })
+    }
+}
+
+/// The partial file of a download, and the chunks checked but not written yet.
+struct Writer {
+    file: Option<std::fs::File>,
+    record: AttachmentRecord,
+    pending: Vec<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+impl Writer {
+    /// Append the pending chunks, make them durable, and record the progress.
+    async fn write(&mut self, service: &Service, seq: Seq) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| Stop::Wait("lost the partial file".into()))?;
+        let chunks = std::mem::take(&mut self.pending);
+        let written = chunks.len() as u32;
+        let f = tokio::task::spawn_blocking(move || blobs::append(&mut f, &chunks).map(|()| f))
+            .await
+            .map_err(|e| Stop::Wait(e.to_string()))?
+            .map_err(|e| Stop::Wait(e.to_string()))?;
+        self.file = Some(f);
+        self.record.have += written;
+        let _ = service.save_attachment(seq, &self.record).await;
+        Ok(())
+    }
+}
+
+/// Mailbox hosts as attachments use them (`mailbox::chunks` is the implementation): a
+/// trait, so that the service does not depend on the mailbox client that depends on it.
+pub trait ChunkHosts: Send + Sync + 'static {
+    /// Leave sealed chunk `position` of `blob_ref` at the hosts of its drop; `Ok` once at
+    /// least one host stored it.
+    fn deposit_chunk<'a>(
+        &'a self,
+        blob_ref: &'a blob::BlobRef,
+        position: u32,
+        sealed: Vec<u8>,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+
+    /// The sealed chunks the hosts of drop `index` of `blob_ref` hold (names not checked
+    /// against the manifest yet), reading hosts until `want` are in.
+    fn fetch_drop<'a>(
+        &'a self,
+        blob_ref: &'a blob::BlobRef,
+        index: u32,
+        want: usize,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<u8>>, String>>;
 }
 
 impl Service {
@@ -99,14 +240,16 @@ impl Service {
     }
 
     /// Put the record of `content`'s file, if it has one, in `batch`: complete for one
-    /// this node sent; for one it received, to be downloaded at once if it is within
-    /// `auto_download_bytes`, else pending. Returns its view.
+    /// this node sent (and to be left at mailbox hosts if `upload`); for one it received,
+    /// to be downloaded at once if it is within `auto_download_bytes`, else pending.
+    /// Returns its view.
     pub(super) fn stage_attachment(
         &self,
         batch: &mut Batch,
         seq: Seq,
         content: &Content,
         direction: Direction,
+        upload: bool,
     ) -> Result<Option<AttachmentView>, StoreError> {
         let Some(attachment) = content.attachment() else {
             return Ok(None);
@@ -136,12 +279,31 @@ impl Service {
             have,
             path: None,
             error,
+            upload: upload && direction == Direction::Out,
+            uploaded: 0,
         };
         batch.put_attachment(seq, &record)?;
-        if state == AttachmentState::Downloading {
+        if state == AttachmentState::Downloading || record.upload {
             self.inner.blob_wake.notify_one();
         }
         Ok(Some(AttachmentView::of(&record)))
+    }
+
+    /// Is the node of `contact` connected to this one now? (If not, a file sent to it is
+    /// left at mailbox hosts too.)
+    pub(super) async fn node_connected(&self, contact: &store::Contact) -> bool {
+        let Some(peer) = contact
+            .route
+            .as_ref()
+            .and_then(|r| PeerId::from_bytes(&r.peer).ok())
+        else {
+            return false;
+        };
+        self.inner
+            .net
+            .status()
+            .await
+            .is_ok_and(|s| s.connected_peers.contains(&peer))
     }
 
     /// The attachment of the message `id` (its id, or a unique prefix of 4 or more hex
@@ -224,8 +386,13 @@ impl Service {
     }
 
     /// Download attachments that are asked for, as they are, and every [`RETRY_EVERY`]
-    /// those that wait; until shutdown.
-    pub async fn run_downloads(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// those that wait; leave the chunks of attachments sent to contacts who were away at
+    /// mailbox hosts (`hosts`); until shutdown.
+    pub async fn run_downloads(
+        self,
+        hosts: Arc<dyn ChunkHosts>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let dir = self.inner.store.blobs_dir();
         let pruned = tokio::task::spawn_blocking(move || blobs::prune_offered(&dir))
             .await
@@ -236,68 +403,81 @@ impl Service {
         let mut running: futures::stream::FuturesUnordered<
             futures::future::BoxFuture<'static, Seq>,
         > = futures::stream::FuturesUnordered::new();
-        let mut busy: std::collections::HashSet<Seq> = std::collections::HashSet::new();
+        let mut busy: HashSet<Seq> = HashSet::new();
+        // Work that stopped (the sender away, no hosts) waits for the next retry.
+        let mut resting: HashSet<Seq> = HashSet::new();
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // What is asked for and not running, oldest first.
-            if busy.len() < DOWNLOADS_AT_ONCE {
-                match self
-                    .inner
-                    .store
-                    .attachments_in(&[AttachmentState::Downloading], SCAN_LIMIT)
-                {
-                    Ok(wanted) => {
-                        for (seq, record) in wanted {
-                            if busy.len() >= DOWNLOADS_AT_ONCE {
-                                break;
-                            }
-                            if busy.insert(seq) {
-                                let s = self.clone();
-                                running.push(Box::pin(async move {
-                                    s.download(seq, record).await;
-                                    seq
-                                }));
-                            }
+            let wanted = self
+                .inner
+                .store
+                .attachments_in(&[AttachmentState::Downloading], SCAN_LIMIT)
+                .and_then(|mut w| {
+                    w.extend(self.inner.store.attachments_to_upload(SCAN_LIMIT)?);
+                    Ok(w)
+                });
+            match wanted {
+                Ok(wanted) => {
+                    for (seq, record) in wanted {
+                        if busy.len() >= DOWNLOADS_AT_ONCE {
+                            break;
                         }
+                        if resting.contains(&seq) || !busy.insert(seq) {
+                            continue;
+                        }
+                        let (s, h) = (self.clone(), hosts.clone());
+                        running.push(Box::pin(async move {
+                            match record.direction {
+                                Direction::In => s.download(seq, record, h.as_ref()).await,
+                                Direction::Out => s.upload(seq, record, h).await,
+                            }
+                            seq
+                        }));
                     }
-                    Err(e) => tracing::warn!("cannot read attachments: {e}"),
                 }
+                Err(e) => tracing::warn!("cannot read attachments: {e}"),
             }
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(seq) = running.next(), if !running.is_empty() => {
                     busy.remove(&seq);
-                    // The next one may start, but not this one again until the next retry.
-                    if busy.len() < DOWNLOADS_AT_ONCE {
-                        tokio::select! {
-                            _ = self.inner.blob_wake.notified() => {}
-                            _ = retry.tick() => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
+                    resting.insert(seq);
                 }
                 _ = self.inner.blob_wake.notified() => {
                     // The record that woke this loop may be committed a moment later.
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    resting.clear();
                 }
-                _ = retry.tick() => {}
+                _ = retry.tick() => resting.clear(),
             }
         }
     }
 
     /// Download one attachment as far as it goes now, recording where it got.
-    async fn download(&self, seq: Seq, record: AttachmentRecord) {
-        let stop = self.fetch_blob(seq, &record).await;
+    async fn download(&self, seq: Seq, record: AttachmentRecord, hosts: &dyn ChunkHosts) {
+        let stop = self.fetch_blob(seq, &record, hosts).await;
         let Err(stop) = stop else {
             return;
         };
+        self.record_stop(seq, &record, stop, AttachmentState::Downloading)
+            .await;
+    }
+
+    /// Record why work on an attachment stopped, if its record is still in `state`.
+    async fn record_stop(
+        &self,
+        seq: Seq,
+        record: &AttachmentRecord,
+        stop: Stop,
+        state: AttachmentState,
+    ) {
         let _guard = self.inner.account.lock().await;
         // The record may have gone (the message disappeared) or moved on.
         let Ok(Some(mut now)) = self.inner.store.attachment(seq) else {
             return;
         };
-        if now.state != AttachmentState::Downloading {
+        if now.state != state {
             return;
         }
         match stop {
@@ -312,6 +492,95 @@ impl Service {
             }
         }
         let _ = self.save_attachment(seq, &now).await;
+    }
+
+    /// Leave the sealed chunks of an attachment this node sent at mailbox hosts, from where
+    /// the last try got to.
+    ///
+    /// Each deposit runs as a task of its own: a deposit at this node's own host takes the
+    /// store's locks, and a future of it left unpolled while this loop awaits a store write
+    /// would hold them for ever (as in `delivery.rs`).
+    async fn upload(&self, seq: Seq, record: AttachmentRecord, hosts: Arc<dyn ChunkHosts>) {
+        let blob_ref = Arc::new(record.attachment.blob.clone());
+        let positions = blob_ref.chunks().unwrap_or(0).saturating_add(1);
+        let dir = self.inner.store.blobs_dir();
+        let mut next = record.uploaded;
+        let mut uploaded = record.uploaded;
+        // Positions done beyond `uploaded` (tasks finish out of order).
+        let mut done = std::collections::BTreeSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stop = None;
+        loop {
+            while stop.is_none() && next < positions && tasks.len() < UPLOADS_IN_FLIGHT {
+                let (dir, hosts, blob_ref, position) =
+                    (dir.clone(), hosts.clone(), blob_ref.clone(), next);
+                tasks.spawn(async move {
+                    let request = ChunkRequest {
+                        root: blob_ref.root,
+                        position,
+                    };
+                    let sealed = match serve_chunk(dir, request).await {
+                        ChunkAnswer::Chunk(b) => b,
+                        _ => {
+                            return Err(Stop::Fail(
+                                "the sealed file is no longer here to upload".into(),
+                            ))
+                        }
+                    };
+                    hosts
+                        .deposit_chunk(&blob_ref, position, sealed)
+                        .await
+                        .map(|()| position)
+                        .map_err(|e| Stop::Wait(format!("uploading to mailbox hosts: {e}")))
+                });
+                next += 1;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok(Ok(position)) => {
+                    done.insert(position);
+                    let before = uploaded;
+                    while done.remove(&uploaded) {
+                        uploaded += 1;
+                    }
+                    if uploaded / PROGRESS_EVERY != before / PROGRESS_EVERY || uploaded == positions
+                    {
+                        self.save_upload(seq, uploaded, None).await;
+                    }
+                }
+                Ok(Err(s)) => {
+                    stop.get_or_insert(s);
+                }
+                Err(e) => {
+                    stop.get_or_insert(Stop::Wait(format!("an upload task stopped: {e}")));
+                }
+            }
+        }
+        match stop {
+            None => tracing::debug!("attachment {} is at the mailbox hosts", record.message),
+            Some(Stop::Wait(why) | Stop::Fail(why)) => {
+                tracing::debug!("upload of attachment {} stopped: {why}", record.message);
+                self.save_upload(seq, uploaded, Some(why)).await;
+            }
+        }
+    }
+
+    /// Record how far an upload got.
+    async fn save_upload(&self, seq: Seq, uploaded: u32, error: Option<String>) {
+        let _guard = self.inner.account.lock().await;
+        let Ok(Some(mut now)) = self.inner.store.attachment(seq) else {
+            return;
+        };
+        now.uploaded = now.uploaded.max(uploaded);
+        now.error = error;
+        let mut batch = Batch::new();
+        if batch.put_attachment(seq, &now).is_ok() {
+            if let Err(e) = self.inner.store.commit(batch).await {
+                tracing::warn!("cannot record an upload's progress: {e}");
+            }
+        }
     }
 
     /// Store `record` with an `attachment.progress` event.
@@ -331,23 +600,19 @@ impl Service {
         Ok(())
     }
 
-    /// Fetch the chunks of `record`'s blob not downloaded yet from its source, check and
-    /// write each, and finish the file.
-    async fn fetch_blob(&self, seq: Seq, record: &AttachmentRecord) -> Result<(), Stop> {
+    /// Fetch the chunks of `record`'s blob not downloaded yet — from the sender's node,
+    /// else from mailbox hosts — check and write each, and finish the file.
+    async fn fetch_blob(
+        &self,
+        seq: Seq,
+        record: &AttachmentRecord,
+        hosts: &dyn ChunkHosts,
+    ) -> Result<(), Stop> {
         let attachment = &record.attachment;
-        let source = attachment.source.as_ref().ok_or_else(|| {
-            Stop::Wait(
-                "the sender named no node to fetch from (fetching through mailbox hosts is \
-                 not built yet)"
-                    .into(),
-            )
-        })?;
-        let peer = PeerId::from_bytes(&source.peer_id)
-            .map_err(|_| Stop::Fail("the sender's node id is malformed".into()))?;
-        let addrs: Vec<Multiaddr> = source.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let blob_ref = &attachment.blob;
         let chunks = blob_ref.chunks().map_err(|e| Stop::Fail(e.to_string()))?;
-        let manifest = self.chunk_from(peer, &addrs, blob_ref.root, 0).await?;
+        let mut supply = Supply::new(attachment.source.as_ref(), hosts);
+        let manifest = supply.chunk(self, blob_ref, 0, &blob_ref.root).await?;
         let opener = Opener::new(blob_ref, &manifest).map_err(|e| Stop::Fail(e.to_string()))?;
         let partial = blobs::partial_path(&self.inner.store.blobs_dir(), &blob_ref.root);
         let (p, size) = (partial.clone(), blob_ref.size);
@@ -355,68 +620,83 @@ impl Service {
             .await
             .map_err(|e| Stop::Wait(e.to_string()))?
             .map_err(|e| Stop::Wait(e.to_string()))?;
-        let mut file = Some(file);
-        let mut record = record.clone();
-        record.have = have;
-        let opener = &opener;
-        let addrs = &addrs;
-        let mut fetched = futures::stream::iter(have..chunks)
-            .map(|index| async move {
-                let mut last = String::new();
-                for _ in 0..CHUNK_TRIES {
-                    let bytes = self
-                        .chunk_from(peer, addrs, blob_ref.root, index + 1)
-                        .await?;
-                    match opener.open_chunk(index, &bytes) {
-                        Ok(plain) => return Ok(plain),
-                        // A chunk that does not match its name is asked for again.
-                        Err(e) => last = e.to_string(),
+        let mut writer = Writer {
+            file: Some(file),
+            record: record.clone(),
+            pending: Vec::new(),
+        };
+        writer.record.have = have;
+        let mut next = have;
+        // From the sender's node, several chunks in flight.
+        if let Supply::Direct { peer, addrs, .. } = &supply {
+            let (peer, addrs, opener) = (*peer, addrs.clone(), &opener);
+            let addrs = &addrs;
+            let mut fetched = futures::stream::iter(have..chunks)
+                .map(|index| async move {
+                    let mut last = String::new();
+                    for _ in 0..CHUNK_TRIES {
+                        let bytes = self
+                            .chunk_from(peer, addrs, blob_ref.root, index + 1)
+                            .await?;
+                        match opener.open_chunk(index, &bytes) {
+                            Ok(plain) => return Ok(plain),
+                            // A chunk that does not match its name is asked for again.
+                            Err(e) => last = e.to_string(),
+                        }
+                    }
+                    Err(Stop::Wait(format!(
+                        "the sender's node sent a bad chunk: {last}"
+                    )))
+                })
+                .buffered(IN_FLIGHT);
+            let mut stopped = None;
+            while let Some(result) = fetched.next().await {
+                match result {
+                    Ok(plain) => {
+                        writer.pending.push(plain);
+                        next += 1;
+                        if writer.pending.len() >= PROGRESS_EVERY as usize {
+                            writer.write(self, seq).await?;
+                        }
+                    }
+                    Err(stop) => {
+                        stopped = Some(stop);
+                        break;
                     }
                 }
-                Err(Stop::Wait(format!(
-                    "the sender's node sent a bad chunk: {last}"
-                )))
-            })
-            .buffered(IN_FLIGHT);
-        let mut pending = Vec::new();
-        loop {
-            let next = fetched.next().await;
-            let done = next.is_none();
-            let stopped = match next {
-                Some(Ok(plain)) => {
-                    pending.push(plain);
-                    None
-                }
-                Some(Err(stop)) => Some(stop),
-                None => None,
-            };
-            let flush = done || stopped.is_some() || pending.len() >= PROGRESS_EVERY as usize;
-            if flush && !pending.is_empty() {
-                let mut f = file
-                    .take()
-                    .ok_or_else(|| Stop::Wait("lost the file".into()))?;
-                let chunks_now = std::mem::take(&mut pending);
-                let written = chunks_now.len() as u32;
-                let f = tokio::task::spawn_blocking(move || {
-                    blobs::append(&mut f, &chunks_now).map(|()| f)
-                })
-                .await
-                .map_err(|e| Stop::Wait(e.to_string()))?
-                .map_err(|e| Stop::Wait(e.to_string()))?;
-                file = Some(f);
-                record.have += written;
-                if !done && stopped.is_none() {
-                    let _ = self.save_attachment(seq, &record).await;
-                }
             }
+            drop(fetched);
+            writer.write(self, seq).await?;
             if let Some(stop) = stopped {
-                let _ = self.save_attachment(seq, &record).await;
-                return Err(stop);
-            }
-            if done {
-                break;
+                match stop {
+                    // The sender went away half-way: the hosts may have the rest.
+                    Stop::Wait(why) => {
+                        tracing::debug!("the sender's node stopped answering: {why}");
+                        supply = Supply::new(None, hosts);
+                    }
+                    fail => return Err(fail),
+                }
             }
         }
+        // From mailbox hosts, one drop of chunks at a time.
+        for index in next..chunks {
+            let address = opener
+                .addresses()
+                .get(index as usize)
+                .ok_or_else(|| Stop::Fail("the manifest names too few chunks".into()))?;
+            let bytes = supply.chunk(self, blob_ref, index + 1, address).await?;
+            let plain = opener
+                .open_chunk(index, &bytes)
+                .map_err(|e| Stop::Wait(format!("a host's chunk does not open: {e}")))?;
+            writer.pending.push(plain);
+            if writer.pending.len() >= PROGRESS_EVERY as usize {
+                writer.write(self, seq).await?;
+            }
+        }
+        writer.write(self, seq).await?;
+        let Writer {
+            file, mut record, ..
+        } = writer;
         drop(file);
         // Every chunk is in and checked: the file goes to its final name.
         let name = attachment.name.clone();
@@ -429,7 +709,7 @@ impl Service {
         let _guard = self.inner.account.lock().await;
         if !matches!(self.inner.store.attachment(seq), Ok(Some(_))) {
             // The message went while the file came: so does the file.
-            let _ = std::fs::remove_file(&final_path);
+            let _ = store::shred_file(&final_path);
             return Ok(());
         }
         record.state = AttachmentState::Complete;

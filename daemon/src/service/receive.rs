@@ -352,7 +352,7 @@ impl Service {
                 super::changes::Found::Direct(seq, message.clone()).put(batch, &extras)?;
                 let mut view = self.view_message(&message, &sender.contact.name);
                 self.dress(&mut view, seq, &extras, None, &account.identity.public())?;
-                if let Some(a) = self.stage_attachment(batch, seq, content, Direction::In)? {
+                if let Some(a) = self.stage_attachment(batch, seq, content, Direction::In, false)? {
                     view.attachments = vec![a];
                 }
                 events.push((

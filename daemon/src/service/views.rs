@@ -118,6 +118,10 @@ pub struct AttachmentView {
     pub path: Option<String>,
     /// Why it failed, or what it waits for.
     pub error: Option<String>,
+    /// Outgoing: every chunk is also at mailbox hosts, for a contact who fetches it once
+    /// this node is gone (left there when the contact's node was not connected at send
+    /// time, or for a group).
+    pub on_hosts: bool,
 }
 
 impl AttachmentView {
@@ -133,6 +137,8 @@ impl AttachmentView {
             state: r.state.as_str(),
             path: r.path.as_ref().map(|p| p.display().to_string()),
             error: r.error.clone(),
+            on_hosts: r.upload
+                && r.uploaded >= r.attachment.blob.chunks().unwrap_or(0).saturating_add(1),
         }
     }
 }

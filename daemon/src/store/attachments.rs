@@ -48,6 +48,12 @@ pub struct AttachmentRecord {
     pub path: Option<PathBuf>,
     /// Why the download failed, or why it waits.
     pub error: Option<String>,
+    /// Outgoing: the chunks are to be left at mailbox hosts too (the contact's node was not
+    /// connected when it was sent, or it went to a group).
+    pub upload: bool,
+    /// Outgoing: sealed chunks left at hosts so far, by position in order (the manifest
+    /// first).
+    pub uploaded: u32,
 }
 
 impl Store {
@@ -70,6 +76,30 @@ impl Store {
 
     pub fn attachment(&self, seq: Seq) -> Result<Option<AttachmentRecord>, StoreError> {
         self.get(Tree::Attachments, &seq.key(), "attachment")
+    }
+
+    /// Outgoing attachments whose chunks are still to be left at hosts, oldest first, at
+    /// most `limit`.
+    pub fn attachments_to_upload(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Seq, AttachmentRecord)>, StoreError> {
+        let mut found = Vec::new();
+        self.walk(
+            Tree::Attachments,
+            &[],
+            "attachment",
+            |k, r: AttachmentRecord| {
+                let positions = r.attachment.blob.chunks().unwrap_or(0).saturating_add(1);
+                if r.upload && r.uploaded < positions {
+                    if let Some(seq) = super::be_u64(k).map(Seq) {
+                        found.push((seq, r));
+                    }
+                }
+                found.len() < limit
+            },
+        )?;
+        Ok(found)
     }
 
     /// Attachments in `states`, oldest message first, at most `limit`.

@@ -154,7 +154,9 @@ impl Service {
                     .put(&mut batch, &extras)?;
                 let mut view = self.view_group_message(&message, &record.local_name, "me");
                 self.dress(&mut view, seq, &extras, Some(&state), &me)?;
-                if let Some(a) = self.stage_attachment(&mut batch, seq, &content, Direction::Out)? {
+                if let Some(a) =
+                    self.stage_attachment(&mut batch, seq, &content, Direction::Out, true)?
+                {
                     view.attachments = vec![a];
                 }
                 view

@@ -463,7 +463,7 @@ impl Service {
         };
         let mut view = self.view_group_message(&message, &record.local_name, &from);
         self.dress(&mut view, seq, &extras, Some(state), &me)?;
-        if let Some(a) = self.stage_attachment(batch, seq, &content, Direction::In)? {
+        if let Some(a) = self.stage_attachment(batch, seq, &content, Direction::In, false)? {
             view.attachments = vec![a];
         }
         staged.events.push((
