@@ -47,6 +47,9 @@ enum Stop {
     Fail(String),
 }
 
+/// The sealed chunks of one of a blob's drops, by name.
+type DropChunks = HashMap<[u8; 32], Vec<u8>>;
+
 /// Where a download gets its chunks.
 enum Supply<'a> {
     /// The sender's node.
@@ -58,7 +61,7 @@ enum Supply<'a> {
     /// Mailbox hosts, one drop of the blob at a time (the last one read kept).
     Hosts {
         hosts: &'a dyn ChunkHosts,
-        drop: Option<(u32, HashMap<[u8; 32], Vec<u8>>)>,
+        drop: Option<(u32, DropChunks)>,
     },
 }
 
