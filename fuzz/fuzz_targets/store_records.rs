@@ -1,13 +1,15 @@
 //! Records the daemon reads back from its sled store (`sotto_daemon::store`), decoded as
 //! `Store::get` decodes them (the protocol codec): contacts, messages, outbox entries, hosted
 //! envelopes, usage and stats counters, what happened to a message (extras), the account
-//! snapshot and the pickled sessions. A
+//! snapshot, the pickled sessions and attachment records. A
 //! corrupt record must be an error, never a panic; a readable one re-encodes stably.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
-use sotto_daemon::store::{Contact, Extras, HostStats, Hosted, Message, OutboxEntry, Usage};
+use sotto_daemon::store::{
+    AttachmentRecord, Contact, Extras, HostStats, Hosted, Message, OutboxEntry, Usage,
+};
 use sotto_protocol::chat::{LocalAccount, Snapshot};
 use sotto_protocol::codec;
 use sotto_protocol::session::Pairwise;
@@ -18,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 9 {
+    match kind % 10 {
         0 => {
             let _ = record::<Contact>(rest);
         }
@@ -39,6 +41,9 @@ fuzz_target!(|data: &[u8]| {
         }
         7 => {
             let _ = record::<Extras>(rest);
+        }
+        8 => {
+            let _ = record::<AttachmentRecord>(rest);
         }
         6 => {
             if let Some(snapshot) = record::<Snapshot>(rest) {
