@@ -746,3 +746,41 @@ fn replies_reactions_edits_and_timers_reach_every_member_alike() {
         assert_eq!(seen_in_group(d, "plans").len(), 2, "{}", d.name);
     }
 }
+
+/// A file sent to a group reaches every member from the mailbox hosts (members are not
+/// told the sender's node), after the sender left too.
+#[test]
+fn a_file_sent_to_a_group_reaches_every_member_from_the_hosts() {
+    let mut net = Net::new();
+    make_group(&net, "photos");
+    let data: Vec<u8> = (0..(300 * 1024 + 7))
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let file = net.alice.data_dir.with_file_name("sunset.bin");
+    std::fs::write(&file, &data).unwrap();
+    let sent = net.alice.call(
+        "message.send",
+        json!({ "to": "photos", "text": "sunset", "file": file, "kind": "sticker" }),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(120), "the file at the hosts", || {
+        let a = net.alice.call("attachment.get", json!({ "id": id }));
+        (a["on_hosts"] == true).then_some(())
+    });
+    wait_until(
+        Duration::from_secs(90),
+        "alice's group outbox empty",
+        || (group_outbox(&net.alice) == 0).then_some(()),
+    );
+    net.alice.stop();
+    for d in [&net.bob, &net.carol] {
+        wait_group_text(d, "photos", "alice", "sunset");
+        let a = wait_until(Duration::from_secs(120), "the file at a member", || {
+            let a = d.call("attachment.get", json!({ "id": id }));
+            (a["state"] == "complete").then_some(a)
+        });
+        assert_eq!(a["kind"], "sticker");
+        let path = a["path"].as_str().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data, "{}", d.name);
+    }
+}

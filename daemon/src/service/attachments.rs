@@ -213,7 +213,9 @@ impl Service {
             .await
             .map_err(|e| MessageError::File(format!("sealing the file stopped: {e}")))?
             .map_err(|e| MessageError::File(e.to_string()))?;
-        let source = if self.inner.mailbox.mailbox_only {
+        // Named only to a contact, and as presence names it: group members who are not
+        // contacts never learn this node from the group (they fetch from hosts).
+        let source = if self.inner.mailbox.mailbox_only || self.is_group(to)? {
             None
         } else {
             let hints = self.route_hints().await;

@@ -129,7 +129,8 @@ impl Service {
                     .put(&mut batch, &extras)?;
                 let mut view = self.view_message(&message, &contact.name);
                 self.dress(&mut view, staged.seq, &extras, None, &me)?;
-                let upload = content.attachment().is_some() && !self.node_connected(&contact).await;
+                let upload = content.attachment().is_some()
+                    && (self.inner.mailbox.mailbox_only || !self.node_connected(&contact).await);
                 if let Some(a) =
                     self.stage_attachment(&mut batch, staged.seq, &content, Direction::Out, upload)?
                 {
