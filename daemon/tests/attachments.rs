@@ -249,3 +249,94 @@ fn a_file_sent_while_the_contact_is_away_arrives_after_the_sender_left_too() {
     let path = PathBuf::from(done["path"].as_str().unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&file).unwrap());
 }
+
+/// A measurement, run by hand (docs/benchmarks.md §6): a 100 MiB file between two daemons
+/// on loopback, against a raw TCP copy of the same file on the same machine in the same
+/// run, with the receiver's peak memory.
+/// `cargo test --release -p sotto-daemon --test attachments measure -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_100_mib_on_loopback() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let root = root();
+    let size = 100 * 1024 * 1024;
+    let file = write_file(root.path(), "big.bin", size, false);
+    // A raw TCP copy: read the file, send it, write it to disk on the other side.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = root.path().join("raw-copy.bin");
+    let started = Instant::now();
+    let receiver = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut f = std::fs::File::create(&out).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                f.write_all(&buf[..n]).unwrap();
+            }
+            f.sync_all().unwrap();
+        })
+    };
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut f = std::fs::File::open(&file).unwrap();
+        std::io::copy(&mut f, &mut s).unwrap();
+    }
+    receiver.join().unwrap();
+    let raw = started.elapsed();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size as u64);
+
+    let alice = Daemon::start(root.path(), "alice");
+    let bob = Daemon::start_with(root.path(), "bob", &["--auto-download-bytes", "200000000"]);
+    alice.init();
+    bob.init();
+    alice.add(&bob);
+    bob.add(&alice);
+    alice.send("bob", "hello");
+    bob.wait_for("alice", "hello", "received");
+    let idle_rss = bob.rss_kib().unwrap();
+    let started = Instant::now();
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "big", "file": file }),
+    );
+    let sealed = started.elapsed();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let mut peak = 0;
+    let done = loop {
+        peak = peak.max(bob.rss_kib().unwrap_or(0));
+        if let Ok(a) = bob.try_call("attachment.get", json!({ "id": id })) {
+            if a["state"] == "complete" {
+                break a;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let total = started.elapsed();
+    let transfer = total - sealed;
+    let path = PathBuf::from(done["path"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size as u64);
+    let mib = size as f64 / (1024.0 * 1024.0);
+    println!(
+        "raw TCP copy: {:.2} s ({:.0} MiB/s); sotto: sealing {:.2} s, then message and \
+         transfer {:.2} s ({:.0} MiB/s), {:.2} s in all ({:.0} MiB/s; {:.2}x the raw copy); \
+         bob's memory: {} MiB idle, {} MiB at most during the transfer",
+        raw.as_secs_f64(),
+        mib / raw.as_secs_f64(),
+        sealed.as_secs_f64(),
+        transfer.as_secs_f64(),
+        mib / transfer.as_secs_f64(),
+        total.as_secs_f64(),
+        mib / total.as_secs_f64(),
+        raw.as_secs_f64() / total.as_secs_f64(),
+        idle_rss / 1024,
+        peak / 1024
+    );
+}
