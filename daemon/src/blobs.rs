@@ -147,20 +147,30 @@ pub fn seal_file(blobs_dir: &Path, path: &Path, limit: u64) -> Result<SealedFile
     result
 }
 
-/// The answer to a chunk request: the sealed chunk, if this node offers the blob and it
-/// has that position.
-pub fn read_chunk(blobs_dir: &Path, request: &ChunkRequest) -> ChunkAnswer {
+/// The answer to a chunk request: the sealed chunks asked for (fewer where the blob ends),
+/// if this node offers the blob and it has the first position.
+pub fn read_chunks(blobs_dir: &Path, request: &ChunkRequest) -> ChunkAnswer {
+    if request.count == 0 || request.count > blob::MAX_CHUNKS_PER_ANSWER {
+        return ChunkAnswer::Refused(blob::ChunkRefusal::Malformed);
+    }
     let Ok(file) = File::open(offered_path(blobs_dir, &request.root)) else {
         return ChunkAnswer::Unknown;
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let end = blob::offset_of(request.position.saturating_add(1));
-    if request.position == u32::MAX || end > len {
+    let sealed = blob::SEALED_CHUNK_BYTES as u64;
+    let have = u32::try_from(len / sealed).unwrap_or(u32::MAX);
+    if request.position >= have {
         return ChunkAnswer::Unknown;
     }
-    let mut bytes = vec![0u8; blob::SEALED_CHUNK_BYTES];
+    let count = u32::from(request.count).min(have - request.position);
+    let mut bytes = vec![0u8; count as usize * blob::SEALED_CHUNK_BYTES];
     match file.read_exact_at(&mut bytes, blob::offset_of(request.position)) {
-        Ok(()) => ChunkAnswer::Chunk(bytes),
+        Ok(()) => ChunkAnswer::Chunks(
+            bytes
+                .chunks(blob::SEALED_CHUNK_BYTES)
+                .map(|c| blob::ByteBuf::from(c.to_vec()))
+                .collect(),
+        ),
         Err(e) => {
             tracing::warn!("cannot read an offered blob: {e}");
             ChunkAnswer::Refused(blob::ChunkRefusal::Internal)
@@ -306,14 +316,15 @@ mod tests {
         let sealed = seal_file(&blobs, &path, u64::MAX).unwrap();
         assert_eq!(sealed.name, "notes.bin");
         assert_eq!(sealed.blob.size, data.len() as u64);
-        let chunk = |position| match read_chunk(
+        let chunk = |position| match read_chunks(
             &blobs,
             &ChunkRequest {
                 root: sealed.blob.root,
                 position,
+                count: 1,
             },
         ) {
-            ChunkAnswer::Chunk(b) => b,
+            ChunkAnswer::Chunks(mut c) if c.len() == 1 => c.remove(0).into_vec(),
             other => panic!("{other:?}"),
         };
         let opener = Opener::new(&sealed.blob, &chunk(0)).unwrap();
@@ -322,17 +333,34 @@ mod tests {
             back.extend_from_slice(&opener.open_chunk(i, &chunk(i + 1)).unwrap());
         }
         assert_eq!(back, data);
-        // Beyond the last chunk, and a blob never offered: unknown.
+        // Many at once, cut where the blob ends.
+        let many = ChunkRequest {
+            root: sealed.blob.root,
+            position: 2,
+            count: 16,
+        };
+        match read_chunks(&blobs, &many) {
+            ChunkAnswer::Chunks(c) => assert_eq!(c.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        // Beyond the last chunk, and a blob never offered: unknown; no chunk asked: refused.
         let past = ChunkRequest {
             root: sealed.blob.root,
             position: 4,
+            count: 1,
         };
-        assert_eq!(read_chunk(&blobs, &past), ChunkAnswer::Unknown);
+        assert_eq!(read_chunks(&blobs, &past), ChunkAnswer::Unknown);
         let other = ChunkRequest {
             root: [0; 32],
             position: 0,
+            count: 1,
         };
-        assert_eq!(read_chunk(&blobs, &other), ChunkAnswer::Unknown);
+        assert_eq!(read_chunks(&blobs, &other), ChunkAnswer::Unknown);
+        let none = ChunkRequest { count: 0, ..past };
+        assert!(matches!(
+            read_chunks(&blobs, &none),
+            ChunkAnswer::Refused(_)
+        ));
         // Nothing is left in the temporary folder.
         assert_eq!(fs::read_dir(blobs.join("tmp")).unwrap().count(), 0);
     }

@@ -225,7 +225,7 @@ impl Node {
         let blobs_dir = service.store().blobs_dir();
         tasks.push(tokio::spawn(async move {
             // A few chunks read at once: each is a 60 KiB read from disk.
-            let reads = Arc::new(tokio::sync::Semaphore::new(4));
+            let reads = Arc::new(tokio::sync::Semaphore::new(8));
             while let Some(inbound) = blob.recv().await {
                 let Ok(permit) = reads.clone().acquire_owned().await else {
                     break;

@@ -127,6 +127,10 @@ fn a_download_killed_half_way_resumes_after_a_restart() {
         (received >= size as u64 / 3).then_some(received)
     });
     bob.kill();
+    assert!(
+        at_kill < size as u64,
+        "the download finished before the kill: nothing to resume"
+    );
     let before_restart = served(&alice);
     bob.restart();
     let done = wait_until(Duration::from_secs(180), "the rest of the file", || {

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+/// The bytes of one sealed chunk in a [`ChunkAnswer`] (encoded as a length and the bytes).
+pub use serde_bytes::ByteBuf;
+
 /// Plaintext bytes per chunk (every chunk but the last is full).
 pub const CHUNK_BYTES: usize = 60 * 1024;
 /// A sealed chunk: the plaintext's length (4 bytes), the plaintext padded to
@@ -315,23 +318,30 @@ impl Opener {
 pub const PROTOCOL: &str = "/sotto/blob/1";
 /// The largest encoded chunk request.
 pub const MAX_REQUEST_BYTES: usize = 64;
-/// The largest encoded chunk answer: one sealed chunk and its framing.
-pub const MAX_ANSWER_BYTES: usize = SEALED_CHUNK_BYTES + 64;
+/// Sealed chunks one answer carries at most (983,360 bytes).
+pub const MAX_CHUNKS_PER_ANSWER: u8 = 16;
+/// The largest encoded chunk answer: [`MAX_CHUNKS_PER_ANSWER`] sealed chunks and their
+/// framing.
+pub const MAX_ANSWER_BYTES: usize = MAX_CHUNKS_PER_ANSWER as usize * (SEALED_CHUNK_BYTES + 8) + 64;
 
-/// One sealed chunk of the blob named `root`, at `position` (0: the manifest; `i + 1`: data
-/// chunk `i`). The root is the capability: only those the blob's reference was sent to
-/// know it.
+/// `count` sealed chunks of the blob named `root`, from `position` on (0: the manifest;
+/// `i + 1`: data chunk `i`). The root is the capability: only those the blob's reference
+/// was sent to know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRequest {
     pub root: [u8; 32],
     pub position: u32,
+    /// 1 to [`MAX_CHUNKS_PER_ANSWER`].
+    pub count: u8,
 }
 
 /// The answer to a [`ChunkRequest`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkAnswer {
-    /// The sealed chunk ([`SEALED_CHUNK_BYTES`]); the asker checks it against the manifest.
-    Chunk(Vec<u8>),
+    /// The sealed chunks ([`SEALED_CHUNK_BYTES`] each) from the position asked for, in
+    /// order: as many as asked, fewer where the blob ends. The asker checks each against
+    /// the manifest.
+    Chunks(Vec<serde_bytes::ByteBuf>),
     /// This node offers no such blob, or the blob has no such position.
     Unknown,
     Refused(ChunkRefusal),
@@ -340,7 +350,7 @@ pub enum ChunkAnswer {
 impl std::fmt::Debug for ChunkAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChunkAnswer::Chunk(b) => write!(f, "Chunk({} bytes)", b.len()),
+            ChunkAnswer::Chunks(c) => write!(f, "Chunks({})", c.len()),
             ChunkAnswer::Unknown => write!(f, "Unknown"),
             ChunkAnswer::Refused(r) => write!(f, "Refused({r:?})"),
         }
@@ -537,16 +547,18 @@ mod tests {
         let request = ChunkRequest {
             root: [9; 32],
             position: MAX_CHUNKS as u32,
+            count: MAX_CHUNKS_PER_ANSWER,
         };
         let bytes = request.to_bytes().unwrap();
         assert!(bytes.len() <= MAX_REQUEST_BYTES);
         assert_eq!(ChunkRequest::from_bytes(&bytes).unwrap(), request);
-        let answer = ChunkAnswer::Chunk(vec![7; SEALED_CHUNK_BYTES]);
+        let chunk = serde_bytes::ByteBuf::from(vec![7; SEALED_CHUNK_BYTES]);
+        let answer = ChunkAnswer::Chunks(vec![chunk; MAX_CHUNKS_PER_ANSWER as usize]);
         let bytes = answer.to_bytes().unwrap();
         assert!(bytes.len() <= MAX_ANSWER_BYTES);
         assert_eq!(ChunkAnswer::from_bytes(&bytes).unwrap(), answer);
-        // A chunk answer larger than any sealed chunk does not encode or decode.
-        let huge = ChunkAnswer::Chunk(vec![0; MAX_ANSWER_BYTES]);
+        // An answer larger than the most chunks one may carry does not encode or decode.
+        let huge = ChunkAnswer::Chunks(vec![serde_bytes::ByteBuf::from(vec![0; MAX_ANSWER_BYTES])]);
         assert!(huge.to_bytes().is_err());
         assert!(ChunkAnswer::from_bytes(&[0xff; 70]).is_err());
     }

@@ -24,10 +24,10 @@ use super::{MessageError, MessageView, Service};
 use crate::blobs;
 use crate::store::{self, AttachmentRecord, AttachmentState, Batch, Direction, Seq, StoreError};
 
-/// Chunk requests in flight for one download.
-const IN_FLIGHT: usize = 8;
-/// Chunks written between two progress records (about 1 MiB).
-const PROGRESS_EVERY: u32 = 16;
+/// Chunk requests (each for up to 16 chunks, about 1 MiB) in flight for one download.
+const IN_FLIGHT: usize = 4;
+/// Chunks written between two progress records (about 4 MiB).
+const PROGRESS_EVERY: u32 = 64;
 /// Tries of one chunk before the download stops for this round.
 const CHUNK_TRIES: usize = 3;
 /// How often waiting downloads are tried again.
@@ -36,6 +36,9 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(30);
 const DOWNLOADS_AT_ONCE: usize = 2;
 /// Chunks being left at hosts at once, for one upload.
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// After a wake-up, the download loop looks again this much later (the record that woke
+/// it may not be committed yet at the first look).
+const LATE_LOOK: Duration = Duration::from_millis(300);
 /// Attachments looked at in one pass of the download loop, at most.
 const SCAN_LIMIT: usize = 1_000;
 
@@ -413,6 +416,10 @@ impl Service {
         let mut resting: HashSet<Seq> = HashSet::new();
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut late: Option<tokio::time::Instant> = None;
+        // A received message with a file is announced once it is committed: the moment to
+        // look for a download.
+        let mut events = self.inner.events.subscribe();
         loop {
             let wanted = self
                 .inner
@@ -450,10 +457,23 @@ impl Service {
                     resting.insert(seq);
                 }
                 _ = self.inner.blob_wake.notified() => {
-                    // The record that woke this loop may be committed a moment later.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // The record that woke this loop is staged before it is committed:
+                    // look now, and once more a moment later.
                     resting.clear();
+                    late = Some(tokio::time::Instant::now() + LATE_LOOK);
                 }
+                _ = tokio::time::sleep_until(late.unwrap_or_else(tokio::time::Instant::now)),
+                    if late.is_some() => {
+                    late = None;
+                }
+                event = events.recv() => match event {
+                    Ok(e) if e["message"]["attachments"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty()) => resting.clear(),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => resting.clear(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
                 _ = retry.tick() => resting.clear(),
             }
         }
@@ -523,9 +543,10 @@ impl Service {
                     let request = ChunkRequest {
                         root: blob_ref.root,
                         position,
+                        count: 1,
                     };
                     let sealed = match serve_chunk(dir, request).await {
-                        ChunkAnswer::Chunk(b) => b,
+                        ChunkAnswer::Chunks(mut c) if c.len() == 1 => c.remove(0).into_vec(),
                         _ => {
                             return Err(Stop::Fail(
                                 "the sealed file is no longer here to upload".into(),
@@ -636,15 +657,23 @@ impl Service {
         if let Supply::Direct { peer, addrs, .. } = &supply {
             let (peer, addrs, opener) = (*peer, addrs.clone(), &opener);
             let addrs = &addrs;
-            let mut fetched = futures::stream::iter(have..chunks)
-                .map(|index| async move {
+            let per = u32::from(blob::MAX_CHUNKS_PER_ANSWER);
+            let mut fetched = futures::stream::iter((have..chunks).step_by(per as usize))
+                .map(|first| async move {
+                    let count = u8::try_from((chunks - first).min(per)).unwrap_or(1);
                     let mut last = String::new();
                     for _ in 0..CHUNK_TRIES {
-                        let bytes = self
-                            .chunk_from(peer, addrs, blob_ref.root, index + 1)
+                        let sealed = self
+                            .chunks_from(peer, addrs, blob_ref.root, first + 1, count)
                             .await?;
-                        match opener.open_chunk(index, &bytes) {
-                            Ok(plain) => return Ok(plain),
+                        let opened: Result<Vec<_>, _> = sealed
+                            .iter()
+                            .zip(first..)
+                            .map(|(bytes, index)| opener.open_chunk(index, bytes))
+                            .collect();
+                        match opened {
+                            Ok(plain) if plain.len() == usize::from(count) => return Ok(plain),
+                            Ok(_) => last = "fewer chunks than the blob has".into(),
                             // A chunk that does not match its name is asked for again.
                             Err(e) => last = e.to_string(),
                         }
@@ -658,8 +687,8 @@ impl Service {
             while let Some(result) = fetched.next().await {
                 match result {
                     Ok(plain) => {
-                        writer.pending.push(plain);
-                        next += 1;
+                        next += plain.len() as u32;
+                        writer.pending.extend(plain);
                         if writer.pending.len() >= PROGRESS_EVERY as usize {
                             writer.write(self, seq).await?;
                         }
@@ -734,9 +763,32 @@ impl Service {
         root: [u8; 32],
         position: u32,
     ) -> Result<Vec<u8>, Stop> {
-        let request = ChunkRequest { root, position };
+        let mut chunks = self.chunks_from(peer, addrs, root, position, 1).await?;
+        Ok(chunks.remove(0))
+    }
+
+    /// `count` sealed chunks (at least one; fewer where the blob ends) of the blob `root`
+    /// from `peer`, from `position` on.
+    async fn chunks_from(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        root: [u8; 32],
+        position: u32,
+        count: u8,
+    ) -> Result<Vec<Vec<u8>>, Stop> {
+        let request = ChunkRequest {
+            root,
+            position,
+            count,
+        };
         match self.inner.net.chunk(peer, addrs.to_vec(), &request).await {
-            Ok(ChunkAnswer::Chunk(bytes)) => Ok(bytes),
+            Ok(ChunkAnswer::Chunks(c)) if !c.is_empty() && c.len() <= usize::from(count) => {
+                Ok(c.into_iter().map(blob::ByteBuf::into_vec).collect())
+            }
+            Ok(ChunkAnswer::Chunks(_)) => Err(Stop::Wait(
+                "the sender's node sent another number of chunks than asked".into(),
+            )),
             Ok(ChunkAnswer::Unknown) => Err(Stop::Fail(
                 "the sender's node no longer offers this file".into(),
             )),
@@ -768,7 +820,7 @@ impl Service {
 
 /// The answer to a chunk request that arrived: read in a blocking task.
 pub async fn serve_chunk(blobs_dir: PathBuf, request: ChunkRequest) -> ChunkAnswer {
-    tokio::task::spawn_blocking(move || blobs::read_chunk(&blobs_dir, &request))
+    tokio::task::spawn_blocking(move || blobs::read_chunks(&blobs_dir, &request))
         .await
         .unwrap_or(ChunkAnswer::Refused(blob::ChunkRefusal::Internal))
 }
