@@ -344,3 +344,74 @@ fn measure_100_mib_on_loopback() {
         peak / 1024
     );
 }
+
+#[test]
+fn a_file_deleted_for_everyone_is_gone_from_the_receivers_disk() {
+    let root = root();
+    let (alice, bob) = pair(root.path());
+    let file = write_file(root.path(), "secret.bin", 200 * 1024, false);
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "oops", "file": file }),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let got = wait_until(Duration::from_secs(60), "bob's download", || {
+        let a = bob.try_call("attachment.get", json!({ "id": id })).ok()?;
+        (a["state"] == "complete").then_some(a)
+    });
+    let path = PathBuf::from(got["path"].as_str().unwrap());
+    assert!(path.exists());
+    alice.call(
+        "message.delete",
+        json!({ "chat": "bob", "id": id, "for_everyone": true }),
+    );
+    wait_until(Duration::from_secs(60), "the file gone at bob", || {
+        (!path.exists()).then_some(())
+    });
+    let m = bob.wait_for("alice", "", "received");
+    assert_eq!(m["deleted"], true, "{m}");
+    assert_eq!(m["attachments"], json!([]), "{m}");
+    let left = bob.try_call("attachment.get", json!({ "id": id }));
+    assert!(left.is_err(), "{left:?}");
+    // Alice's sealed copy is no longer offered either.
+    let sent_dir = alice.data_dir.join("blobs/sent");
+    assert_eq!(std::fs::read_dir(sent_dir).unwrap().count(), 0);
+}
+
+#[test]
+fn a_disappearing_file_is_erased_from_both_disks() {
+    let root = root();
+    let (alice, bob) = pair(root.path());
+    alice.call("chat.disappearing", json!({ "chat": "bob", "seconds": 15 }));
+    let file = write_file(root.path(), "brief.bin", 300 * 1024, false);
+    let sent = alice.call(
+        "message.send",
+        json!({ "to": "bob", "text": "for a moment", "file": file }),
+    );
+    assert!(!sent["expires_at"].is_null(), "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let got = wait_until(Duration::from_secs(30), "bob's download", || {
+        let a = bob.try_call("attachment.get", json!({ "id": id })).ok()?;
+        (a["state"] == "complete").then_some(a)
+    });
+    let path = PathBuf::from(got["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&file).unwrap());
+    wait_until(Duration::from_secs(60), "the file erased at bob", || {
+        (!path.exists()).then_some(())
+    });
+    for d in [&alice, &bob] {
+        wait_until(Duration::from_secs(30), "the message erased", || {
+            d.messages(if d.name == "alice" { "bob" } else { "alice" })
+                .iter()
+                .all(|m| m["id"] != id.as_str())
+                .then_some(())
+        });
+        assert!(d.try_call("attachment.get", json!({ "id": id })).is_err());
+        let blobs = d.data_dir.join("blobs");
+        for sub in ["sent", "partial"] {
+            if let Ok(entries) = std::fs::read_dir(blobs.join(sub)) {
+                assert_eq!(entries.count(), 0, "{} blobs/{sub}", d.name);
+            }
+        }
+    }
+}

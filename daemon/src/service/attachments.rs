@@ -801,20 +801,26 @@ impl Service {
         }
     }
 
-    /// Remove the files of attachments whose records were just erased (`records`): the
-    /// download, its partial file, and the sealed blob this node offered.
-    pub(super) fn erase_attachment_files(&self, records: &[AttachmentRecord]) {
+    /// Stage the erasure of message `seq`'s attachment, if it has one: the record, and,
+    /// once the batch is applied, the download, its partial file and the sealed blob this
+    /// node offered (shredded).
+    pub(super) fn stage_attachment_erasure(
+        &self,
+        batch: &mut Batch,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        let Some(r) = self.inner.store.attachment(seq)? else {
+            return Ok(());
+        };
+        batch.remove_attachment(seq);
         let dir = self.inner.store.blobs_dir();
-        for r in records {
-            let root = &r.attachment.blob.root;
-            let _ = store::shred_file(&blobs::partial_path(&dir, root));
-            if r.direction == Direction::In {
-                if let Some(p) = &r.path {
-                    let _ = store::shred_file(p);
-                }
-            }
-            let _ = std::fs::remove_file(blobs::offered_path(&dir, root));
+        let root = &r.attachment.blob.root;
+        batch.shred_after(blobs::partial_path(&dir, root));
+        batch.shred_after(blobs::offered_path(&dir, root));
+        if let (Direction::In, Some(p)) = (r.direction, &r.path) {
+            batch.shred_after(p.clone());
         }
+        Ok(())
     }
 }
 

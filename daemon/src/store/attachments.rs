@@ -84,22 +84,9 @@ impl Store {
         &self,
         limit: usize,
     ) -> Result<Vec<(Seq, AttachmentRecord)>, StoreError> {
-        let mut found = Vec::new();
-        self.walk(
-            Tree::Attachments,
-            &[],
-            "attachment",
-            |k, r: AttachmentRecord| {
-                let positions = r.attachment.blob.chunks().unwrap_or(0).saturating_add(1);
-                if r.upload && r.uploaded < positions {
-                    if let Some(seq) = super::be_u64(k).map(Seq) {
-                        found.push((seq, r));
-                    }
-                }
-                found.len() < limit
-            },
-        )?;
-        Ok(found)
+        self.attachments_where(limit, |r| {
+            r.upload && r.uploaded < r.attachment.blob.chunks().unwrap_or(0).saturating_add(1)
+        })
     }
 
     /// Attachments in `states`, oldest message first, at most `limit`.
@@ -108,13 +95,21 @@ impl Store {
         states: &[AttachmentState],
         limit: usize,
     ) -> Result<Vec<(Seq, AttachmentRecord)>, StoreError> {
+        self.attachments_where(limit, |r| states.contains(&r.state))
+    }
+
+    fn attachments_where(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&AttachmentRecord) -> bool,
+    ) -> Result<Vec<(Seq, AttachmentRecord)>, StoreError> {
         let mut found = Vec::new();
         self.walk(
             Tree::Attachments,
             &[],
             "attachment",
             |k, r: AttachmentRecord| {
-                if states.contains(&r.state) {
+                if wanted(&r) {
                     if let Some(seq) = super::be_u64(k).map(Seq) {
                         found.push((seq, r));
                     }
@@ -137,5 +132,11 @@ impl Batch {
 
     pub fn remove_attachment(&mut self, seq: Seq) {
         self.remove(Tree::Attachments, seq.key());
+    }
+
+    /// Overwrite `path` with zeros, sync and remove it once the batch is applied (a missing
+    /// file is fine).
+    pub fn shred_after(&mut self, path: PathBuf) {
+        self.shred.push(path);
     }
 }

@@ -78,6 +78,8 @@ pub struct Batch {
     /// Texts of disappearing messages to write (before the ops) or shred (after): see
     /// [`vanishing`].
     vanishing: Vec<(Seq, Option<zeroize::Zeroizing<String>>)>,
+    /// Files to shred once the batch is applied (attachments of erased messages).
+    shred: Vec<PathBuf>,
 }
 
 impl Batch {
@@ -86,7 +88,7 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.vanishing.is_empty()
+        self.ops.is_empty() && self.vanishing.is_empty() && self.shred.is_empty()
     }
 
     fn put_raw(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
@@ -434,6 +436,11 @@ impl Store {
                         count.fetch_add(d as usize, Ordering::Relaxed);
                     } else {
                         count.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+                    }
+                }
+                for path in &batch.shred {
+                    if let Err(e) = vanishing::shred(path) {
+                        tracing::warn!("cannot shred {}: {e}", path.display());
                     }
                 }
                 self.shred_vanishing(batch)

@@ -16,12 +16,8 @@ impl Service {
         }
         let mut batch = Batch::new();
         let mut needles = Vec::new();
-        let mut files = Vec::new();
         for f in found {
-            if let Some(r) = self.inner.store.attachment(f.seq())? {
-                batch.remove_attachment(f.seq());
-                files.push(r);
-            }
+            self.stage_attachment_erasure(&mut batch, f.seq())?;
             match f {
                 Found::Direct(seq, _) => batch.remove_message(*seq),
                 Found::Group(seq, _) => batch.remove_group_message(*seq),
@@ -38,9 +34,7 @@ impl Service {
         })? {
             batch.remove_event(cursor);
         }
-        self.inner.store.commit(batch).await?;
-        self.erase_attachment_files(&files);
-        Ok(())
+        self.inner.store.commit(batch).await
     }
 
     /// Erase the disappearing messages due by `now`; returns how many went.

@@ -319,6 +319,8 @@ impl Service {
                 found.set_text(String::new());
                 found.put(batch, &extras)?;
                 batch.put_extras(found.seq(), &before, &extras)?;
+                // Its file goes with its text, on every side.
+                self.stage_attachment_erasure(batch, found.seq())?;
                 changed.push(("message.updated", found, extras));
             }
             Body::Read(ids) => {
@@ -516,7 +518,13 @@ impl Service {
         view.expires_at = extras.expires_at;
         view.read_at = extras.read_at;
         view.notice = extras.notice;
-        if let Some(r) = self.inner.store.attachment(seq)? {
+        // A message deleted for everyone lost its file with its text.
+        if let Some(r) = self
+            .inner
+            .store
+            .attachment(seq)?
+            .filter(|_| !extras.deleted)
+        {
             view.attachments = vec![super::views::AttachmentView::of(&r)];
         }
         if view.direction == "out" && extras.read_at.is_some() {
