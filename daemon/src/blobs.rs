@@ -43,6 +43,13 @@ pub enum FileError {
     Changed { path: String },
     #[error("cannot write in the data directory: {0}")]
     Write(std::io::Error),
+    #[error("{path} exists; give a path that does not")]
+    Exists { path: String },
+    #[error("cannot write {path}: {source}")]
+    Out {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Blob(#[from] blob::BlobError),
 }
@@ -244,11 +251,9 @@ pub fn finish(partial: &Path, dir: &Path, name: &str) -> Result<PathBuf, FileErr
 /// Copy a finished download to `out`, through a temporary file beside it: `out` appears
 /// whole or not at all. Refuses to replace an existing file.
 pub fn copy_out(from: &Path, out: &Path) -> Result<(), FileError> {
+    let shown = out.display().to_string();
     if out.exists() {
-        return Err(FileError::Write(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!("{} exists", out.display()),
-        )));
+        return Err(FileError::Exists { path: shown });
     }
     let dir = out
         .parent()
@@ -264,7 +269,15 @@ pub fn copy_out(from: &Path, out: &Path) -> Result<(), FileError> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(FileError::Write)
+    result.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => FileError::Exists {
+            path: shown.clone(),
+        },
+        _ => FileError::Out {
+            path: shown.clone(),
+            source,
+        },
+    })
 }
 
 /// Remove offered blobs sealed more than [`OFFER_FOR`] ago, then the oldest until at most

@@ -78,7 +78,8 @@ fn a_file_sent_to_an_online_contact_arrives_intact() {
     bob.call("attachment.get", json!({ "id": &id[..8], "out": out }));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
     let again = bob.try_call("attachment.get", json!({ "id": id, "out": out }));
-    assert!(again.is_err(), "{again:?}");
+    let e = again.unwrap_err();
+    assert!(e["message"].as_str().unwrap().contains("exists"), "{e}");
     // The same file sent again is a new blob, under a new key.
     let twice = alice.call(
         "message.send",
