@@ -307,35 +307,40 @@ impl Service {
         // A received message with a file is announced once it is committed: the moment to
         // look for a download.
         let mut events = self.inner.events.subscribe();
+        // Whether something happened that calls for a look at the records (every other
+        // event of the node wakes this loop too, and must not cost a walk of the tree).
+        let mut look = true;
         loop {
-            let wanted = self
-                .inner
-                .store
-                .attachments_in(&[AttachmentState::Downloading], SCAN_LIMIT)
-                .and_then(|mut w| {
-                    w.extend(self.inner.store.attachments_to_upload(SCAN_LIMIT)?);
-                    Ok(w)
-                });
-            match wanted {
-                Ok(wanted) => {
-                    for (seq, record) in wanted {
-                        if busy.len() >= DOWNLOADS_AT_ONCE {
-                            break;
-                        }
-                        if resting.contains(&seq) || !busy.insert(seq) {
-                            continue;
-                        }
-                        let (s, h) = (self.clone(), hosts.clone());
-                        running.push(Box::pin(async move {
-                            match record.direction {
-                                Direction::In => s.download(seq, record, h.as_ref()).await,
-                                Direction::Out => s.upload(seq, record, h).await,
+            if std::mem::replace(&mut look, true) {
+                let wanted = self
+                    .inner
+                    .store
+                    .attachments_in(&[AttachmentState::Downloading], SCAN_LIMIT)
+                    .and_then(|mut w| {
+                        w.extend(self.inner.store.attachments_to_upload(SCAN_LIMIT)?);
+                        Ok(w)
+                    });
+                match wanted {
+                    Ok(wanted) => {
+                        for (seq, record) in wanted {
+                            if busy.len() >= DOWNLOADS_AT_ONCE {
+                                break;
                             }
-                            seq
-                        }));
+                            if resting.contains(&seq) || !busy.insert(seq) {
+                                continue;
+                            }
+                            let (s, h) = (self.clone(), hosts.clone());
+                            running.push(Box::pin(async move {
+                                match record.direction {
+                                    Direction::In => s.download(seq, record, h.as_ref()).await,
+                                    Direction::Out => s.upload(seq, record, h).await,
+                                }
+                                seq
+                            }));
+                        }
                     }
+                    Err(e) => tracing::warn!("cannot read attachments: {e}"),
                 }
-                Err(e) => tracing::warn!("cannot read attachments: {e}"),
             }
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -357,7 +362,7 @@ impl Service {
                     Ok(e) if e["message"]["attachments"]
                         .as_array()
                         .is_some_and(|a| !a.is_empty()) => resting.clear(),
-                    Ok(_) => continue,
+                    Ok(_) => look = false,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => resting.clear(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
